@@ -1,0 +1,197 @@
+//! One running instance: applies provider states to the live table (compile -> swap ->
+//! retire departed endpoints), and runs listeners, the admin server and draining.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compile::{self, CompileOptions};
+use crate::config::settings::ProxySettings;
+use crate::config::DesiredState;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::routing::{RoutingTable, TableStore};
+use crate::shutdown;
+
+/// Turns desired states into live tables.
+pub struct Applier {
+    pub store: Arc<TableStore>,
+    pub metrics: Arc<Metrics>,
+    pub opts: CompileOptions,
+}
+
+impl Applier {
+    pub fn new(metrics: Arc<Metrics>, opts: CompileOptions) -> Self {
+        Applier {
+            store: Arc::new(TableStore::default()),
+            metrics,
+            opts,
+        }
+    }
+
+    /// Compiles `state` against the live table and publishes the result. Never fails:
+    /// services with bad labels are reported and skipped or kept at their last good routes.
+    pub fn apply(&self, state: &DesiredState) -> Arc<RoutingTable> {
+        let previous = self.store.snapshot();
+        let table = Arc::new(compile::compile(
+            state,
+            &previous,
+            &self.opts,
+            &self.metrics,
+        ));
+        let old = self.store.swap(table.clone());
+        for upstream in compile::departed_upstreams(&old, &table) {
+            upstream.retire();
+        }
+        for service in compile::departed_services(&old, &table) {
+            self.metrics.forget_service(service);
+        }
+        self.report(&old, &table);
+        table
+    }
+
+    fn report(&self, old: &RoutingTable, table: &RoutingTable) {
+        let m = &self.metrics;
+        m.table_generation
+            .set(i64::try_from(table.generation).unwrap_or(i64::MAX));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.reload_timestamp.set(i64::try_from(now).unwrap_or(0));
+        m.services_rejected
+            .set(i64::try_from(table.report.errors.len()).unwrap_or(0));
+        tracing::info!(
+            generation = table.generation,
+            services = table.services.len(),
+            routes = table.route_count(),
+            errors = table.report.errors.len(),
+            "routing table swapped"
+        );
+        // Log each error and warning once, when it first appears.
+        for e in &table.report.errors {
+            if !old
+                .report
+                .errors
+                .iter()
+                .any(|o| o.service == e.service && o.errors == e.errors)
+            {
+                tracing::error!(service = %e.service, kept_last_good = e.kept_last_good, "{e}");
+            }
+        }
+        for w in &table.report.warnings {
+            if !old.report.warnings.contains(w) {
+                tracing::warn!(service = %w.0, "{}", w.1);
+            }
+        }
+    }
+}
+
+/// Everything one all-in-one instance needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub config: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub cluster: String,
+    pub watch_interval: Duration,
+    pub settings: ProxySettings,
+    pub access_log: bool,
+}
+
+/// Runs until SIGTERM/SIGINT, then drains.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let applier = Arc::new(Applier::new(
+        metrics.clone(),
+        CompileOptions {
+            cluster: cfg.cluster.clone(),
+            max_idle_per_endpoint: cfg.settings.pool_max_idle_per_endpoint,
+        },
+    ));
+    // The first load must succeed: there is no last good state to fall back to yet.
+    let initial = crate::providers::file::load(&cfg.config)
+        .await
+        .with_context(|| "loading the initial configuration")?;
+    applier.apply(&initial);
+    let (state_tx, state_rx) = watch::channel(initial);
+    let reload_failures = metrics.reload_failures.clone();
+    tokio::spawn(crate::providers::file::watch(
+        cfg.config.clone(),
+        cfg.watch_interval,
+        state_tx,
+        move |e| {
+            reload_failures.inc();
+            tracing::error!("{e}; keeping the last good configuration");
+        },
+    ));
+    tokio::spawn(follow(applier.clone(), state_rx));
+
+    let (trigger, shutdown) = shutdown::channel();
+    let proxy = Proxy::new(
+        applier.store.clone(),
+        cfg.settings.clone(),
+        metrics.clone(),
+        cfg.access_log,
+    );
+    for addr in &cfg.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the proxy listener {addr}"))?;
+        tracing::info!(%addr, "proxy listening (HTTP/1.1 and h2c)");
+        tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
+    }
+    if let Some(addr) = cfg.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener {addr}"))?;
+        tracing::info!(%addr, "admin listening (/metrics, /healthz, /routes)");
+        tokio::spawn(crate::admin::serve(
+            listener,
+            applier.store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    wait_for_signal().await;
+    tracing::info!(drain_timeout = ?cfg.settings.drain_timeout, "shutting down: draining connections");
+    trigger.trigger();
+    let left = proxy.drain().await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout reached; closing the remaining connections"
+        );
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}
+
+/// Applies every new state a provider publishes.
+pub async fn follow(applier: Arc<Applier>, mut rx: watch::Receiver<DesiredState>) {
+    while rx.changed().await.is_ok() {
+        let state = rx.borrow_and_update().clone();
+        applier.apply(&state);
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

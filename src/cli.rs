@@ -1,0 +1,234 @@
+//! The `interlock` command line: run the proxy (the default), or `check` a configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::RunConfig;
+use crate::compile::{compile, CompileOptions, ServiceStatus};
+use crate::config::settings::ProxySettings;
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "interlock",
+    version,
+    about = "Layer-7 reverse proxy for Docker Swarm, driven by com.docker.lb.* labels"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "INTERLOCK_LOG_FORMAT"
+    )]
+    pub log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
+pub enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run(RunArgs),
+    /// Validate the services of a configuration: print each service's routes or its exact
+    /// label errors; exit non-zero when any service has errors.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Services file (TOML), watched and hot reloaded.
+    #[arg(
+        long,
+        short,
+        env = "INTERLOCK_CONFIG",
+        default_value = "interlock.toml"
+    )]
+    pub config: PathBuf,
+    /// Proxy listener (HTTP/1.1 and h2c); repeat for several.
+    #[arg(
+        long,
+        env = "INTERLOCK_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener for /metrics, /healthz and /routes; `off` disables it.
+    #[arg(long, env = "INTERLOCK_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Service cluster served (com.docker.lb.service_cluster); empty = the default cluster.
+    #[arg(long, env = "INTERLOCK_SERVICE_CLUSTER", default_value = "")]
+    pub cluster: String,
+    /// How often the services file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub watch_interval_ms: u64,
+    /// Log one `interlock::access` line per request.
+    #[arg(long, env = "INTERLOCK_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Worker threads (default: the CPUs this process may run on).
+    #[arg(long, env = "INTERLOCK_THREADS")]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Timeouts and limits; defaults are those of [`ProxySettings::default`].
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Seconds a client has to send a complete request head.
+    #[arg(long)]
+    pub header_read_timeout: Option<f64>,
+    /// Seconds before an idle client connection is closed.
+    #[arg(long)]
+    pub idle_timeout: Option<f64>,
+    /// Seconds to connect to an upstream.
+    #[arg(long)]
+    pub connect_timeout: Option<f64>,
+    /// Seconds to wait for an upstream's response head.
+    #[arg(long)]
+    pub upstream_timeout: Option<f64>,
+    /// Seconds a pooled upstream connection may stay idle and still be reused.
+    #[arg(long)]
+    pub pool_idle_timeout: Option<f64>,
+    /// Largest request head in bytes.
+    #[arg(long)]
+    pub max_header_bytes: Option<usize>,
+    /// Most request header fields.
+    #[arg(long)]
+    pub max_headers: Option<usize>,
+    /// Seconds graceful shutdown waits for in-flight requests and tunnels.
+    #[arg(long)]
+    pub drain_timeout: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Services file (TOML) to check.
+    #[arg(
+        long,
+        short,
+        env = "INTERLOCK_CONFIG",
+        default_value = "interlock.toml"
+    )]
+    pub config: PathBuf,
+    /// Service cluster to check for.
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+}
+
+fn secs(v: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("{s} is not a valid number of seconds")),
+    }
+}
+
+impl LimitArgs {
+    pub fn settings(&self) -> anyhow::Result<ProxySettings> {
+        let d = ProxySettings::default();
+        Ok(ProxySettings {
+            header_read_timeout: secs(self.header_read_timeout, d.header_read_timeout)?,
+            idle_timeout: secs(self.idle_timeout, d.idle_timeout)?,
+            connect_timeout: secs(self.connect_timeout, d.connect_timeout)?,
+            upstream_timeout: secs(self.upstream_timeout, d.upstream_timeout)?,
+            pool_idle_timeout: secs(self.pool_idle_timeout, d.pool_idle_timeout)?,
+            max_header_bytes: self.max_header_bytes.unwrap_or(d.max_header_bytes),
+            max_headers: self.max_headers.unwrap_or(d.max_headers),
+            drain_timeout: secs(self.drain_timeout, d.drain_timeout)?,
+            ..d
+        })
+    }
+}
+
+impl RunArgs {
+    pub fn run_config(&self) -> anyhow::Result<RunConfig> {
+        let admin = match self.admin.as_str() {
+            "off" | "" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| anyhow::anyhow!("--admin {a:?}: expected ip:port or `off`"))?,
+            ),
+        };
+        Ok(RunConfig {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            admin,
+            cluster: self.cluster.clone(),
+            watch_interval: Duration::from_millis(self.watch_interval_ms.max(10)),
+            settings: self.limits.settings()?,
+            access_log: self.access_log,
+        })
+    }
+}
+
+/// `interlock check`: prints a report, returns whether every service is clean.
+pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
+    let state = crate::providers::file::load(&args.config).await?;
+    let opts = CompileOptions {
+        cluster: args.cluster.clone(),
+        ..CompileOptions::default()
+    };
+    let table = compile(&state, &RoutingTable::default(), &opts, &Metrics::new());
+    print!("{}", render_check(&table));
+    Ok(table.report.errors.is_empty())
+}
+
+/// The human-readable report of `check`.
+pub fn render_check(table: &RoutingTable) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (name, svc) in &table.services {
+        match svc.status {
+            ServiceStatus::Active | ServiceStatus::KeptLastGood => {
+                let _ = writeln!(out, "ok    {name}");
+                if let Some(l) = &svc.labels {
+                    let root = l.context_root.as_deref().unwrap_or("/");
+                    for h in &l.hosts {
+                        let _ = writeln!(
+                            out,
+                            "        http://{h}{root} -> {} endpoint(s)",
+                            svc.endpoints.len()
+                        );
+                    }
+                    if l.default_backend {
+                        let _ = writeln!(
+                            out,
+                            "        default backend -> {} endpoint(s)",
+                            svc.endpoints.len()
+                        );
+                    }
+                }
+            }
+            ServiceStatus::NotPublished => {
+                let _ = writeln!(out, "skip  {name}: not published (no com.docker.lb.hosts)");
+            }
+            ServiceStatus::Rejected => {
+                let _ = writeln!(out, "ERROR {name}");
+            }
+        }
+        for e in &svc.errors {
+            let _ = writeln!(out, "        error: {e}");
+        }
+        for w in &svc.warnings {
+            let _ = writeln!(out, "        warning: {w}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} service(s), {} route(s), {} with errors",
+        table.services.len(),
+        table.route_count(),
+        table.report.errors.len()
+    );
+    out
+}

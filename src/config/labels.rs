@@ -1,0 +1,611 @@
+//! Parsing of the `com.docker.lb.*` labels into [`ServiceLabels`], with Interlock's
+//! semantics (see docs/labels.md). Parsing is pure and per service: an error names the
+//! label, the value and what was expected, and never affects another service.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// Prefix shared by every label interlock reads.
+pub const PREFIX: &str = "com.docker.lb.";
+
+pub const HOSTS: &str = "com.docker.lb.hosts";
+pub const PORT: &str = "com.docker.lb.port";
+pub const NETWORK: &str = "com.docker.lb.network";
+pub const CONTEXT_ROOT: &str = "com.docker.lb.context_root";
+pub const CONTEXT_ROOT_REWRITE: &str = "com.docker.lb.context_root_rewrite";
+pub const SSL_CERT: &str = "com.docker.lb.ssl_cert";
+pub const SSL_KEY: &str = "com.docker.lb.ssl_key";
+pub const SSL_PASSTHROUGH: &str = "com.docker.lb.ssl_passthrough";
+pub const WEBSOCKET_ENDPOINTS: &str = "com.docker.lb.websocket_endpoints";
+pub const STICKY_SESSION_COOKIE: &str = "com.docker.lb.sticky_session_cookie";
+pub const IP_HASH: &str = "com.docker.lb.ip_hash";
+pub const REDIRECTS: &str = "com.docker.lb.redirects";
+pub const SERVICE_CLUSTER: &str = "com.docker.lb.service_cluster";
+pub const BACKEND_MODE: &str = "com.docker.lb.backend_mode";
+pub const DEFAULT_BACKEND: &str = "com.docker.lb.default_backend";
+pub const MAX_FAILS: &str = "com.docker.lb.max_fails";
+pub const FAIL_TIMEOUT: &str = "com.docker.lb.fail_timeout";
+/// interlock extension: `round_robin` (default) or `least_conn`.
+pub const BALANCE: &str = "com.docker.lb.balance";
+
+/// Labels Interlock documented but never honoured; reported as warnings.
+const UNSUPPORTED: &[&str] = &[
+    "com.docker.lb.ssl_only",
+    "com.docker.lb.ssl_backend",
+    "com.docker.lb.ssl_backend_tls_verify",
+];
+
+const KNOWN: &[&str] = &[
+    HOSTS,
+    PORT,
+    NETWORK,
+    CONTEXT_ROOT,
+    CONTEXT_ROOT_REWRITE,
+    SSL_CERT,
+    SSL_KEY,
+    SSL_PASSTHROUGH,
+    WEBSOCKET_ENDPOINTS,
+    STICKY_SESSION_COOKIE,
+    IP_HASH,
+    REDIRECTS,
+    SERVICE_CLUSTER,
+    BACKEND_MODE,
+    DEFAULT_BACKEND,
+    MAX_FAILS,
+    FAIL_TIMEOUT,
+    BALANCE,
+];
+
+/// A label whose value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize)]
+#[error("label {label}={value:?}: expected {expected}")]
+pub struct LabelError {
+    pub label: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl LabelError {
+    fn new(label: &str, value: &str, expected: impl Into<String>) -> Self {
+        LabelError {
+            label: label.to_string(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// A host name a service answers for: exact (`app.example.com`) or wildcard
+/// (`*.example.com`, any depth of subdomain). Always lower case, without port or final dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix after `*.`, e.g. `example.com`.
+    Wildcard(String),
+}
+
+impl From<HostPattern> for String {
+    fn from(h: HostPattern) -> String {
+        h.to_string()
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// How endpoints of a service are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendMode {
+    /// One upstream per running task (Interlock's default).
+    #[default]
+    Task,
+    /// One upstream: the service's virtual IP (IPVS balances).
+    Vip,
+}
+
+/// How a route chooses among its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+/// One `redirects` pair: requests for `source_host` over `source_scheme` get a 302 to
+/// `target` followed by the original request URI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub source_scheme: String,
+    pub source_host: String,
+    /// Scheme and authority (and optional path prefix), without a trailing `/`.
+    pub target: String,
+}
+
+/// The typed form of one service's labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceLabels {
+    pub hosts: Vec<HostPattern>,
+    pub port: Option<u16>,
+    pub network: Option<String>,
+    /// Normalised: starts with `/`, no trailing `/` (except `/` itself).
+    pub context_root: Option<String>,
+    pub context_root_rewrite: bool,
+    pub ssl_cert: Option<String>,
+    pub ssl_key: Option<String>,
+    pub ssl_passthrough: bool,
+    pub websocket_endpoints: Vec<String>,
+    pub sticky_session_cookie: Option<String>,
+    pub ip_hash: bool,
+    pub redirects: Vec<Redirect>,
+    /// Empty for the default (cluster-less) cluster.
+    pub service_cluster: String,
+    pub backend_mode: BackendMode,
+    pub default_backend: bool,
+    pub max_fails: Option<u32>,
+    #[serde(serialize_with = "serialize_opt_secs")]
+    pub fail_timeout: Option<Duration>,
+    pub balance: BalancePolicy,
+}
+
+fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+impl ServiceLabels {
+    /// True when the service asks to be routed at all (hosts or default backend).
+    pub fn is_published(&self) -> bool {
+        !self.hosts.is_empty() || self.default_backend
+    }
+}
+
+/// Result of parsing: the labels, or every error found (all are reported at once), plus
+/// warnings that do not stop the service from being routed.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub labels: ServiceLabels,
+    pub errors: Vec<LabelError>,
+    pub warnings: Vec<String>,
+}
+
+/// Parses every `com.docker.lb.*` label of one service.
+pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
+    let mut out = Parsed::default();
+    let mut l = ServiceLabels::default();
+    for (key, value) in raw.range(PREFIX.to_string()..) {
+        if !key.starts_with(PREFIX) {
+            break;
+        }
+        let v = value.trim();
+        let res: Result<(), LabelError> = match key.as_str() {
+            HOSTS => parse_list(v)
+                .map(|h| parse_host(HOSTS, h))
+                .collect::<Result<_, _>>()
+                .map(|hosts: Vec<_>| l.hosts = dedup(hosts)),
+            PORT => parse_port(v).map(|p| l.port = Some(p)),
+            NETWORK => non_empty(NETWORK, v, "a network name").map(|n| l.network = Some(n)),
+            CONTEXT_ROOT => parse_context_root(v).map(|c| l.context_root = Some(c)),
+            CONTEXT_ROOT_REWRITE => parse_bool(key, v).map(|b| l.context_root_rewrite = b),
+            SSL_CERT => {
+                non_empty(SSL_CERT, v, "a secret or file name").map(|n| l.ssl_cert = Some(n))
+            }
+            SSL_KEY => non_empty(SSL_KEY, v, "a secret or file name").map(|n| l.ssl_key = Some(n)),
+            SSL_PASSTHROUGH => parse_bool(key, v).map(|b| l.ssl_passthrough = b),
+            WEBSOCKET_ENDPOINTS => parse_list(v)
+                .map(|p| parse_path(WEBSOCKET_ENDPOINTS, p))
+                .collect::<Result<_, _>>()
+                .map(|p| l.websocket_endpoints = p),
+            STICKY_SESSION_COOKIE => parse_token(STICKY_SESSION_COOKIE, v, "a cookie name")
+                .map(|c| l.sticky_session_cookie = Some(c)),
+            IP_HASH => parse_bool(key, v).map(|b| l.ip_hash = b),
+            REDIRECTS => parse_redirects(v).map(|r| l.redirects = r),
+            SERVICE_CLUSTER => parse_cluster(v).map(|c| l.service_cluster = c),
+            BACKEND_MODE => parse_backend_mode(v).map(|m| l.backend_mode = m),
+            DEFAULT_BACKEND => parse_bool(key, v).map(|b| l.default_backend = b),
+            MAX_FAILS => v
+                .parse::<u32>()
+                .map(|n| l.max_fails = Some(n))
+                .map_err(|_| LabelError::new(key, v, "a non-negative integer")),
+            FAIL_TIMEOUT => parse_duration(v)
+                .map(|d| l.fail_timeout = Some(d))
+                .ok_or_else(|| {
+                    LabelError::new(key, v, "a duration such as `10s`, `500ms` or `1m`")
+                }),
+            BALANCE => parse_balance(v).map(|b| l.balance = b),
+            other if UNSUPPORTED.contains(&other) => {
+                out.warnings.push(format!(
+                    "label {other} is ignored: Interlock never supported it (use com.docker.lb.redirects)"
+                ));
+                Ok(())
+            }
+            other => {
+                debug_assert!(!KNOWN.contains(&other));
+                out.warnings
+                    .push(format!("unknown label {other} is ignored"));
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            out.errors.push(e);
+        }
+    }
+    cross_check(&l, &mut out.errors);
+    out.labels = l;
+    out
+}
+
+/// Checks between labels, once each label is valid on its own.
+fn cross_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
+    if l.ssl_key.is_some() != l.ssl_cert.is_some() {
+        let (label, value) = match &l.ssl_cert {
+            Some(c) => (SSL_CERT, c.as_str()),
+            None => (SSL_KEY, l.ssl_key.as_deref().unwrap_or_default()),
+        };
+        errors.push(LabelError::new(
+            label,
+            value,
+            "ssl_cert and ssl_key to be set together",
+        ));
+    }
+    for r in &l.redirects {
+        let listed = l.hosts.iter().any(|h| host_matches(h, &r.source_host));
+        if !listed {
+            errors.push(LabelError::new(
+                REDIRECTS,
+                &r.source_host,
+                format!("the redirect source host to be listed in {HOSTS}"),
+            ));
+        }
+    }
+}
+
+fn host_matches(pattern: &HostPattern, host: &str) -> bool {
+    match pattern {
+        HostPattern::Exact(h) => h == host,
+        HostPattern::Wildcard(suffix) => host
+            .strip_suffix(suffix.as_str())
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+    }
+}
+
+fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn parse_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn non_empty(label: &str, v: &str, expected: &str) -> Result<String, LabelError> {
+    if v.is_empty() {
+        Err(LabelError::new(label, v, expected))
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+/// `true`/`false` in any case, also `1`/`0` and `yes`/`no`. An empty value counts as true:
+/// Interlock v1 treated a present boolean label as set.
+fn parse_bool(label: &str, v: &str) -> Result<bool, LabelError> {
+    match v.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(LabelError::new(label, v, "`true` or `false`")),
+    }
+}
+
+fn parse_backend_mode(v: &str) -> Result<BackendMode, LabelError> {
+    match v.to_ascii_lowercase().as_str() {
+        "task" | "default" | "" => Ok(BackendMode::Task),
+        "vip" => Ok(BackendMode::Vip),
+        _ => Err(LabelError::new(BACKEND_MODE, v, "`task` or `vip`")),
+    }
+}
+
+fn parse_balance(v: &str) -> Result<BalancePolicy, LabelError> {
+    match v.to_ascii_lowercase().as_str() {
+        "round_robin" | "" => Ok(BalancePolicy::RoundRobin),
+        "least_conn" => Ok(BalancePolicy::LeastConn),
+        _ => Err(LabelError::new(BALANCE, v, "`round_robin` or `least_conn`")),
+    }
+}
+
+fn parse_port(v: &str) -> Result<u16, LabelError> {
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(LabelError::new(PORT, v, "a port number from 1 to 65535")),
+    }
+}
+
+/// Validates a DNS name (RFC 1123 labels), lower-cases it and strips a final dot.
+pub fn parse_host(label: &str, v: &str) -> Result<HostPattern, LabelError> {
+    let expected = "host names such as `app.example.com` or `*.example.com`, separated by commas";
+    let lower = v.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    let (wildcard, name) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    let valid_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(LabelError::new(label, v, expected));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(name.to_string())
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+fn parse_path(label: &str, v: &str) -> Result<String, LabelError> {
+    let ok = v.starts_with('/')
+        && !v.contains("//")
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if !ok {
+        return Err(LabelError::new(label, v, "an absolute path such as `/app`"));
+    }
+    Ok(v.to_string())
+}
+
+fn parse_context_root(v: &str) -> Result<String, LabelError> {
+    let p = parse_path(CONTEXT_ROOT, v)?;
+    Ok(match p.trim_end_matches('/') {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
+    })
+}
+
+fn parse_token(label: &str, v: &str, what: &str) -> Result<String, LabelError> {
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(LabelError::new(label, v, what))
+    }
+}
+
+fn parse_cluster(v: &str) -> Result<String, LabelError> {
+    let ok = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(LabelError::new(
+            SERVICE_CLUSTER,
+            v,
+            "a cluster name of letters, digits, `-`, `_` and `.`",
+        ))
+    }
+}
+
+/// `http://old.example.com,https://new.example.com;...` (a trailing `;` is allowed).
+fn parse_redirects(v: &str) -> Result<Vec<Redirect>, LabelError> {
+    let expected = "`<source URL>,<target URL>` pairs separated by `;`, e.g. `http://old.example.com,https://new.example.com`";
+    let mut out = Vec::new();
+    for pair in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (src, dst) = pair
+            .split_once(',')
+            .ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
+        let (src_scheme, src_host) =
+            split_url(src.trim()).ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
+        let dst = dst.trim();
+        split_url(dst).ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
+        if dst.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(LabelError::new(REDIRECTS, pair, expected));
+        }
+        out.push(Redirect {
+            source_scheme: src_scheme,
+            source_host: src_host,
+            target: dst.trim_end_matches('/').to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Splits `scheme://host[:port][/...]` into a lower-case scheme and host (no port).
+fn split_url(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    match parse_host(REDIRECTS, host).ok()? {
+        HostPattern::Exact(h) => Some((scheme, h)),
+        HostPattern::Wildcard(_) => None,
+    }
+}
+
+/// nginx-style durations: `30s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_hosts_trimmed_lowercased_and_wildcards() {
+        let p = parse(&labels(&[(
+            HOSTS,
+            " App.Example.com , *.Example.org., app.example.com",
+        )]));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(
+            p.labels.hosts,
+            vec![
+                HostPattern::Exact("app.example.com".into()),
+                HostPattern::Wildcard("example.org".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_host_naming_label_and_expectation() {
+        let p = parse(&labels(&[(HOSTS, "ok.example.com,bad host")]));
+        assert_eq!(p.errors.len(), 1);
+        let msg = p.errors[0].to_string();
+        assert!(
+            msg.contains("com.docker.lb.hosts") && msg.contains("bad host"),
+            "{msg}"
+        );
+        assert!(msg.contains("expected host names"), "{msg}");
+    }
+
+    #[test]
+    fn parses_port_and_rejects_out_of_range() {
+        assert_eq!(parse(&labels(&[(PORT, "8080")])).labels.port, Some(8080));
+        for bad in ["0", "65536", "80x", ""] {
+            let p = parse(&labels(&[(PORT, bad)]));
+            assert_eq!(p.errors.len(), 1, "{bad}");
+            assert!(p.errors[0].expected.contains("1 to 65535"));
+        }
+    }
+
+    #[test]
+    fn booleans_accept_common_spellings_and_empty_means_true() {
+        for (v, want) in [
+            ("true", true),
+            ("TRUE", true),
+            ("", true),
+            ("1", true),
+            ("false", false),
+            ("no", false),
+        ] {
+            let p = parse(&labels(&[(IP_HASH, v)]));
+            assert_eq!(p.labels.ip_hash, want, "{v}");
+        }
+        assert_eq!(parse(&labels(&[(IP_HASH, "maybe")])).errors.len(), 1);
+    }
+
+    #[test]
+    fn context_root_is_normalised() {
+        let p = parse(&labels(&[
+            (CONTEXT_ROOT, "/app/"),
+            (CONTEXT_ROOT_REWRITE, "true"),
+        ]));
+        assert_eq!(p.labels.context_root.as_deref(), Some("/app"));
+        assert!(p.labels.context_root_rewrite);
+        assert_eq!(
+            parse(&labels(&[(CONTEXT_ROOT, "/")]))
+                .labels
+                .context_root
+                .as_deref(),
+            Some("/")
+        );
+        assert_eq!(parse(&labels(&[(CONTEXT_ROOT, "app")])).errors.len(), 1);
+    }
+
+    #[test]
+    fn redirects_parse_with_trailing_semicolon_and_need_listed_source() {
+        let p = parse(&labels(&[
+            (HOSTS, "old.local,new.local"),
+            (
+                REDIRECTS,
+                "http://old.local,http://new.local/;https://Old.local:443,https://new.local;",
+            ),
+        ]));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.labels.redirects.len(), 2);
+        assert_eq!(p.labels.redirects[0].source_host, "old.local");
+        assert_eq!(p.labels.redirects[0].target, "http://new.local");
+        assert_eq!(p.labels.redirects[1].source_scheme, "https");
+
+        let p = parse(&labels(&[
+            (HOSTS, "a.local"),
+            (REDIRECTS, "http://b.local,http://a.local"),
+        ]));
+        assert_eq!(p.errors.len(), 1);
+        assert!(p.errors[0]
+            .expected
+            .contains("listed in com.docker.lb.hosts"));
+        assert_eq!(parse(&labels(&[(REDIRECTS, "nonsense")])).errors.len(), 1);
+    }
+
+    #[test]
+    fn unknown_and_unsupported_labels_warn() {
+        let p = parse(&labels(&[
+            ("com.docker.lb.host", "x"),
+            ("com.docker.lb.ssl_only", "true"),
+            ("other", "y"),
+        ]));
+        assert!(p.errors.is_empty());
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn durations_modes_and_policies() {
+        let p = parse(&labels(&[
+            (FAIL_TIMEOUT, "30s"),
+            (MAX_FAILS, "3"),
+            (BACKEND_MODE, "vip"),
+            (BALANCE, "least_conn"),
+            (SERVICE_CLUSTER, "us-east"),
+            (STICKY_SESSION_COOKIE, "session"),
+        ]));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.labels.fail_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(p.labels.max_fails, Some(3));
+        assert_eq!(p.labels.backend_mode, BackendMode::Vip);
+        assert_eq!(p.labels.balance, BalancePolicy::LeastConn);
+        assert_eq!(p.labels.service_cluster, "us-east");
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2x"), None);
+    }
+
+    #[test]
+    fn cert_and_key_go_together() {
+        let p = parse(&labels(&[(SSL_CERT, "app.cert")]));
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].label, SSL_CERT);
+    }
+}

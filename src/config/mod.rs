@@ -1,0 +1,38 @@
+//! The desired-state model every provider produces and the compiler consumes, plus the
+//! typed form of the `com.docker.lb.*` labels and the proxy's own settings.
+//!
+//! A provider knows nothing about routing: it reports services, their raw labels and the
+//! addresses of their running endpoints. Everything label-specific happens in [`labels`].
+
+pub mod labels;
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Everything the providers currently know: the input of one compile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service (a Swarm service, a container, or an entry of the TOML file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Unique name; errors and metrics are reported under it.
+    pub name: String,
+    /// Raw labels; only the `com.docker.lb.*` ones are read.
+    pub labels: BTreeMap<String, String>,
+    /// Running endpoints (task IPs, a VIP, or file entries).
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Where one running instance of a service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EndpointSpec {
+    pub ip: IpAddr,
+    /// Overrides `com.docker.lb.port` (host-published ports, file entries with a port).
+    pub port: Option<u16>,
+}

@@ -1,0 +1,145 @@
+//! Prometheus metric families of one interlock instance, and the per-service handles the
+//! data plane updates. Handles are resolved when a table is compiled, so a request touches
+//! only atomics, never the registry's label maps.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// All metric families, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub no_route: IntCounter,
+    pub open_connections: IntGauge,
+    pub open_tunnels: IntGauge,
+    pub table_generation: IntGauge,
+    pub reload_timestamp: IntGauge,
+    pub reload_failures: IntCounter,
+    pub services_rejected: IntGauge,
+}
+
+/// The status classes requests are counted by.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Pre-resolved handles for one service.
+pub struct ServiceMetrics {
+    by_class: [IntCounter; 5],
+    pub latency: Histogram,
+    pub upstream_errors: IntCounter,
+}
+
+impl ServiceMetrics {
+    /// Counts one response by its status class.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let idx = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[idx].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are constants; a failure here is a programming error caught by
+    // every test run, not an input error.
+    r.expect("metric definition is valid")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "interlock_requests_total",
+                "Responses sent, by service and status class",
+            ),
+            &["service", "class"],
+        ));
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "interlock_request_duration_seconds",
+                "Time from request received to upstream response head, by service",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["service"],
+        ));
+        let upstream_errors = must(IntCounterVec::new(
+            Opts::new(
+                "interlock_upstream_errors_total",
+                "Failed upstream exchanges (refused, timeout, reset), by service",
+            ),
+            &["service"],
+        ));
+        let gauge = |n: &str, h: &str| must(IntGauge::new(n, h));
+        let counter = |n: &str, h: &str| must(IntCounter::new(n, h));
+        let m = Metrics {
+            no_route: counter("interlock_no_route_total", "Requests that matched no route (503)"),
+            open_connections: gauge("interlock_open_connections", "Open client connections"),
+            open_tunnels: gauge("interlock_open_tunnels", "Open upgraded (websocket) tunnels"),
+            table_generation: gauge("interlock_table_generation", "Generation of the live routing table"),
+            reload_timestamp: gauge(
+                "interlock_reload_timestamp_seconds",
+                "Unix time of the last successful routing table swap",
+            ),
+            reload_failures: counter(
+                "interlock_reload_failures_total",
+                "Provider updates that could not be applied (the last good table stayed)",
+            ),
+            services_rejected: gauge(
+                "interlock_services_rejected",
+                "Services of the live table skipped or kept at their last good routes because of label errors",
+            ),
+            requests,
+            latency,
+            upstream_errors,
+            registry,
+        };
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.latency.clone()),
+            Box::new(m.upstream_errors.clone()),
+            Box::new(m.no_route.clone()),
+            Box::new(m.open_connections.clone()),
+            Box::new(m.open_tunnels.clone()),
+            Box::new(m.table_generation.clone()),
+            Box::new(m.reload_timestamp.clone()),
+            Box::new(m.reload_failures.clone()),
+            Box::new(m.services_rejected.clone()),
+        ] {
+            must(m.registry.register(c));
+        }
+        Arc::new(m)
+    }
+
+    /// Handles for one service (created on first use).
+    pub fn service(&self, name: &str) -> Arc<ServiceMetrics> {
+        Arc::new(ServiceMetrics {
+            by_class: CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
+            latency: self.latency.with_label_values(&[name]),
+            upstream_errors: self.upstream_errors.with_label_values(&[name]),
+        })
+    }
+
+    /// Drops the series of a service that left the table.
+    pub fn forget_service(&self, name: &str) {
+        for c in CLASSES {
+            let _ = self.requests.remove_label_values(&[name, c]);
+        }
+        let _ = self.latency.remove_label_values(&[name]);
+        let _ = self.upstream_errors.remove_label_values(&[name]);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,7 @@
+//! Sources of desired state. A provider publishes complete [`DesiredState`] snapshots on a
+//! `watch` channel; it never publishes a state it could not read completely, so a broken
+//! source leaves the last good state (and table) in place.
+//!
+//! [`DesiredState`]: crate::config::DesiredState
+
+pub mod file;

@@ -1,0 +1,145 @@
+//! One client connection: HTTP/1.1 or h2c on the same socket, an idle watchdog, and
+//! graceful close on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::headers::ClientInfo;
+use super::Proxy;
+use crate::shutdown::{Shutdown, TrackGuard};
+
+/// Serves one accepted connection until it closes.
+pub(super) async fn serve(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: Shutdown,
+    _guard: TrackGuard,
+) {
+    proxy.metrics.open_connections.inc();
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Monitored {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let client = Arc::new(ClientInfo {
+        ip: HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown")),
+        proto: HeaderValue::from_static(proxy.settings.scheme.as_str()),
+    });
+    let svc = {
+        let proxy = proxy.clone();
+        service_fn(move |req| super::handler::handle(proxy.clone(), client.clone(), peer, req))
+    };
+    let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+
+    let idle_timeout = proxy.settings.idle_timeout;
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
+    let mut quiet_since = Instant::now();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            now = tick.tick(), if !closing => {
+                let current = activity.load(Ordering::Relaxed);
+                if current != seen {
+                    seen = current;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= idle_timeout {
+                    tracing::debug!(%peer, "closing idle client connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    proxy.metrics.open_connections.dec();
+}
+
+/// A stream that counts its successful reads and writes, for the idle watchdog.
+struct Monitored<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+}
+
+impl<S> Monitored<S> {
+    fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Monitored<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Monitored<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if res.is_ready() {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if res.is_ready() {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

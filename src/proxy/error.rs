@@ -1,0 +1,74 @@
+//! Why a request could not be proxied, and the short, readable answer the client gets.
+
+use http::StatusCode;
+use thiserror::Error;
+
+use crate::upstream::ConnectError;
+
+/// A failed request, with the status it maps to.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("the request has no valid Host")]
+    BadHost,
+    #[error("the route has no running endpoint")]
+    NoEndpoint,
+    #[error("upstream refused the connection")]
+    Refused(#[source] ConnectError),
+    #[error("upstream connection failed")]
+    Connect(#[source] ConnectError),
+    #[error("upstream did not answer in time")]
+    Timeout,
+    #[error("upstream connection failed mid-request")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream refused the protocol upgrade")]
+    UpgradeRefused,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::Timeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::NoRoute | ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(_)
+            | ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpgradeRefused => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// True when the upstream (not the client or the table) failed.
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Refused(_)
+                | ProxyError::Connect(_)
+                | ProxyError::Timeout
+                | ProxyError::Upstream(_)
+        )
+    }
+
+    /// The body sent to the client: status line text plus the reason, one line.
+    pub fn body(&self) -> String {
+        let status = self.status();
+        format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        )
+    }
+}
+
+impl From<ConnectError> for ProxyError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Refused(_) => ProxyError::Refused(e),
+            _ => ProxyError::Connect(e),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! One request: resolve the route in the live table, pick an endpoint, forward, stream the
+//! answer back. Failures become short 502/503/504 answers; idempotent requests get one
+//! retry when a stale pooled connection or a refused endpoint made them fail.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use super::headers::{self, ClientInfo};
+use super::{upgrade, Proxy};
+use crate::balance::Backend;
+use crate::routing::{normalize_host, Decision, Route};
+use crate::upstream::{PooledConn, UpstreamBody};
+
+/// Serves one client request. Never fails: errors are answered.
+pub(super) async fn handle(
+    proxy: Arc<Proxy>,
+    client: Arc<ClientInfo>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let method = proxy.access_log.then(|| req.method().clone());
+    let path = proxy.access_log.then(|| req.uri().path().to_string());
+    let (resp, service) = route_and_forward(&proxy, &client, req, start).await;
+    if let (Some(method), Some(path)) = (method, path) {
+        tracing::info!(
+            target: "interlock::access",
+            client = %peer,
+            %method,
+            path,
+            status = resp.status().as_u16(),
+            service = service.as_deref().unwrap_or("-"),
+            duration_us = start.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(resp)
+}
+
+fn simple(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    simple(e.status(), e.body())
+}
+
+fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    match HeaderValue::from_str(location) {
+        Ok(loc) => {
+            let mut resp = simple(status, format!("{} {}\n", status.as_u16(), location));
+            resp.headers_mut().insert(header::LOCATION, loc);
+            resp
+        }
+        Err(_) => error_response(&ProxyError::BadHost),
+    }
+}
+
+/// The host the client asked for: the Host field (HTTP/1), else the URI authority (h2).
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+async fn route_and_forward(
+    proxy: &Proxy,
+    client: &ClientInfo,
+    req: Request<Incoming>,
+    start: Instant,
+) -> (Response<ProxyBody>, Option<Arc<str>>) {
+    let scheme = proxy.settings.scheme.as_str();
+    let Some(host) = request_host(&req).and_then(normalize_host) else {
+        return (error_response(&ProxyError::BadHost), None);
+    };
+    let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    // The one table load of this request; the guard is dropped before any await.
+    let route = {
+        let table = proxy.table.load();
+        match table.route(scheme, &host, pq) {
+            Decision::Forward(route) => route.clone(),
+            Decision::Redirect { status, location } => return (redirect(status, &location), None),
+            Decision::NotFound => {
+                proxy.metrics.no_route.inc();
+                return (error_response(&ProxyError::NoRoute), None);
+            }
+        }
+    };
+    let Some(backend) = route.backends.pick(None).cloned() else {
+        return (error_response(&ProxyError::NoEndpoint), None);
+    };
+    let service = backend.service.clone();
+    let resp = match forward(proxy, client, &route, backend, req, start).await {
+        Ok(resp) => resp,
+        Err((e, backend)) => {
+            if e.is_upstream() {
+                backend.metrics.upstream_errors.inc();
+                tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, cause = ?std::error::Error::source(&e), "upstream failure");
+            }
+            backend
+                .metrics
+                .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+            error_response(&e)
+        }
+    };
+    (resp, Some(service))
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Builds the upstream request in place: origin-form target (context root rewritten),
+/// HTTP/1.1, hop-by-hop fields removed, forwarding fields added, Host preserved.
+fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade: bool) {
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let target = route.upstream_path(pq);
+    let new_pq = match target {
+        std::borrow::Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+        std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
+    };
+    let host_value = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(h) = &host_value {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    headers::add_forwarded(&mut parts.headers, client, host_value);
+}
+
+async fn forward(
+    proxy: &Proxy,
+    client: &ClientInfo,
+    route: &Route,
+    mut backend: Backend,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
+    let settings = &proxy.settings;
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    upstream_parts(&mut parts, route, client, upgrade);
+    let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
+    let mut request = Request::from_parts(parts, UpstreamBody::Client(body));
+
+    let mut retried = false;
+    let mut fresh = false;
+    let (resp, conn) = loop {
+        let active = backend.upstream.track();
+        let checkout = if fresh {
+            backend.upstream.connect(settings.connect_timeout).await
+        } else {
+            backend
+                .upstream
+                .checkout(settings.connect_timeout, settings.pool_idle_timeout)
+                .await
+        };
+        let conn = match checkout {
+            Ok(c) => c,
+            Err(e) => {
+                let e = ProxyError::from(e);
+                // A refused connect sent nothing: any request may go to another endpoint.
+                if !retried && matches!(e, ProxyError::Refused(_)) {
+                    if let Some(next) = route.backends.pick(Some(&backend.upstream)) {
+                        if !Arc::ptr_eq(&next.upstream, &backend.upstream) {
+                            retried = true;
+                            backend.metrics.upstream_errors.inc();
+                            backend = next.clone();
+                            continue;
+                        }
+                    }
+                }
+                return Err((e, backend));
+            }
+        };
+        // Keep what is needed to replay an idempotent request if this stale-prone (reused)
+        // connection fails after the request was written.
+        let replay = (conn.reused && replayable && !retried).then(|| clone_head(&request));
+        match send(conn, request, settings.upstream_timeout).await {
+            Ok((resp, conn)) => break (resp, (conn, active)),
+            Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
+            Err(SendFailure::Unsent(e, req)) if !retried => {
+                tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
+                retried = true;
+                fresh = true;
+                request = *req;
+            }
+            Err(SendFailure::Unsent(e, _)) | Err(SendFailure::Failed(e)) if replay.is_none() => {
+                return Err((ProxyError::Upstream(e), backend))
+            }
+            Err(SendFailure::Failed(e)) | Err(SendFailure::Unsent(e, _)) => {
+                tracing::debug!(upstream = backend.upstream.label(), error = %e, "reused connection failed; retrying idempotent request");
+                retried = true;
+                fresh = true;
+                request = replay.unwrap_or_else(|| Request::new(UpstreamBody::Empty));
+            }
+        }
+    };
+    let (conn, active) = conn;
+    let status = resp.status();
+    backend
+        .metrics
+        .record(status.as_u16(), start.elapsed().as_secs_f64());
+
+    if let Some(client_upgrade) = client_upgrade {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(upgrade::tunnel(proxy, client_upgrade, resp, &backend));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, conn, backend.upstream.clone(), active),
+    ))
+}
+
+/// A copy of a body-less request, for one replay.
+fn clone_head(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut copy = Request::new(UpstreamBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+enum SendFailure {
+    Timeout,
+    /// The connection failed before the request was written; here it is back.
+    Unsent(hyper::Error, Box<Request<UpstreamBody>>),
+    Failed(hyper::Error),
+}
+
+async fn send(
+    mut conn: PooledConn,
+    req: Request<UpstreamBody>,
+    timeout: std::time::Duration,
+) -> Result<(Response<Incoming>, PooledConn), SendFailure> {
+    match tokio::time::timeout(timeout, conn.tx.try_send_request(req)).await {
+        Err(_) => Err(SendFailure::Timeout),
+        Ok(Ok(resp)) => Ok((resp, conn)),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(SendFailure::Unsent(e.into_error(), Box::new(req))),
+            None => Err(SendFailure::Failed(e.into_error())),
+        },
+    }
+}

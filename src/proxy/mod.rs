@@ -1,0 +1,114 @@
+//! The data plane: accepting client connections and forwarding their requests.
+//!
+//! Lifecycle of a client connection (see `connection.rs`): accept -> serve HTTP/1.1 or h2c
+//! (auto-detected) -> for each request, `handler.rs` loads the live table once, resolves a
+//! route and an endpoint, forwards through the endpoint's pool and streams the answer back
+//! -> an upgrade (websocket) becomes a tunnel task (`upgrade.rs`) that outlives the HTTP
+//! connection and every table swap -> idle timeout or shutdown closes the connection
+//! gracefully, letting in-flight requests finish.
+
+mod body;
+mod connection;
+pub mod error;
+mod handler;
+pub mod headers;
+mod upgrade;
+
+pub use body::ProxyBody;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::config::settings::ProxySettings;
+use crate::metrics::Metrics;
+use crate::routing::TableStore;
+use crate::shutdown::{Shutdown, Tracker};
+
+/// Shared state of the data plane (one per listener scheme).
+pub struct Proxy {
+    pub table: Arc<TableStore>,
+    pub settings: ProxySettings,
+    pub metrics: Arc<Metrics>,
+    /// Emit one `interlock::access` event per request.
+    pub access_log: bool,
+    /// Connections and tunnels, for draining.
+    pub tracker: Tracker,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Proxy {
+    pub fn new(
+        table: Arc<TableStore>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+    ) -> Arc<Self> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .max_headers(settings.max_headers)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Arc::new(Proxy {
+            table,
+            settings,
+            metrics,
+            access_log,
+            tracker: Tracker::default(),
+            builder,
+        })
+    }
+
+    /// Accepts connections until `shutdown` fires, then stops accepting; connections drain
+    /// on their own (see [`Proxy::drain`]).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let _ = stream.set_nodelay(true);
+                    let guard = self.tracker.track();
+                    tokio::spawn(connection::serve(
+                        self.clone(),
+                        stream,
+                        peer,
+                        shutdown.clone(),
+                        guard,
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin or die.
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Waits for connections and tunnels to finish, at most the drain timeout. Returns the
+    /// number still open when it gave up.
+    pub async fn drain(&self) -> usize {
+        let _ = tokio::time::timeout(self.settings.drain_timeout, self.tracker.wait_idle()).await;
+        self.tracker.live()
+    }
+}

@@ -1,0 +1,206 @@
+//! The routing table: an immutable snapshot compiled from desired state, and its lookup
+//! (host, then longest context root). The live table sits in a [`TableStore`]; a request
+//! loads it once, resolves its route and drops the guard before any await.
+
+mod host;
+mod store;
+
+pub use host::normalize_host;
+pub use store::TableStore;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::balance::BackendSet;
+use crate::compile::{CompileReport, CompiledService};
+use crate::config::labels::Redirect;
+use crate::upstream::Upstream;
+
+/// An immutable routing snapshot. Built by [`crate::compile::compile`], never mutated.
+#[derive(Default)]
+pub struct RoutingTable {
+    pub generation: u64,
+    pub(crate) exact: HashMap<Box<str>, Arc<VirtualHost>>,
+    /// Keyed by the suffix after `*.`.
+    pub(crate) wildcard: HashMap<Box<str>, Arc<VirtualHost>>,
+    /// The `default_backend` services, for hosts that match nothing else.
+    pub(crate) default: Option<Arc<VirtualHost>>,
+    /// Every endpoint of the table, so the next compile can reuse pools and counters.
+    pub(crate) upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+    /// Round-robin cursors by route id, carried to the next generation.
+    pub(crate) cursors: HashMap<Box<str>, Arc<AtomicUsize>>,
+    /// What each service compiled to (or why it did not), for last-good reuse and `/routes`.
+    pub services: BTreeMap<String, CompiledService>,
+    pub report: CompileReport,
+}
+
+/// Everything routed for one host pattern.
+pub struct VirtualHost {
+    pub name: String,
+    pub redirects: Vec<Redirect>,
+    /// Longest context root first.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// One (host, context root) pair and its endpoints.
+pub struct Route {
+    /// `host` + `context_root`, e.g. `app.example.com/api`.
+    pub id: Box<str>,
+    /// Normalised prefix; `/` routes the whole host.
+    pub context_root: String,
+    /// Strip the context root before forwarding.
+    pub rewrite: bool,
+    pub services: Vec<String>,
+    pub backends: BackendSet,
+}
+
+/// What to do with a request.
+pub enum Decision<'t> {
+    Forward(&'t Arc<Route>),
+    /// Answer with a redirect (302 for `redirects`, 301 for a bare rewritten context root).
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    NotFound,
+}
+
+impl Route {
+    /// True when `path` is the context root or lies below it (segment boundary).
+    pub fn matches(&self, path: &str) -> bool {
+        let root = self.context_root.as_str();
+        root == "/"
+            || path
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The path and query to send upstream.
+    pub fn upstream_path<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.rewrite || self.context_root == "/" {
+            return path_and_query.into();
+        }
+        match path_and_query.strip_prefix(self.context_root.as_str()) {
+            Some(rest) if rest.starts_with('/') => rest.into(),
+            Some(rest) => format!("/{rest}").into(),
+            None => path_and_query.into(),
+        }
+    }
+}
+
+impl RoutingTable {
+    /// The virtual host for an already normalised host name.
+    pub fn virtual_host(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        // Most specific wildcard first: a.b.example.com tries b.example.com, then example.com.
+        let mut rest = host;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(v) = self.wildcard.get(suffix) {
+                return Some(v);
+            }
+            rest = suffix;
+        }
+        self.default.as_ref()
+    }
+
+    /// Resolves a request. `host` must be normalised ([`normalize_host`]); `path_and_query`
+    /// is the request target in origin form.
+    pub fn route<'t>(&'t self, scheme: &str, host: &str, path_and_query: &str) -> Decision<'t> {
+        let Some(vhost) = self.virtual_host(host) else {
+            return Decision::NotFound;
+        };
+        if let Some(r) = vhost
+            .redirects
+            .iter()
+            .find(|r| r.source_host == host && r.source_scheme == scheme)
+        {
+            return Decision::Redirect {
+                status: 302,
+                location: format!("{}{}", r.target, path_and_query),
+            };
+        }
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        match vhost.routes.iter().find(|r| r.matches(path)) {
+            Some(route)
+                if route.rewrite && route.context_root != "/" && path == route.context_root =>
+            {
+                let query = &path_and_query[path.len()..];
+                Decision::Redirect {
+                    status: 301,
+                    location: format!("{path}/{query}"),
+                }
+            }
+            Some(route) => Decision::Forward(route),
+            None => Decision::NotFound,
+        }
+    }
+
+    /// Number of routes in the table.
+    pub fn route_count(&self) -> usize {
+        self.vhosts().map(|v| v.routes.len()).sum()
+    }
+
+    fn vhosts(&self) -> impl Iterator<Item = &Arc<VirtualHost>> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(self.default.iter())
+    }
+
+    /// A JSON view of the live table for the admin `/routes` endpoint.
+    pub fn describe(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct RouteView<'a> {
+            host: &'a str,
+            context_root: &'a str,
+            rewrite: bool,
+            services: &'a [String],
+            policy: crate::config::labels::BalancePolicy,
+            endpoints: Vec<EndpointView<'a>>,
+        }
+        #[derive(Serialize)]
+        struct EndpointView<'a> {
+            addr: &'a str,
+            service: &'a str,
+            active: usize,
+            idle_connections: usize,
+        }
+        let mut routes: Vec<RouteView> = self
+            .vhosts()
+            .flat_map(|v| v.routes.iter().map(move |r| (v, r)))
+            .map(|(v, r)| RouteView {
+                host: &v.name,
+                context_root: &r.context_root,
+                rewrite: r.rewrite,
+                services: &r.services,
+                policy: r.backends.policy,
+                endpoints: r
+                    .backends
+                    .backends
+                    .iter()
+                    .map(|b| EndpointView {
+                        addr: b.upstream.label(),
+                        service: &b.service,
+                        active: b.upstream.active(),
+                        idle_connections: b.upstream.idle_connections(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        routes.sort_by(|a, b| (a.host, a.context_root).cmp(&(b.host, b.context_root)));
+        let redirects: Vec<_> = self.vhosts().flat_map(|v| v.redirects.iter()).collect();
+        serde_json::json!({
+            "generation": self.generation,
+            "routes": routes,
+            "redirects": redirects,
+            "services": self.services,
+            "report": self.report,
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! One backend endpoint (`ip:port`): its pool of idle HTTP/1.1 connections and the live
+//! counters balancing reads. An [`Upstream`] is shared by every table generation that
+//! routes to the same address, so pools and counters survive table swaps; when the address
+//! leaves the table it is [retired](Upstream::retire) and its idle connections close.
+
+mod body;
+mod pool;
+
+pub use body::UpstreamBody;
+pub use pool::{ConnectError, PooledConn};
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+/// A backend address with its connection pool and in-flight request count.
+pub struct Upstream {
+    addr: SocketAddr,
+    /// `ip:port` pre-rendered for logs and headers.
+    label: Box<str>,
+    idle: ArrayQueue<pool::Idle>,
+    active: AtomicUsize,
+    retired: AtomicBool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("active", &self.active())
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
+        Arc::new(Upstream {
+            addr,
+            label: addr.to_string().into_boxed_str(),
+            idle: ArrayQueue::new(max_idle.max(1)),
+            active: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Requests in flight to this endpoint.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Idle pooled connections.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Marks a request in flight until the guard drops (least-connections reads it).
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Called when the endpoint leaves the routing table: closes idle connections and stops
+    /// pooling the ones still in use (they close when their response ends).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        while self.idle.pop().is_some() {}
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+}
+
+/// Counts one in-flight request on an [`Upstream`].
+pub struct ActiveGuard(Arc<Upstream>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
