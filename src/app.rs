@@ -94,17 +94,26 @@ impl Applier {
 /// Everything one all-in-one instance needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub config: PathBuf,
+    /// Services file (file provider), if any.
+    pub config: Option<PathBuf>,
+    /// Watch the Docker engine (Docker provider).
+    pub docker: bool,
+    pub docker_mode: crate::providers::docker::DockerMode,
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub cluster: String,
     pub watch_interval: Duration,
+    pub docker_poll_interval: Duration,
     pub settings: ProxySettings,
     pub access_log: bool,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.config.is_some() || cfg.docker,
+        "nothing to route: give --config FILE, --docker, or both"
+    );
     let metrics = Metrics::new();
     let applier = Arc::new(Applier::new(
         metrics.clone(),
@@ -113,23 +122,37 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             max_idle_per_endpoint: cfg.settings.pool_max_idle_per_endpoint,
         },
     ));
-    // The first load must succeed: there is no last good state to fall back to yet.
-    let initial = crate::providers::file::load(&cfg.config)
-        .await
-        .with_context(|| "loading the initial configuration")?;
-    applier.apply(&initial);
-    let (state_tx, state_rx) = watch::channel(initial);
-    let reload_failures = metrics.reload_failures.clone();
-    tokio::spawn(crate::providers::file::watch(
-        cfg.config.clone(),
-        cfg.watch_interval,
-        state_tx,
-        move |e| {
-            reload_failures.inc();
-            tracing::error!("{e}; keeping the last good configuration");
-        },
-    ));
-    tokio::spawn(follow(applier.clone(), state_rx));
+    let mut sources = Vec::new();
+    if let Some(path) = &cfg.config {
+        // The first load must succeed: there is no last good state to fall back to yet.
+        let initial = crate::providers::file::load(path)
+            .await
+            .with_context(|| "loading the initial configuration")?;
+        let (tx, rx) = watch::channel(initial);
+        let reload_failures = metrics.reload_failures.clone();
+        tokio::spawn(crate::providers::file::watch(
+            path.clone(),
+            cfg.watch_interval,
+            tx,
+            move |e| {
+                reload_failures.inc();
+                tracing::error!("{e}; keeping the last good configuration");
+            },
+        ));
+        sources.push(rx);
+    }
+    if cfg.docker {
+        let (tx, rx) = watch::channel(DesiredState::default());
+        let opts = crate::providers::docker::DockerOptions {
+            poll_interval: cfg.docker_poll_interval,
+            mode: cfg.docker_mode,
+            ..Default::default()
+        };
+        tokio::spawn(crate::providers::docker::run(opts, tx, metrics.clone()));
+        sources.push(rx);
+    }
+    applier.apply(&merge(&sources));
+    tokio::spawn(follow(applier.clone(), sources));
 
     let (trigger, shutdown) = shutdown::channel();
     let proxy = Proxy::new(
@@ -173,11 +196,30 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies every new state a provider publishes.
-pub async fn follow(applier: Arc<Applier>, mut rx: watch::Receiver<DesiredState>) {
-    while rx.changed().await.is_ok() {
-        let state = rx.borrow_and_update().clone();
-        applier.apply(&state);
+/// The union of every provider's current state.
+fn merge(sources: &[watch::Receiver<DesiredState>]) -> DesiredState {
+    DesiredState {
+        services: sources
+            .iter()
+            .flat_map(|rx| rx.borrow().services.clone())
+            .collect(),
+    }
+}
+
+/// Applies the merged state whenever any provider publishes a new one.
+pub async fn follow(applier: Arc<Applier>, sources: Vec<watch::Receiver<DesiredState>>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for mut rx in sources.iter().cloned() {
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        });
+    }
+    loop {
+        changed.notified().await;
+        applier.apply(&merge(&sources));
     }
 }
 

@@ -47,13 +47,22 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Services file (TOML), watched and hot reloaded.
+    #[arg(long, short, env = "INTERLOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Route the Docker engine's labelled services (DOCKER_HOST or the local socket).
+    #[arg(long, env = "INTERLOCK_DOCKER")]
+    pub docker: bool,
+    /// How often Swarm tasks are polled (Swarm emits no task events), in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub docker_poll_ms: u64,
+    /// Read swarm services, plain containers, or decide by the engine's swarm role.
     #[arg(
         long,
-        short,
-        env = "INTERLOCK_CONFIG",
-        default_value = "interlock.toml"
+        value_enum,
+        default_value = "auto",
+        env = "INTERLOCK_DOCKER_MODE"
     )]
-    pub config: PathBuf,
+    pub docker_mode: crate::providers::docker::DockerMode,
     /// Proxy listener (HTTP/1.1 and h2c); repeat for several.
     #[arg(
         long,
@@ -117,9 +126,20 @@ pub struct CheckArgs {
         long,
         short,
         env = "INTERLOCK_CONFIG",
-        default_value = "interlock.toml"
+        required_unless_present = "docker"
     )]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Check the live Docker engine's labelled services.
+    #[arg(long, env = "INTERLOCK_DOCKER")]
+    pub docker: bool,
+    /// Read swarm services, plain containers, or decide by the engine's swarm role.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "INTERLOCK_DOCKER_MODE"
+    )]
+    pub docker_mode: crate::providers::docker::DockerMode,
     /// Service cluster to check for.
     #[arg(long, default_value = "")]
     pub cluster: String,
@@ -161,6 +181,9 @@ impl RunArgs {
         };
         Ok(RunConfig {
             config: self.config.clone(),
+            docker: self.docker,
+            docker_mode: self.docker_mode,
+            docker_poll_interval: Duration::from_millis(self.docker_poll_ms.max(50)),
             listen: self.listen.clone(),
             admin,
             cluster: self.cluster.clone(),
@@ -173,7 +196,20 @@ impl RunArgs {
 
 /// `interlock check`: prints a report, returns whether every service is clean.
 pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
-    let state = crate::providers::file::load(&args.config).await?;
+    let mut state = crate::config::DesiredState::default();
+    if let Some(path) = &args.config {
+        state
+            .services
+            .extend(crate::providers::file::load(path).await?.services);
+    }
+    if args.docker {
+        let docker = crate::providers::docker::connect().await?;
+        state.services.extend(
+            crate::providers::docker::snapshot(&docker, args.docker_mode)
+                .await?
+                .services,
+        );
+    }
     let opts = CompileOptions {
         cluster: args.cluster.clone(),
         ..CompileOptions::default()
@@ -193,24 +229,24 @@ pub fn render_check(table: &RoutingTable) -> String {
                 let _ = writeln!(out, "ok    {name}");
                 if let Some(l) = &svc.labels {
                     let root = l.context_root.as_deref().unwrap_or("/");
+                    let endpoints = match svc.endpoints.as_slice() {
+                        [] => "no running endpoint".to_string(),
+                        eps => eps
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
                     for h in &l.hosts {
-                        let _ = writeln!(
-                            out,
-                            "        http://{h}{root} -> {} endpoint(s)",
-                            svc.endpoints.len()
-                        );
+                        let _ = writeln!(out, "        http://{h}{root} -> {endpoints}");
                     }
                     if l.default_backend {
-                        let _ = writeln!(
-                            out,
-                            "        default backend -> {} endpoint(s)",
-                            svc.endpoints.len()
-                        );
+                        let _ = writeln!(out, "        default backend{root} -> {endpoints}");
                     }
                 }
             }
             ServiceStatus::NotPublished => {
-                let _ = writeln!(out, "skip  {name}: not published (no com.docker.lb.hosts)");
+                let _ = writeln!(out, "skip  {name}: not published (no com.docker.lb.hosts or default_backend, or TLS passthrough)");
             }
             ServiceStatus::Rejected => {
                 let _ = writeln!(out, "ERROR {name}");

@@ -128,6 +128,7 @@ pub fn compile(
             continue;
         }
         let mut parsed = labels::parse(&spec.labels);
+        parsed.errors.extend(spec.errors.iter().cloned());
         if parsed.labels.service_cluster != opts.cluster
             && !parsed
                 .errors
@@ -214,7 +215,7 @@ pub fn compile(
                 let mine = l
                     .redirects
                     .iter()
-                    .filter(|r| labels_host_match(h, &r.source_host));
+                    .filter(|r| labels::host_matches(h, &r.source_host));
                 redirects
                     .entry(h.clone())
                     .or_default()
@@ -320,13 +321,6 @@ pub fn compile(
     table
 }
 
-fn labels_host_match(pattern: &HostPattern, host: &str) -> bool {
-    match pattern {
-        HostPattern::Exact(h) => h == host,
-        HostPattern::Wildcard(_) => false,
-    }
-}
-
 /// Endpoint addresses: each endpoint's own port, else `com.docker.lb.port`.
 fn resolve_endpoints(
     spec: &crate::config::ServiceSpec,
@@ -338,6 +332,9 @@ fn resolve_endpoints(
         match ep.port.or(l.port) {
             Some(port) => out.push(SocketAddr::new(ep.ip, port)),
             None if l.is_published() => {
+                if errors.iter().any(|e| e.label == labels::PORT) {
+                    return Vec::new(); // already reported as an invalid port
+                }
                 errors.push(LabelError {
                     label: labels::PORT.into(),
                     value: String::new(),
@@ -371,4 +368,56 @@ pub fn departed_services<'a>(old: &'a RoutingTable, new: &RoutingTable) -> Vec<&
         })
         .map(|(name, _)| name.as_str())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EndpointSpec, ServiceSpec};
+    use crate::routing::Decision;
+
+    #[test]
+    fn redirect_source_under_a_wildcard_host_redirects() {
+        let spec = ServiceSpec {
+            name: "web".into(),
+            labels: [
+                (labels::HOSTS, "*.example.com"),
+                (
+                    labels::REDIRECTS,
+                    "http://old.example.com,https://new.example.com",
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            endpoints: vec![EndpointSpec {
+                ip: [127, 0, 0, 1].into(),
+                port: Some(9001),
+            }],
+            errors: Vec::new(),
+        };
+        let state = DesiredState {
+            services: vec![spec],
+        };
+        let table = compile(
+            &state,
+            &RoutingTable::default(),
+            &CompileOptions::default(),
+            &Metrics::new(),
+        );
+        assert!(table.report.errors.is_empty(), "{:?}", table.report.errors);
+        match table.route("http", "old.example.com", "/a?b=1") {
+            Decision::Redirect { status, location } => {
+                assert_eq!(
+                    (status, location.as_str()),
+                    (302, "https://new.example.com/a?b=1")
+                );
+            }
+            _ => panic!("old.example.com was not redirected"),
+        }
+        assert!(matches!(
+            table.route("http", "app.example.com", "/"),
+            Decision::Forward(_)
+        ));
+    }
 }

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub reload_timestamp: IntGauge,
     pub reload_failures: IntCounter,
     pub services_rejected: IntGauge,
+    pub docker_up: IntGauge,
+    pub docker_resyncs: IntCounter,
+    pub docker_errors: IntCounter,
 }
 
 /// The status classes requests are counted by.
@@ -96,6 +99,12 @@ impl Metrics {
                 "interlock_services_rejected",
                 "Services of the live table skipped or kept at their last good routes because of label errors",
             ),
+            docker_up: gauge("interlock_docker_up", "1 while the Docker provider is connected to the engine"),
+            docker_resyncs: counter("interlock_docker_resyncs_total", "Complete re-lists of the Docker engine's state"),
+            docker_errors: counter(
+                "interlock_docker_errors_total",
+                "Lost or failed connections to the Docker engine (the last good routes stay)",
+            ),
             requests,
             latency,
             upstream_errors,
@@ -112,6 +121,9 @@ impl Metrics {
             Box::new(m.reload_timestamp.clone()),
             Box::new(m.reload_failures.clone()),
             Box::new(m.services_rejected.clone()),
+            Box::new(m.docker_up.clone()),
+            Box::new(m.docker_resyncs.clone()),
+            Box::new(m.docker_errors.clone()),
         ] {
             must(m.registry.register(c));
         }

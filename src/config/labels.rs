@@ -273,7 +273,8 @@ fn cross_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
     }
 }
 
-fn host_matches(pattern: &HostPattern, host: &str) -> bool {
+/// True when `host` (a normalised name) is `pattern` or, for a wildcard, lies below it.
+pub fn host_matches(pattern: &HostPattern, host: &str) -> bool {
     match pattern {
         HostPattern::Exact(h) => h == host,
         HostPattern::Wildcard(suffix) => host

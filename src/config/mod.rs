@@ -27,6 +27,9 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
     /// Running endpoints (task IPs, a VIP, or file entries).
     pub endpoints: Vec<EndpointSpec>,
+    /// Label problems only the provider can see (e.g. `com.docker.lb.network` names a
+    /// network the service is not attached to); compile reports them like parse errors.
+    pub errors: Vec<labels::LabelError>,
 }
 
 /// Where one running instance of a service answers.

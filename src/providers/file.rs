@@ -89,6 +89,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DesiredState, FileError> {
             name: entry.name,
             labels: entry.labels,
             endpoints,
+            errors: Vec::new(),
         });
     }
     Ok(DesiredState { services })

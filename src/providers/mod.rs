@@ -4,4 +4,5 @@
 //!
 //! [`DesiredState`]: crate::config::DesiredState
 
+pub mod docker;
 pub mod file;

@@ -137,8 +137,11 @@ fn is_idempotent(m: &Method) -> bool {
 fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade: bool) {
     let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let target = route.upstream_path(pq);
+    // A rewrite may borrow a suffix of the original target: only the same length means
+    // "unchanged".
     let new_pq = match target {
-        std::borrow::Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+        std::borrow::Cow::Borrowed(t) if t.len() == pq.len() => parts.uri.path_and_query().cloned(),
+        std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
     let host_value = match parts.headers.get(header::HOST) {

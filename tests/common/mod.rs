@@ -33,6 +33,8 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// Connections that have ended (closed by the peer or after an error).
+    pub closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,6 +43,9 @@ impl Drop for TestBackend {
         self.task.abort();
     }
 }
+
+/// A response body a test backend can stream (see [`body_channel`]).
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 impl TestBackend {
     /// A backend that answers every request with `name` as its body and echoes what it saw
@@ -55,12 +60,27 @@ impl TestBackend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
+        let f = Arc::new(f);
+        Self::with_stream(move |req| {
+            let fut = f(req);
+            async move { fut.await.map(|b| b.boxed()) }
+        })
+        .await
+    }
+
+    /// A backend whose handler may stream its response body.
+    pub async fn with_stream<F, Fut>(f: F) -> TestBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let handler = Arc::new(f);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (connections.clone(), requests.clone());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (c, r, d) = (connections.clone(), requests.clone(), closed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -69,6 +89,7 @@ impl TestBackend {
                 c.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 let r = r.clone();
+                let d = d.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
@@ -78,6 +99,7 @@ impl TestBackend {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
+                    d.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -85,6 +107,7 @@ impl TestBackend {
             addr,
             connections,
             requests,
+            closed,
             task,
         }
     }
@@ -129,6 +152,7 @@ pub fn service(name: &str, labels: &[(&str, &str)], endpoints: &[EndpointSpec]) 
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         endpoints: endpoints.to_vec(),
+        errors: Vec::new(),
     }
 }
 
@@ -255,4 +279,226 @@ pub async fn raw(addr: SocketAddr, request: &[u8], timeout: std::time::Duration)
     let mut out = Vec::new();
     let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Streaming bodies, raw backends and small waiting helpers.
+// ---------------------------------------------------------------------------------------
+
+/// A body fed chunk by chunk through a channel; it ends when the sender is dropped.
+pub struct ChanBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+/// A streaming body and the sender that feeds it (`cap` chunks of buffering).
+pub fn body_channel(cap: usize) -> (tokio::sync::mpsc::Sender<Bytes>, ChanBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap);
+    (tx, ChanBody { rx })
+}
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// A pooled HTTP/1.1 client whose request bodies stream ([`ChanBody`]).
+pub type StreamClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    ChanBody,
+>;
+
+pub fn stream_client() -> StreamClient {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A backend that hands each accepted socket (and its 0-based index) to `f`: for exact
+/// control over what the proxy's upstream connection sees.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    pub async fn start<F, Fut>(f: F) -> RawBackend
+    where
+        F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let c = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let idx = c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(f(stream, idx));
+            }
+        });
+        RawBackend {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> EndpointSpec {
+        EndpointSpec {
+            ip: self.addr.ip(),
+            port: Some(self.addr.port()),
+        }
+    }
+}
+
+/// One request read off a raw socket.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// Request line and header fields, without the final blank line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// The request line, e.g. `GET / HTTP/1.1`.
+    pub fn line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    /// The first value of a header field (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one request (head and a `Content-Length` body) from `s`, keeping bytes that
+/// belong to the next request in `buf`. `None` when the peer closed first.
+pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+    use tokio::io::AsyncReadExt;
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end + 4);
+    let req = RawRequest {
+        head,
+        body: Vec::new(),
+    };
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < len {
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf.drain(..len).collect();
+    Some(RawRequest { body, ..req })
+}
+
+/// Writes a `200 OK` keep-alive response with `body`.
+pub async fn write_ok(s: &mut tokio::net::TcpStream, body: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    s.write_all(resp.as_bytes()).await
+}
+
+/// Reads from `s` until the peer closes it (EOF or reset) or `limit` passes. Returns what
+/// was read and, if the peer closed, how long that took.
+pub async fn read_until_close(
+    s: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> (Vec<u8>, Option<std::time::Duration>) {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let res = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    (out, res.ok().map(|()| start.elapsed()))
+}
+
+/// Polls `cond` every 10 ms until it holds; false if `limit` passed first.
+pub async fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of one sample line of the proxy's Prometheus exposition, e.g.
+/// `interlock_upstream_errors_total{service="web"}`.
+pub fn metric(proxy: &TestProxy, series: &str) -> Option<f64> {
+    proxy.metrics.render().lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// A free port on 127.0.0.1 with nothing listening (bound, then released).
+pub fn dead_endpoint() -> EndpointSpec {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    EndpointSpec {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: Some(port),
+    }
+}
+
+/// Bounds a future in time with a readable panic.
+pub async fn bounded<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {secs} s"),
+    }
 }

@@ -1,0 +1,197 @@
+//! The Docker provider (bollard): swarm services and their running tasks when the engine is
+//! a swarm manager, plain containers otherwise, each with its `com.docker.lb.*` labels.
+//!
+//! Convergence: Docker events (service, container, network) trigger a debounced re-list;
+//! Swarm emits no task events, so a cheap poll (default 1 s) backs them; every (re)connect
+//! starts with a full resync. When the engine is gone the last published state stays (so
+//! the table keeps serving), and the provider reconnects with backoff, reporting it in logs
+//! and in `interlock_docker_up`.
+
+mod containers;
+mod swarm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::EventsOptionsBuilder;
+use bollard::Docker;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_stream_lite::next;
+
+use crate::config::DesiredState;
+use crate::metrics::Metrics;
+
+/// Why a snapshot of the engine could not be taken.
+#[derive(Debug, Error)]
+pub enum DockerError {
+    #[error("cannot connect to the Docker engine: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    #[error("Docker API call {call} failed: {source}")]
+    Api {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |source| DockerError::Api { call, source }
+}
+
+/// Which workloads the provider reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DockerMode {
+    /// Swarm services on a swarm manager, plain containers otherwise.
+    #[default]
+    Auto,
+    Swarm,
+    Containers,
+}
+
+/// Settings of the Docker provider.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    pub mode: DockerMode,
+    /// Task poll interval (Swarm has no task events).
+    pub poll_interval: Duration,
+    /// Events within this window are folded into one re-list.
+    pub debounce: Duration,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        DockerOptions {
+            mode: DockerMode::Auto,
+            poll_interval: Duration::from_secs(1),
+            debounce: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Connects using `DOCKER_HOST` or the local unix socket, at the engine's API version.
+pub async fn connect() -> Result<Docker, DockerError> {
+    let docker = Docker::connect_with_defaults().map_err(DockerError::Connect)?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(DockerError::Connect)
+}
+
+/// One complete view of the engine's labelled workloads.
+pub async fn snapshot(docker: &Docker, mode: DockerMode) -> Result<DesiredState, DockerError> {
+    let swarm = match mode {
+        DockerMode::Swarm => true,
+        DockerMode::Containers => false,
+        DockerMode::Auto => {
+            let info = docker.info().await.map_err(api("info"))?;
+            info.swarm
+                .as_ref()
+                .and_then(|s| s.control_available)
+                .unwrap_or(false)
+        }
+    };
+    if swarm {
+        swarm::snapshot(docker).await
+    } else {
+        containers::snapshot(docker).await
+    }
+}
+
+/// Runs forever: keeps `tx` at the engine's current state.
+pub async fn run(opts: DockerOptions, tx: watch::Sender<DesiredState>, metrics: Arc<Metrics>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match converge(&opts, &tx, &metrics).await {
+            Ok(()) => return, // every receiver is gone
+            Err(e) => {
+                metrics.docker_up.set(0);
+                metrics.docker_errors.inc();
+                tracing::error!(error = %e, retry_in = ?backoff, "Docker engine unavailable; serving the last good routes");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection's life: resync, then follow events and the poll until an error.
+async fn converge(
+    opts: &DockerOptions,
+    tx: &watch::Sender<DesiredState>,
+    metrics: &Metrics,
+) -> Result<(), DockerError> {
+    let docker = connect().await?;
+    publish(tx, snapshot(&docker, opts.mode).await?, metrics);
+    metrics.docker_up.set(1);
+    tracing::info!("connected to the Docker engine; following events");
+
+    let filters =
+        std::collections::HashMap::from([("type", vec!["service", "container", "network"])]);
+    let mut events =
+        Box::pin(docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build())));
+    let mut poll = tokio::time::interval(opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            ev = next(&mut events) => match ev {
+                Some(Ok(_)) => {
+                    // Fold a burst of events (a stack deploy) into one re-list.
+                    let deadline = tokio::time::sleep(opts.debounce);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            more = next(&mut events) => match more {
+                                Some(Ok(_)) => continue,
+                                Some(Err(e)) => return Err(api("events")(e)),
+                                None => return Err(stream_ended()),
+                            },
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(api("events")(e)),
+                None => return Err(stream_ended()),
+            },
+            _ = poll.tick() => {}
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+        publish(tx, snapshot(&docker, opts.mode).await?, metrics);
+    }
+}
+
+fn stream_ended() -> DockerError {
+    DockerError::Api {
+        call: "events",
+        source: bollard::errors::Error::IOError {
+            err: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "event stream ended"),
+        },
+    }
+}
+
+/// Publishes a state if it differs from the current one.
+fn publish(tx: &watch::Sender<DesiredState>, state: DesiredState, metrics: &Metrics) {
+    metrics.docker_resyncs.inc();
+    tx.send_if_modified(|cur| {
+        if *cur == state {
+            return false;
+        }
+        *cur = state;
+        true
+    });
+}
+
+/// A tiny `StreamExt::next` so the provider needs no futures crate.
+mod tokio_stream_lite {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    pub async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+}
