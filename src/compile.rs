@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::balance::{Backend, BackendSet};
+use crate::balance::{Backend, BackendSet, Sticky};
 use crate::config::labels::{
-    self, BalancePolicy, HostPattern, LabelError, Redirect, ServiceLabels,
+    self, BackendMode, BalancePolicy, HostPattern, LabelError, Redirect, ServiceLabels,
 };
 use crate::config::DesiredState;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::routing::{Route, RoutingTable, VirtualHost};
-use crate::upstream::Upstream;
+use crate::upstream::{HealthPolicy, Upstream};
 
 /// Settings of the compiling instance.
 #[derive(Debug, Clone)]
@@ -99,6 +99,8 @@ pub struct CompileReport {
 struct RouteDraft {
     rewrite: bool,
     policy: BalancePolicy,
+    sticky: Sticky,
+    health: HealthPolicy,
     services: Vec<String>,
     backends: Vec<(SocketAddr, usize)>,
 }
@@ -226,6 +228,8 @@ pub fn compile(
                 .or_insert_with(|| RouteDraft {
                     rewrite: l.context_root_rewrite,
                     policy: l.balance,
+                    sticky: sticky_of(l),
+                    health: health_of(l),
                     services: Vec::new(),
                     backends: Vec::new(),
                 });
@@ -289,6 +293,8 @@ pub fn compile(
                 backends,
                 policy: draft.policy,
                 cursor,
+                sticky: draft.sticky,
+                health: draft.health,
             },
         }));
     }
@@ -319,6 +325,26 @@ pub fn compile(
         }
     }
     table
+}
+
+/// How a service's route pins clients: the cookie wins over `ip_hash`; neither applies in
+/// VIP mode (one upstream).
+fn sticky_of(l: &ServiceLabels) -> Sticky {
+    match (&l.sticky_session_cookie, l.ip_hash, l.backend_mode) {
+        (_, _, BackendMode::Vip) => Sticky::None,
+        (Some(c), _, _) => Sticky::Cookie(c.as_str().into()),
+        (None, true, _) => Sticky::ClientIp,
+        (None, false, _) => Sticky::None,
+    }
+}
+
+/// Passive health from `max_fails`/`fail_timeout`, defaults where unset.
+fn health_of(l: &ServiceLabels) -> HealthPolicy {
+    let d = HealthPolicy::default();
+    HealthPolicy {
+        max_fails: l.max_fails.unwrap_or(d.max_fails),
+        fail_timeout: l.fail_timeout.unwrap_or(d.fail_timeout),
+    }
 }
 
 /// Endpoint addresses: each endpoint's own port, else `com.docker.lb.port`.

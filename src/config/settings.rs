@@ -7,9 +7,13 @@ use std::time::Duration;
 /// needs a restart (routes, by contrast, never do).
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    /// Time a client has to send a complete request head (slowloris guard).
+    /// Time a client has to send a complete request head (slowloris guard). hyper runs this
+    /// timer while an HTTP/1.1 connection waits for its next request too, so it also bounds
+    /// how long an idle HTTP/1.1 keep-alive connection stays open.
     pub header_read_timeout: Duration,
-    /// A client connection with no traffic and no request in flight for this long is closed.
+    /// A client connection with no request in flight for this long is closed (HTTP/2
+    /// keep-alive pings do not count as activity). A request in flight whose bytes stop
+    /// moving for this long gets a graceful close: it may finish, nothing new is accepted.
     pub idle_timeout: Duration,
     /// Time to establish a TCP connection to an upstream.
     pub connect_timeout: Duration,

@@ -1,15 +1,18 @@
 //! One client connection: HTTP/1.1 or h2c on the same socket, an idle watchdog, and
 //! graceful close on shutdown.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::headers::ClientInfo;
-use super::Proxy;
+use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
 
 /// Serves one accepted connection until it closes.
@@ -29,7 +32,7 @@ pub(super) async fn serve(
     _guard: TrackGuard,
 ) {
     proxy.metrics.open_connections.inc();
-    let activity = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Monitored {
         inner: stream,
         activity: activity.clone(),
@@ -41,7 +44,20 @@ pub(super) async fn serve(
     });
     let svc = {
         let proxy = proxy.clone();
-        service_fn(move |req| super::handler::handle(proxy.clone(), client.clone(), peer, req))
+        let activity = activity.clone();
+        service_fn(move |req| {
+            // In flight from the request head until the response body is dropped (sent,
+            // or abandoned with the connection).
+            let in_flight = InFlight::start(activity.clone());
+            let handled = super::handler::handle(proxy.clone(), client.clone(), peer, req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
     };
     let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -65,7 +81,7 @@ pub(super) async fn serve(
                 conn.as_mut().graceful_shutdown();
             }
             now = tick.tick(), if !closing => {
-                let current = activity.load(Ordering::Relaxed);
+                let current = activity.progress.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
                     quiet_since = now;
@@ -80,15 +96,71 @@ pub(super) async fn serve(
     proxy.metrics.open_connections.dec();
 }
 
-/// A stream that counts its successful reads and writes, for the idle watchdog.
+/// What the idle watchdog reads. A connection makes progress when a request starts or ends,
+/// and when its socket moves bytes while a request is in flight. Traffic with no request in
+/// flight is not progress: otherwise the HTTP/2 keep-alive pings (every 20 s) would keep an
+/// idle h2 connection open forever.
+#[derive(Default)]
+struct Activity {
+    progress: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// Marks one request in flight on its connection until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.progress.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until hyper is done with it.
+struct Tracked {
+    body: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A stream that reports its successful reads and writes to the idle watchdog.
 struct Monitored<S> {
     inner: S,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl<S> Monitored<S> {
     fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
+            self.activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! retry when a stale pooled connection or a refused endpoint made them fail.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -18,7 +18,7 @@ use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
 use super::{upgrade, Proxy};
-use crate::balance::Backend;
+use crate::balance::{self, Backend};
 use crate::routing::{normalize_host, Decision, Route};
 use crate::upstream::{PooledConn, UpstreamBody};
 
@@ -32,7 +32,7 @@ pub(super) async fn handle(
     let start = Instant::now();
     let method = proxy.access_log.then(|| req.method().clone());
     let path = proxy.access_log.then(|| req.uri().path().to_string());
-    let (resp, service) = route_and_forward(&proxy, &client, req, start).await;
+    let (resp, service) = route_and_forward(&proxy, &client, peer.ip(), req, start).await;
     if let (Some(method), Some(path)) = (method, path) {
         tracing::info!(
             target: "interlock::access",
@@ -84,6 +84,7 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
 async fn route_and_forward(
     proxy: &Proxy,
     client: &ClientInfo,
+    peer_ip: IpAddr,
     req: Request<Incoming>,
     start: Instant,
 ) -> (Response<ProxyBody>, Option<Arc<str>>) {
@@ -104,7 +105,8 @@ async fn route_and_forward(
             }
         }
     };
-    let Some(backend) = route.backends.pick(None).cloned() else {
+    let key = balance::affinity_key(&route.backends.sticky, req.headers(), peer_ip);
+    let Some(backend) = route.backends.pick(key, None).cloned() else {
         return (error_response(&ProxyError::NoEndpoint), None);
     };
     let service = backend.service.clone();
@@ -113,6 +115,12 @@ async fn route_and_forward(
         Err((e, backend)) => {
             if e.is_upstream() {
                 backend.metrics.upstream_errors.inc();
+                if backend.upstream.record_failure(&route.backends.health) {
+                    tracing::warn!(
+                        upstream = backend.upstream.label(),
+                        "endpoint taken out by passive health checks"
+                    );
+                }
                 tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, cause = ?std::error::Error::source(&e), "upstream failure");
             }
             backend
@@ -196,10 +204,11 @@ async fn forward(
                 let e = ProxyError::from(e);
                 // A refused connect sent nothing: any request may go to another endpoint.
                 if !retried && matches!(e, ProxyError::Refused(_)) {
-                    if let Some(next) = route.backends.pick(Some(&backend.upstream)) {
+                    if let Some(next) = route.backends.pick(None, Some(&backend.upstream)) {
                         if !Arc::ptr_eq(&next.upstream, &backend.upstream) {
                             retried = true;
                             backend.metrics.upstream_errors.inc();
+                            backend.upstream.record_failure(&route.backends.health);
                             backend = next.clone();
                             continue;
                         }
@@ -232,6 +241,7 @@ async fn forward(
         }
     };
     let (conn, active) = conn;
+    backend.upstream.record_success();
     let status = resp.status();
     backend
         .metrics

@@ -4,9 +4,11 @@
 //! leaves the table it is [retired](Upstream::retire) and its idle connections close.
 
 mod body;
+mod health;
 mod pool;
 
 pub use body::UpstreamBody;
+pub use health::{now_ms, HealthPolicy};
 pub use pool::{ConnectError, PooledConn};
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ pub struct Upstream {
     idle: ArrayQueue<pool::Idle>,
     active: AtomicUsize,
     retired: AtomicBool,
+    health: health::HealthState,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -43,6 +46,7 @@ impl Upstream {
             idle: ArrayQueue::new(max_idle.max(1)),
             active: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
+            health: health::HealthState::default(),
         })
     }
 
