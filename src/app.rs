@@ -17,12 +17,15 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::routing::{RoutingTable, TableStore};
 use crate::shutdown;
+use crate::tls::TlsState;
 
 /// Turns desired states into live tables.
 pub struct Applier {
     pub store: Arc<TableStore>,
     pub metrics: Arc<Metrics>,
     pub opts: CompileOptions,
+    /// Certificates follow the table when TLS is served.
+    pub tls: Option<Arc<TlsState>>,
 }
 
 impl Applier {
@@ -31,7 +34,14 @@ impl Applier {
             store: Arc::new(TableStore::default()),
             metrics,
             opts,
+            tls: None,
         }
+    }
+
+    /// Also keeps `tls`'s certificate store in step with every table.
+    pub fn with_tls(mut self, tls: Arc<TlsState>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Compiles `state` against the live table and publishes the result. Never fails:
@@ -44,6 +54,13 @@ impl Applier {
             &self.opts,
             &self.metrics,
         ));
+        if let Some(tls) = &self.tls {
+            // Certificates first, so a new host's routes never go live before its certificate.
+            for (service, e) in tls.refresh(&table) {
+                self.metrics.cert_errors.inc();
+                tracing::error!(%service, "{e}; its hosts get the default certificate, if any");
+            }
+        }
         let old = self.store.swap(table.clone());
         for upstream in compile::departed_upstreams(&old, &table) {
             upstream.retire();
@@ -100,6 +117,12 @@ pub struct RunConfig {
     pub docker: bool,
     pub docker_mode: crate::providers::docker::DockerMode,
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners (termination by SNI, and passthrough).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Where `ssl_cert`/`ssl_key` names are looked up (Docker secrets).
+    pub secrets_dir: PathBuf,
+    /// The certificate for names no service claims.
+    pub default_cert: Option<(PathBuf, PathBuf)>,
     pub admin: Option<SocketAddr>,
     pub cluster: String,
     pub watch_interval: Duration,
@@ -115,13 +138,29 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         "nothing to route: give --config FILE, --docker, or both"
     );
     let metrics = Metrics::new();
-    let applier = Arc::new(Applier::new(
+    let mut applier = Applier::new(
         metrics.clone(),
         CompileOptions {
             cluster: cfg.cluster.clone(),
             max_idle_per_endpoint: cfg.settings.pool_max_idle_per_endpoint,
         },
-    ));
+    );
+    let tls = if cfg.tls_listen.is_empty() {
+        None
+    } else {
+        let default = match &cfg.default_cert {
+            Some((cert, key)) => Some(
+                crate::tls::certs::load_pair(cert, key)
+                    .context("loading the default certificate")?,
+            ),
+            None => None,
+        };
+        let tls = TlsState::new(cfg.secrets_dir.clone(), default)
+            .context("building the TLS configuration")?;
+        applier = applier.with_tls(tls.clone());
+        Some(tls)
+    };
+    let applier = Arc::new(applier);
     let mut sources = Vec::new();
     if let Some(path) = &cfg.config {
         // The first load must succeed: there is no last good state to fall back to yet.
@@ -168,6 +207,30 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tracing::info!(%addr, "proxy listening (HTTP/1.1 and h2c)");
         tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
     }
+    let mut proxies = vec![proxy.clone()];
+    if let Some(tls) = &tls {
+        let https = Proxy::new(
+            applier.store.clone(),
+            ProxySettings {
+                scheme: crate::config::settings::Scheme::Https,
+                ..cfg.settings.clone()
+            },
+            metrics.clone(),
+            cfg.access_log,
+        );
+        for addr in &cfg.tls_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TLS listener {addr}"))?;
+            tracing::info!(%addr, "TLS listening (termination by SNI, passthrough, ALPN h2 and http/1.1)");
+            tokio::spawn(
+                https
+                    .clone()
+                    .serve_tls(listener, tls.clone(), shutdown.clone()),
+            );
+        }
+        proxies.push(https);
+    }
     if let Some(addr) = cfg.admin {
         let listener = TcpListener::bind(addr)
             .await
@@ -184,7 +247,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!(drain_timeout = ?cfg.settings.drain_timeout, "shutting down: draining connections");
     trigger.trigger();
-    let left = proxy.drain().await;
+    let mut left = 0;
+    for p in &proxies {
+        left += p.drain().await;
+    }
     if left > 0 {
         tracing::warn!(
             left,

@@ -71,6 +71,18 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub listen: Vec<SocketAddr>,
+    /// TLS listener (termination by SNI and `ssl_passthrough`); repeat for several.
+    #[arg(long, env = "INTERLOCK_TLS_LISTEN", value_delimiter = ',')]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Directory where `ssl_cert`/`ssl_key` names are found (Docker mounts secrets there).
+    #[arg(long, env = "INTERLOCK_SECRETS_DIR", default_value = "/run/secrets")]
+    pub secrets_dir: PathBuf,
+    /// Default certificate (PEM chain) for names no service claims.
+    #[arg(long, env = "INTERLOCK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "INTERLOCK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Admin listener for /metrics, /healthz and /routes; `off` disables it.
     #[arg(long, env = "INTERLOCK_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
@@ -185,6 +197,9 @@ impl RunArgs {
             docker_mode: self.docker_mode,
             docker_poll_interval: Duration::from_millis(self.docker_poll_ms.max(50)),
             listen: self.listen.clone(),
+            tls_listen: self.tls_listen.clone(),
+            secrets_dir: self.secrets_dir.clone(),
+            default_cert: self.tls_cert.clone().zip(self.tls_key.clone()),
             admin,
             cluster: self.cluster.clone(),
             watch_interval: Duration::from_millis(self.watch_interval_ms.max(10)),

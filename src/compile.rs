@@ -168,9 +168,7 @@ pub fn compile(
             (ServiceStatus::KeptLastGood, Some(l)) => resolve_endpoints(spec, l, &mut Vec::new()),
             _ => endpoints,
         };
-        let published = labels
-            .as_ref()
-            .is_some_and(|l| l.is_published() && !l.ssl_passthrough);
+        let published = labels.as_ref().is_some_and(|l| l.is_published());
         let status = if status != ServiceStatus::Rejected && !published {
             ServiceStatus::NotPublished
         } else {
@@ -201,7 +199,8 @@ pub fn compile(
     }
 
     // 2. Group services by (host, context root); canary = several services in one route.
-    let mut drafts: BTreeMap<(Option<HostPattern>, String), RouteDraft> = BTreeMap::new();
+    // Key: (TLS passthrough?, host or None for the default backend, context root).
+    let mut drafts: BTreeMap<(bool, Option<HostPattern>, String), RouteDraft> = BTreeMap::new();
     let mut redirects: HashMap<HostPattern, Vec<Redirect>> = HashMap::new();
     for (idx, (name, l, endpoints, _)) in active.iter().enumerate() {
         let root = l.context_root.clone().unwrap_or_else(|| "/".to_string());
@@ -223,8 +222,11 @@ pub fn compile(
                     .or_default()
                     .extend(mine.cloned());
             }
+            if l.ssl_passthrough && host.is_none() {
+                continue; // a default backend is an HTTP notion; passthrough needs a name
+            }
             let draft = drafts
-                .entry((host, root.clone()))
+                .entry((l.ssl_passthrough, host, root.clone()))
                 .or_insert_with(|| RouteDraft {
                     rewrite: l.context_root_rewrite,
                     policy: l.balance,
@@ -249,11 +251,12 @@ pub fn compile(
 
     // 3. Build routes, reusing endpoints and cursors of the previous table.
     let mut routes: HashMap<Option<HostPattern>, Vec<Arc<Route>>> = HashMap::new();
-    for ((host, root), draft) in drafts {
+    for ((passthrough, host, root), draft) in drafts {
         let host_name = host
             .as_ref()
             .map_or_else(|| "*".to_string(), ToString::to_string);
-        let id: Box<str> = format!("{host_name}{root}").into();
+        let scheme = if passthrough { "tls://" } else { "" };
+        let id: Box<str> = format!("{scheme}{host_name}{root}").into();
         let cursor = previous
             .cursors
             .get(&id)
@@ -284,7 +287,7 @@ pub fn compile(
                 }
             })
             .collect();
-        routes.entry(host).or_default().push(Arc::new(Route {
+        let route = Arc::new(Route {
             id,
             context_root: root,
             rewrite: draft.rewrite,
@@ -296,7 +299,13 @@ pub fn compile(
                 sticky: draft.sticky,
                 health: draft.health,
             },
-        }));
+        });
+        match (passthrough, host) {
+            (true, Some(h)) => {
+                table.passthrough.insert(h.to_string().into(), route);
+            }
+            (_, host) => routes.entry(host).or_default().push(route),
+        }
     }
 
     // 4. Virtual hosts, longest context root first.
@@ -323,6 +332,19 @@ pub fn compile(
                 };
             }
         }
+    }
+    // Hosts with redirects but no HTTP route (TLS passthrough hosts): their HTTP port
+    // still answers the redirects, which Interlock could not do.
+    for (h, r) in redirects.into_iter().filter(|(_, r)| !r.is_empty()) {
+        let vhost = Arc::new(VirtualHost {
+            name: h.to_string(),
+            redirects: r,
+            routes: Vec::new(),
+        });
+        match &h {
+            HostPattern::Exact(n) => table.exact.entry(n.as_str().into()).or_insert(vhost),
+            HostPattern::Wildcard(s) => table.wildcard.entry(s.as_str().into()).or_insert(vhost),
+        };
     }
     table
 }

@@ -37,4 +37,5 @@ pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod shutdown;
+pub mod tls;
 pub mod upstream;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub docker_up: IntGauge,
     pub docker_resyncs: IntCounter,
     pub docker_errors: IntCounter,
+    pub cert_errors: IntCounter,
 }
 
 /// The status classes requests are counted by.
@@ -105,6 +106,10 @@ impl Metrics {
                 "interlock_docker_errors_total",
                 "Lost or failed connections to the Docker engine (the last good routes stay)",
             ),
+            cert_errors: counter(
+                "interlock_tls_certificate_errors_total",
+                "Certificates named by ssl_cert/ssl_key that could not be loaded",
+            ),
             requests,
             latency,
             upstream_errors,
@@ -124,6 +129,7 @@ impl Metrics {
             Box::new(m.docker_up.clone()),
             Box::new(m.docker_resyncs.clone()),
             Box::new(m.docker_errors.clone()),
+            Box::new(m.cert_errors.clone()),
         ] {
             must(m.registry.register(c));
         }

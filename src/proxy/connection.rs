@@ -16,7 +16,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::headers::ClientInfo;
@@ -24,13 +23,15 @@ use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
 
 /// Serves one accepted connection until it closes.
-pub(super) async fn serve(
+pub(super) async fn serve<S>(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     mut shutdown: Shutdown,
     _guard: TrackGuard,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     proxy.metrics.open_connections.inc();
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Monitored {

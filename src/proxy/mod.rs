@@ -12,6 +12,7 @@ mod connection;
 pub mod error;
 mod handler;
 pub mod headers;
+mod tls;
 mod upgrade;
 
 pub use body::ProxyBody;

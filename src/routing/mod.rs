@@ -29,6 +29,8 @@ pub struct RoutingTable {
     pub(crate) wildcard: HashMap<Box<str>, Arc<VirtualHost>>,
     /// The `default_backend` services, for hosts that match nothing else.
     pub(crate) default: Option<Arc<VirtualHost>>,
+    /// TLS passthrough (`ssl_passthrough`) routes by SNI: exact names, and `*.suffix`.
+    pub(crate) passthrough: HashMap<Box<str>, Arc<Route>>,
     /// Every endpoint of the table, so the next compile can reuse pools and counters.
     pub(crate) upstreams: HashMap<SocketAddr, Arc<Upstream>>,
     /// Round-robin cursors by route id, carried to the next generation.
@@ -107,6 +109,21 @@ impl RoutingTable {
             rest = suffix;
         }
         self.default.as_ref()
+    }
+
+    /// The passthrough route for a TLS server name (lower case), exact before wildcard.
+    pub fn passthrough(&self, sni: &str) -> Option<&Arc<Route>> {
+        if let Some(r) = self.passthrough.get(sni) {
+            return Some(r);
+        }
+        let mut rest = sni;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(r) = self.passthrough.get(format!("*.{suffix}").as_str()) {
+                return Some(r);
+            }
+            rest = suffix;
+        }
+        None
     }
 
     /// Resolves a request. `host` must be normalised ([`normalize_host`]); `path_and_query`

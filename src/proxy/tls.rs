@@ -1,0 +1,251 @@
+//! The TLS listener. Lifecycle of a connection: read the ClientHello (bounded in size and
+//! time) without answering it -> its SNI names a passthrough route? connect to an endpoint,
+//! replay the ClientHello and splice bytes both ways (TLS is the backend's) -> otherwise
+//! terminate TLS with rustls (certificate by SNI, ALPN h2/http/1.1) on the replayed bytes
+//! and serve HTTP over it exactly like the plain listener, with `X-Forwarded-Proto: https`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::Proxy;
+use crate::balance;
+use crate::routing::Route;
+use crate::shutdown::{Shutdown, TrackGuard};
+use crate::tls::sni::{self, Hello};
+use crate::tls::TlsState;
+
+impl Proxy {
+    /// Accepts TLS connections until `shutdown` fires. `self` must be the HTTPS instance
+    /// (its settings' scheme is `https`).
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<TlsState>,
+        mut shutdown: Shutdown,
+    ) {
+        let acceptor = TlsAcceptor::from(tls.config.clone());
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let guard = self.tracker.track();
+                    let proxy = self.clone();
+                    let acceptor = acceptor.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = proxy
+                            .clone()
+                            .handle_tls(stream, peer, acceptor, shutdown, guard)
+                            .await
+                        {
+                            tracing::debug!(%peer, error = %e, "TLS connection refused");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_tls(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: TlsAcceptor,
+        shutdown: Shutdown,
+        guard: TrackGuard,
+    ) -> io::Result<()> {
+        let timeout = self.settings.header_read_timeout;
+        let (hello, sni) = tokio::time::timeout(timeout, read_client_hello(&mut stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello in time"))??;
+        let route = sni
+            .as_deref()
+            .and_then(|name| self.table.load().passthrough(name).cloned());
+        if let Some(route) = route {
+            return self.passthrough(stream, peer, hello, &route, guard).await;
+        }
+        let tls = tokio::time::timeout(timeout, acceptor.accept(Rewind::new(hello, stream)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        super::connection::serve(self, tls, peer, shutdown, guard).await;
+        Ok(())
+    }
+
+    /// Splices the client to an endpoint of a passthrough route.
+    async fn passthrough(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        hello: Vec<u8>,
+        route: &Route,
+        guard: TrackGuard,
+    ) -> io::Result<()> {
+        let key = balance::affinity_key(&route.backends.sticky, &http::HeaderMap::new(), peer.ip());
+        let mut avoid = None;
+        for _ in 0..2 {
+            let Some(backend) = route.backends.pick(key, avoid.as_deref()).cloned() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "passthrough route has no endpoint",
+                ));
+            };
+            let connect = tokio::time::timeout(
+                self.settings.connect_timeout,
+                TcpStream::connect(backend.upstream.addr()),
+            )
+            .await;
+            let mut upstream = match connect {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    backend.metrics.upstream_errors.inc();
+                    backend.upstream.record_failure(&route.backends.health);
+                    tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, "passthrough connect failed");
+                    avoid = Some(backend.upstream.clone());
+                    continue;
+                }
+                Err(_) => {
+                    backend.metrics.upstream_errors.inc();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "passthrough connect timed out",
+                    ));
+                }
+            };
+            let _ = upstream.set_nodelay(true);
+            backend.upstream.record_success();
+            upstream.write_all(&hello).await?;
+            let _active = backend.upstream.track();
+            self.metrics.open_tunnels.inc();
+            let res = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                16 * 1024,
+                16 * 1024,
+            )
+            .await;
+            self.metrics.open_tunnels.dec();
+            drop(guard);
+            return res.map(|_| ());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "no passthrough endpoint accepted",
+        ))
+    }
+}
+
+/// Reads until a complete ClientHello is buffered; returns the bytes and the SNI.
+async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Option<String>)> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the ClientHello",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match sni::parse(&buf) {
+            Hello::Complete(name) => return Ok((buf, name)),
+            Hello::Invalid => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "not a TLS ClientHello",
+                ))
+            }
+            Hello::Incomplete if buf.len() > sni::MAX_HELLO + 4096 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "ClientHello too large",
+                ))
+            }
+            Hello::Incomplete => {}
+        }
+    }
+}
+
+/// A stream that first replays bytes already read from it.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
