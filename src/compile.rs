@@ -16,11 +16,12 @@ use serde::Serialize;
 
 use crate::balance::{Backend, BackendSet, Sticky};
 use crate::config::labels::{
-    self, BackendMode, BalancePolicy, HostPattern, LabelError, Redirect, ServiceLabels,
+    self, BackendMode, BackendProtocol, BalancePolicy, HostPattern, LabelError, Redirect,
+    ServiceLabels,
 };
 use crate::config::DesiredState;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::routing::{Route, RoutingTable, VirtualHost};
+use crate::routing::{ActiveCheck, Route, RoutingTable, VirtualHost};
 use crate::upstream::{HealthPolicy, Upstream};
 
 /// Settings of the compiling instance.
@@ -101,6 +102,8 @@ struct RouteDraft {
     policy: BalancePolicy,
     sticky: Sticky,
     health: HealthPolicy,
+    protocol: BackendProtocol,
+    check: Option<ActiveCheck>,
     services: Vec<String>,
     backends: Vec<(SocketAddr, usize)>,
 }
@@ -232,6 +235,13 @@ pub fn compile(
                     policy: l.balance,
                     sticky: sticky_of(l),
                     health: health_of(l),
+                    protocol: l.backend_protocol,
+                    check: l.health_path.clone().map(|path| ActiveCheck {
+                        path,
+                        interval: l
+                            .health_interval
+                            .unwrap_or(std::time::Duration::from_secs(5)),
+                    }),
                     services: Vec::new(),
                     backends: Vec::new(),
                 });
@@ -245,7 +255,10 @@ pub fn compile(
                 ));
             }
             draft.services.push(name.to_string());
-            draft.backends.extend(endpoints.iter().map(|a| (*a, idx)));
+            // A weight repeats the service's endpoints in the rotation (canary by weight).
+            for _ in 0..l.weight.max(1) {
+                draft.backends.extend(endpoints.iter().map(|a| (*a, idx)));
+            }
         }
     }
 
@@ -298,7 +311,9 @@ pub fn compile(
                 cursor,
                 sticky: draft.sticky,
                 health: draft.health,
+                protocol: draft.protocol,
             },
+            check: draft.check,
         });
         match (passthrough, host) {
             (true, Some(h)) => {

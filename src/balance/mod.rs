@@ -11,7 +11,7 @@ pub use sticky::{affinity_key, Sticky};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::labels::BalancePolicy;
+use crate::config::labels::{BackendProtocol, BalancePolicy};
 use crate::metrics::ServiceMetrics;
 use crate::upstream::{HealthPolicy, Upstream};
 
@@ -31,6 +31,8 @@ pub struct BackendSet {
     pub cursor: Arc<AtomicUsize>,
     pub sticky: Sticky,
     pub health: HealthPolicy,
+    /// HTTP/1.1 (pooled connections) or h2c (one multiplexed connection per endpoint).
+    pub protocol: BackendProtocol,
 }
 
 impl BackendSet {
@@ -88,6 +90,7 @@ mod tests {
             cursor: Arc::new(AtomicUsize::new(0)),
             sticky: Sticky::None,
             health: HealthPolicy::default(),
+            protocol: BackendProtocol::Http1,
         }
     }
 

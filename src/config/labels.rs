@@ -30,6 +30,16 @@ pub const MAX_FAILS: &str = "com.docker.lb.max_fails";
 pub const FAIL_TIMEOUT: &str = "com.docker.lb.fail_timeout";
 /// interlock extension: `round_robin` (default) or `least_conn`.
 pub const BALANCE: &str = "com.docker.lb.balance";
+/// interlock extension: relative weight of each of the service's endpoints (1-100).
+pub const WEIGHT: &str = "com.docker.lb.weight";
+/// interlock extension: status of `redirects` (301, 302, 303, 307, 308; default 302).
+pub const REDIRECT_CODE: &str = "com.docker.lb.redirect_code";
+/// interlock extension: `http1` (default) or `h2c` (HTTP/2 cleartext, e.g. gRPC) upstream.
+pub const BACKEND_PROTOCOL: &str = "com.docker.lb.backend_protocol";
+/// interlock extension: active health check path (e.g. `/healthz`).
+pub const HEALTH_PATH: &str = "com.docker.lb.health_path";
+/// interlock extension: active health check interval (default 5s).
+pub const HEALTH_INTERVAL: &str = "com.docker.lb.health_interval";
 
 /// Labels Interlock documented but never honoured; reported as warnings.
 const UNSUPPORTED: &[&str] = &[
@@ -57,6 +67,11 @@ const KNOWN: &[&str] = &[
     MAX_FAILS,
     FAIL_TIMEOUT,
     BALANCE,
+    WEIGHT,
+    REDIRECT_CODE,
+    BACKEND_PROTOCOL,
+    HEALTH_PATH,
+    HEALTH_INTERVAL,
 ];
 
 /// A label whose value could not be used.
@@ -131,6 +146,8 @@ pub struct Redirect {
     pub source_host: String,
     /// Scheme and authority (and optional path prefix), without a trailing `/`.
     pub target: String,
+    /// 302 unless `com.docker.lb.redirect_code` says otherwise.
+    pub status: u16,
 }
 
 /// The typed form of one service's labels.
@@ -157,6 +174,24 @@ pub struct ServiceLabels {
     #[serde(serialize_with = "serialize_opt_secs")]
     pub fail_timeout: Option<Duration>,
     pub balance: BalancePolicy,
+    /// Relative weight of each endpoint of this service (canary beyond replica counts).
+    pub weight: u32,
+    pub redirect_code: u16,
+    pub backend_protocol: BackendProtocol,
+    /// Active health check: path probed with GET on every endpoint; 2xx/3xx is healthy.
+    pub health_path: Option<String>,
+    #[serde(serialize_with = "serialize_opt_secs")]
+    pub health_interval: Option<Duration>,
+}
+
+/// The protocol spoken to a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC servers).
+    H2c,
 }
 
 fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -185,7 +220,11 @@ pub struct Parsed {
 /// Parses every `com.docker.lb.*` label of one service.
 pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
     let mut out = Parsed::default();
-    let mut l = ServiceLabels::default();
+    let mut l = ServiceLabels {
+        weight: 1,
+        redirect_code: 302,
+        ..ServiceLabels::default()
+    };
     for (key, value) in raw.range(PREFIX.to_string()..) {
         if !key.starts_with(PREFIX) {
             break;
@@ -226,6 +265,26 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
                     LabelError::new(key, v, "a duration such as `10s`, `500ms` or `1m`")
                 }),
             BALANCE => parse_balance(v).map(|b| l.balance = b),
+            WEIGHT => match v.parse::<u32>() {
+                Ok(w) if (1..=100).contains(&w) => {
+                    l.weight = w;
+                    Ok(())
+                }
+                _ => Err(LabelError::new(key, v, "a weight from 1 to 100")),
+            },
+            REDIRECT_CODE => match v.parse::<u16>() {
+                Ok(c @ (301 | 302 | 303 | 307 | 308)) => {
+                    l.redirect_code = c;
+                    Ok(())
+                }
+                _ => Err(LabelError::new(key, v, "one of 301, 302, 303, 307, 308")),
+            },
+            BACKEND_PROTOCOL => parse_protocol(v).map(|p| l.backend_protocol = p),
+            HEALTH_PATH => parse_path(HEALTH_PATH, v).map(|p| l.health_path = Some(p)),
+            HEALTH_INTERVAL => parse_duration(v)
+                .filter(|d| !d.is_zero())
+                .map(|d| l.health_interval = Some(d))
+                .ok_or_else(|| LabelError::new(key, v, "a duration such as `5s` or `500ms`")),
             other if UNSUPPORTED.contains(&other) => {
                 out.warnings.push(format!(
                     "label {other} is ignored: Interlock never supported it (use com.docker.lb.redirects)"
@@ -242,6 +301,9 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
         if let Err(e) = res {
             out.errors.push(e);
         }
+    }
+    for r in &mut l.redirects {
+        r.status = l.redirect_code;
     }
     cross_check(&l, &mut out.errors);
     out.labels = l;
@@ -316,6 +378,14 @@ fn parse_backend_mode(v: &str) -> Result<BackendMode, LabelError> {
         "task" | "default" | "" => Ok(BackendMode::Task),
         "vip" => Ok(BackendMode::Vip),
         _ => Err(LabelError::new(BACKEND_MODE, v, "`task` or `vip`")),
+    }
+}
+
+fn parse_protocol(v: &str) -> Result<BackendProtocol, LabelError> {
+    match v.to_ascii_lowercase().as_str() {
+        "http1" | "http" | "" => Ok(BackendProtocol::Http1),
+        "h2c" | "grpc" => Ok(BackendProtocol::H2c),
+        _ => Err(LabelError::new(BACKEND_PROTOCOL, v, "`http1` or `h2c`")),
     }
 }
 
@@ -425,6 +495,7 @@ fn parse_redirects(v: &str) -> Result<Vec<Redirect>, LabelError> {
             source_scheme: src_scheme,
             source_host: src_host,
             target: dst.trim_end_matches('/').to_string(),
+            status: 302,
         });
     }
     Ok(out)

@@ -37,14 +37,14 @@ impl ProxyBody {
 
     pub fn upstream(
         inner: Incoming,
-        conn: PooledConn,
+        conn: Option<PooledConn>,
         upstream: Arc<Upstream>,
         active: ActiveGuard,
     ) -> Self {
         ProxyBody::Upstream(UpstreamResponse {
             ended: inner.is_end_stream(),
             inner,
-            conn: Some(conn),
+            conn,
             upstream,
             _active: active,
         })

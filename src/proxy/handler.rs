@@ -19,6 +19,7 @@ use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
 use super::{upgrade, Proxy};
 use crate::balance::{self, Backend};
+use crate::config::labels::BackendProtocol;
 use crate::routing::{normalize_host, Decision, Route};
 use crate::upstream::{PooledConn, UpstreamBody};
 
@@ -185,6 +186,9 @@ async fn forward(
     upstream_parts(&mut parts, route, client, upgrade);
     let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
     let mut request = Request::from_parts(parts, UpstreamBody::Client(body));
+    if route.backends.protocol == BackendProtocol::H2c && !upgrade {
+        return forward_h2(proxy, backend, request, start).await;
+    }
 
     let mut retried = false;
     let mut fresh = false;
@@ -256,7 +260,58 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(body, conn, backend.upstream.clone(), active),
+        ProxyBody::upstream(body, Some(conn), backend.upstream.clone(), active),
+    ))
+}
+
+/// Forwards over the endpoint's shared HTTP/2 connection (h2c backends, gRPC). Trailers
+/// pass through in both directions.
+async fn forward_h2(
+    proxy: &Proxy,
+    backend: Backend,
+    mut request: Request<UpstreamBody>,
+    start: Instant,
+) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
+    let settings = &proxy.settings;
+    let active = backend.upstream.track();
+    let mut tx = match backend.upstream.h2_sender(settings.connect_timeout).await {
+        Ok(tx) => tx,
+        Err(e) => return Err((e.into(), backend)),
+    };
+    // HTTP/2 carries the target as :scheme/:authority/:path.
+    let authority = request
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(backend.upstream.label()).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = authority;
+    uri.path_and_query = request.uri().path_and_query().cloned();
+    match Uri::from_parts(uri) {
+        Ok(u) => *request.uri_mut() = u,
+        Err(_) => return Err((ProxyError::BadHost, backend)),
+    }
+    *request.version_mut() = Version::HTTP_2;
+    let resp = match tokio::time::timeout(settings.upstream_timeout, tx.send_request(request)).await
+    {
+        Err(_) => return Err((ProxyError::Timeout, backend)),
+        Ok(Err(e)) => {
+            backend.upstream.drop_h2(); // the next request gets a fresh connection
+            return Err((ProxyError::Upstream(e), backend));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    backend.upstream.record_success();
+    backend
+        .metrics
+        .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, None, backend.upstream.clone(), active),
     ))
 }
 

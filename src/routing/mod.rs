@@ -58,6 +58,15 @@ pub struct Route {
     pub rewrite: bool,
     pub services: Vec<String>,
     pub backends: BackendSet,
+    /// Active health check of the route's endpoints, if labelled.
+    pub check: Option<ActiveCheck>,
+}
+
+/// `com.docker.lb.health_path` / `health_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub path: String,
+    pub interval: std::time::Duration,
 }
 
 /// What to do with a request.
@@ -138,7 +147,7 @@ impl RoutingTable {
             .find(|r| r.source_host == host && r.source_scheme == scheme)
         {
             return Decision::Redirect {
-                status: 302,
+                status: r.status,
                 location: format!("{}{}", r.target, path_and_query),
             };
         }

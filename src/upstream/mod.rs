@@ -4,6 +4,7 @@
 //! leaves the table it is [retired](Upstream::retire) and its idle connections close.
 
 mod body;
+mod h2;
 mod health;
 mod pool;
 
@@ -26,6 +27,8 @@ pub struct Upstream {
     active: AtomicUsize,
     retired: AtomicBool,
     health: health::HealthState,
+    /// The shared HTTP/2 connection of an h2c endpoint.
+    h2: arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<UpstreamBody>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -47,6 +50,7 @@ impl Upstream {
             active: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             health: health::HealthState::default(),
+            h2: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -79,6 +83,7 @@ impl Upstream {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         while self.idle.pop().is_some() {}
+        self.drop_h2();
     }
 
     pub fn is_retired(&self) -> bool {

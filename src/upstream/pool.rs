@@ -80,15 +80,7 @@ impl Upstream {
     /// Opens a new connection (never pooled before).
     pub async fn connect(&self, timeout: Duration) -> Result<PooledConn, ConnectError> {
         let addr = self.addr;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(addr)),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(ConnectError::Refused(addr))
-            }
-            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(addr, timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -100,4 +92,21 @@ impl Upstream {
         });
         Ok(PooledConn { tx, reused: false })
     }
+}
+
+/// A TCP connection to an endpoint, with the connect timeout and `TCP_NODELAY`.
+pub(super) async fn connect_tcp(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(addr)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(ConnectError::Refused(addr))
+        }
+        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }

@@ -1,0 +1,419 @@
+//! Failures and limits through a real proxy: the answers clients get when there is no
+//! route, the upstream fails or is slow, and when clients send too much or too slowly.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use interlock::config::settings::ProxySettings;
+use tokio::io::AsyncWriteExt;
+
+fn app(endpoints: &[interlock::config::EndpointSpec]) -> interlock::config::DesiredState {
+    state(vec![host_service("app", "app.local", endpoints)])
+}
+
+fn assert_text_plain(r: &Fetched) {
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[tokio::test]
+async fn no_route_is_503_with_a_text_body() {
+    let proxy = TestProxy::start(&state(vec![])).await;
+    for c in [client(), h2c_client()] {
+        let r = get(&c, &proxy, "nowhere.local", "/x").await;
+        assert_eq!(r.status, 503);
+        assert_text_plain(&r);
+        assert_eq!(
+            r.text(),
+            "503 Service Unavailable: no route for this host and path\n"
+        );
+    }
+    assert_eq!(metric(&proxy, "interlock_no_route_total"), Some(2.0));
+}
+
+#[tokio::test]
+async fn route_without_endpoints_is_503() {
+    let proxy = TestProxy::start(&app(&[])).await;
+    let r = get(&client(), &proxy, "app.local", "/").await;
+    assert_eq!(r.status, 503);
+    assert_text_plain(&r);
+    assert!(r.text().contains("no running endpoint"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502_with_a_readable_body() {
+    let proxy = TestProxy::start(&app(&[dead_endpoint()])).await;
+    let c = client();
+    for method in ["GET", "POST"] {
+        let r = send(
+            &c,
+            Request::builder()
+                .method(method)
+                .uri(proxy.url("/"))
+                .header("host", "app.local")
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 502, "{method}");
+        assert_text_plain(&r);
+        assert_eq!(
+            r.text(),
+            "502 Bad Gateway: upstream refused the connection\n",
+            "{method}"
+        );
+    }
+    assert_eq!(
+        metric(&proxy, r#"interlock_upstream_errors_total{service="app"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            r#"interlock_requests_total{class="5xx",service="app"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn refused_endpoint_is_retried_on_another_endpoint() {
+    let live = TestBackend::named("live").await;
+    let proxy = TestProxy::start(&app(&[dead_endpoint(), live.endpoint()])).await;
+    let c = client();
+    for _ in 0..6 {
+        // POST too: a refused connect sent nothing, so any method may move on.
+        for method in ["GET", "POST"] {
+            let r = send(
+                &c,
+                Request::builder()
+                    .method(method)
+                    .uri(proxy.url("/"))
+                    .header("host", "app.local")
+                    .body(Full::new(Bytes::from_static(b"x")))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!((r.status, r.text().as_str()), (200, "live"), "{method}");
+        }
+    }
+    assert_eq!(live.requests.load(Ordering::SeqCst), 12);
+    // The dead endpoint really was tried (and counted) along the way.
+    let errors = metric(&proxy, r#"interlock_upstream_errors_total{service="app"}"#).unwrap();
+    assert!(errors >= 1.0, "{errors}");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_after_upstream_timeout() {
+    let slow = TestBackend::with(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(Full::new(Bytes::from_static(b"late")))
+    })
+    .await;
+    let settings = ProxySettings {
+        upstream_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[slow.endpoint()]), settings).await;
+    let r = bounded(
+        "timed-out request",
+        4,
+        get(&client(), &proxy, "app.local", "/"),
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_text_plain(&r);
+    assert_eq!(
+        r.text(),
+        "504 Gateway Timeout: upstream did not answer in time\n"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_504_after_connect_timeout() {
+    // A listener with a backlog of 0 that never accepts: once its accept queue is full the
+    // kernel drops further SYNs, so a connect hangs until the proxy's connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        fillers.push(tokio::spawn(async move {
+            let s = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(s);
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settings = ProxySettings {
+        connect_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let endpoint = interlock::config::EndpointSpec {
+        ip: addr.ip(),
+        port: Some(addr.port()),
+    };
+    let proxy = TestProxy::with_settings(&app(&[endpoint]), settings).await;
+    let r = bounded(
+        "connect-timeout request",
+        5,
+        get(&client(), &proxy, "app.local", "/"),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        r.text().contains("upstream connection failed"),
+        "{}",
+        r.text()
+    );
+    for f in fillers {
+        f.abort();
+    }
+    drop(listener);
+}
+
+#[tokio::test]
+async fn stalled_request_head_is_closed_after_header_read_timeout() {
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    let took = closed.expect("the proxy closes a connection whose head stalls");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    // hyper answers nothing to a head that timed out: it just closes.
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_millis(400),
+        header_read_timeout: Duration::from_secs(30),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let took = closed.expect("the proxy closes an idle keep-alive connection");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+}
+
+#[tokio::test]
+async fn busy_connection_is_not_closed_by_idle_timeout() {
+    // A response that takes longer than the idle timeout still completes.
+    let slow = TestBackend::with(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        Response::new(Full::new(Bytes::from_static(b"slow")))
+    })
+    .await;
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[slow.endpoint()]), settings).await;
+    let r = bounded("slow request", 5, get(&client(), &proxy, "app.local", "/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+}
+
+/// Sends `head` on a fresh connection and returns what came back before the close.
+async fn exchange(proxy: &TestProxy, head: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // The proxy may close before reading everything; a failed write is fine.
+    let _ = s.write_all(head).await;
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "connection left open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        max_header_bytes: 16 * 1024,
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    // Below the limit: served.
+    let ok = format!(
+        "GET / HTTP/1.1\r\nHost: app.local\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    let out = exchange(&proxy, ok.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Above it: hyper answers 431 and closes.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: app.local\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(32 * 1024)
+    );
+    let out = exchange(&proxy, big.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+        "{out}"
+    );
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn too_many_header_fields_is_431() {
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        max_headers: 20,
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let head = |n: usize| {
+        let mut h = String::from("GET / HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n");
+        for i in 0..n {
+            h.push_str(&format!("X-F{i}: v\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    let out = exchange(&proxy, head(10).as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let out = exchange(&proxy, head(30).as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+        "{out}"
+    );
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn invalid_or_missing_host_is_400() {
+    let backend = TestBackend::named("app").await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: evil/..\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let out = exchange(&proxy, head.as_bytes()).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.0 400"),
+            "{head:?}: {out}"
+        );
+        assert!(out.contains("no valid Host"), "{head:?}: {out}");
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_is_also_bounded_by_header_read_timeout() {
+    // hyper starts its HTTP/1 header read timer when it waits for the next request, so an
+    // idle keep-alive connection is closed after min(idle_timeout, header_read_timeout)
+    // (hyperium/hyper#3828). This pins that down so a change is noticed.
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_secs(30),
+        header_read_timeout: Duration::from_millis(400),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let took = closed.expect("closed by the header read timer");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_idle_timeout() {
+    // A client that connects and sends nothing (not even enough to pick HTTP/1 or h2).
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_millis(400),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&state(vec![]), settings).await;
+    for prefix in [&b""[..], b"PRI * HT"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(prefix).await.unwrap();
+        let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+        let took = closed.expect("the proxy closes a silent connection");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || proxy
+            .metrics
+            .open_connections
+            .get()
+            == 0)
+        .await,
+        "open_connections = {}",
+        proxy.metrics.open_connections.get()
+    );
+}
+
+#[tokio::test]
+async fn idle_h2c_connection_is_closed_despite_keep_alive_pings() {
+    // The proxy pings idle HTTP/2 clients every 20 s (a fixed interval). Those pings must
+    // not count as activity, or an idle h2 connection would never reach an idle timeout
+    // longer than 20 s. Slow by necessity: the idle timeout has to exceed the interval.
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_secs(21),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://app.local/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = bounded("h2c request", 5, tx.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let start = std::time::Instant::now();
+    // Without the fix the proxy's ping at ~20 s resets the watchdog and the connection
+    // stays open past 41 s.
+    let ended = tokio::time::timeout(Duration::from_secs(35), conn).await;
+    assert!(ended.is_ok(), "idle h2c connection still open after 35 s");
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
