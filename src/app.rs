@@ -191,6 +191,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         sources.push(rx);
     }
     applier.apply(&merge(&sources));
+    tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
     tokio::spawn(follow(applier.clone(), sources));
 
     let (trigger, shutdown) = shutdown::channel();

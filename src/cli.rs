@@ -261,7 +261,10 @@ pub fn render_check(table: &RoutingTable) -> String {
                 }
             }
             ServiceStatus::NotPublished => {
-                let _ = writeln!(out, "skip  {name}: not published (no com.docker.lb.hosts or default_backend, or TLS passthrough)");
+                let _ = writeln!(
+                    out,
+                    "skip  {name}: not published (no hosts or default_backend, or TLS passthrough)"
+                );
             }
             ServiceStatus::Rejected => {
                 let _ = writeln!(out, "ERROR {name}");

@@ -276,6 +276,8 @@ pub fn compile(
             .cloned()
             .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
         table.cursors.insert(id.clone(), cursor.clone());
+        let budget = previous.budgets.get(&id).cloned().unwrap_or_default();
+        table.budgets.insert(id.clone(), budget.clone());
         let backends = draft
             .backends
             .iter()
@@ -312,6 +314,7 @@ pub fn compile(
                 sticky: draft.sticky,
                 health: draft.health,
                 protocol: draft.protocol,
+                budget,
             },
             check: draft.check,
         });

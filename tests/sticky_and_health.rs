@@ -161,3 +161,116 @@ async fn a_failing_endpoint_is_taken_out_for_fail_timeout() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn active_health_check_takes_a_failing_endpoint_out_and_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let sick = Arc::new(AtomicBool::new(true));
+    let flag = sick.clone();
+    let bad = TestBackend::with(move |req: hyper::Request<hyper::body::Incoming>| {
+        let sick = flag.load(Ordering::SeqCst);
+        async move {
+            let mut resp = echo("bad", &req);
+            if req.uri().path() == "/healthz" && sick {
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            resp
+        }
+    })
+    .await;
+    let good = TestBackend::named("good").await;
+    let labels = [
+        ("com.docker.lb.hosts", "hc.test"),
+        ("com.docker.lb.health_path", "/healthz"),
+        ("com.docker.lb.health_interval", "100ms"),
+    ];
+    let proxy = TestProxy::start(&state(vec![service(
+        "hc",
+        &labels,
+        &[bad.endpoint(), good.endpoint()],
+    )]))
+    .await;
+    tokio::spawn(interlock::upstream::probe::run(proxy.applier.store.clone()));
+    let c = client();
+    let only_good = async {
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                seen.insert(get(&c, &proxy, "hc.test", "/").await.text());
+            }
+            if seen.len() == 1 && seen.contains("good") {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), only_good)
+        .await
+        .expect("sick endpoint taken out");
+    sick.store(false, Ordering::SeqCst);
+    let both = async {
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                seen.insert(get(&c, &proxy, "hc.test", "/").await.text());
+            }
+            if seen.len() == 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), both)
+        .await
+        .expect("recovered endpoint back in");
+}
+
+#[tokio::test]
+async fn weight_label_splits_beyond_replica_counts() {
+    let v1 = TestBackend::named("v1").await;
+    let v2 = TestBackend::named("v2").await;
+    let proxy = TestProxy::start(&state(vec![
+        service(
+            "v1",
+            &[
+                ("com.docker.lb.hosts", "w.test"),
+                ("com.docker.lb.weight", "3"),
+            ],
+            &[v1.endpoint()],
+        ),
+        service("v2", &[("com.docker.lb.hosts", "w.test")], &[v2.endpoint()]),
+    ]))
+    .await;
+    let c = client();
+    let mut v2_hits = 0;
+    for _ in 0..40 {
+        if get(&c, &proxy, "w.test", "/").await.text() == "v2" {
+            v2_hits += 1;
+        }
+    }
+    assert_eq!(
+        v2_hits, 10,
+        "weight 3 to 1 with one endpoint each: a quarter to v2"
+    );
+}
+
+#[tokio::test]
+async fn redirect_code_label_sets_the_status() {
+    let proxy = TestProxy::start(&state(vec![service(
+        "old",
+        &[
+            ("com.docker.lb.hosts", "old.test"),
+            (
+                "com.docker.lb.redirects",
+                "http://old.test,https://new.test",
+            ),
+            ("com.docker.lb.redirect_code", "308"),
+        ],
+        &[],
+    )]))
+    .await;
+    let r = get(&client(), &proxy, "old.test", "/a?b=1").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://new.test/a?b=1"));
+}

@@ -4,8 +4,10 @@
 //! atomic cursor, the upstreams' in-flight counters and health atomics. Cursors are carried
 //! from one table generation to the next by route, so a swap does not reset the rotation.
 
+mod retry;
 mod sticky;
 
+pub use retry::RetryBudget;
 pub use sticky::{affinity_key, Sticky};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +35,8 @@ pub struct BackendSet {
     pub health: HealthPolicy,
     /// HTTP/1.1 (pooled connections) or h2c (one multiplexed connection per endpoint).
     pub protocol: BackendProtocol,
+    /// Bounds the route's retries (carried across swaps like the cursor).
+    pub budget: Arc<RetryBudget>,
 }
 
 impl BackendSet {
@@ -91,6 +95,7 @@ mod tests {
             sticky: Sticky::None,
             health: HealthPolicy::default(),
             protocol: BackendProtocol::Http1,
+            budget: Arc::default(),
         }
     }
 

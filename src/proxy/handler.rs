@@ -106,6 +106,7 @@ async fn route_and_forward(
             }
         }
     };
+    route.backends.budget.deposit();
     let key = balance::affinity_key(&route.backends.sticky, req.headers(), peer_ip);
     let Some(backend) = route.backends.pick(key, None).cloned() else {
         return (error_response(&ProxyError::NoEndpoint), None);
@@ -207,7 +208,10 @@ async fn forward(
             Err(e) => {
                 let e = ProxyError::from(e);
                 // A refused connect sent nothing: any request may go to another endpoint.
-                if !retried && matches!(e, ProxyError::Refused(_)) {
+                if !retried
+                    && matches!(e, ProxyError::Refused(_))
+                    && route.backends.budget.withdraw()
+                {
                     if let Some(next) = route.backends.pick(None, Some(&backend.upstream)) {
                         if !Arc::ptr_eq(&next.upstream, &backend.upstream) {
                             retried = true;
@@ -227,13 +231,15 @@ async fn forward(
         match send(conn, request, settings.upstream_timeout).await {
             Ok((resp, conn)) => break (resp, (conn, active)),
             Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
-            Err(SendFailure::Unsent(e, req)) if !retried => {
+            Err(SendFailure::Unsent(e, req)) if !retried && route.backends.budget.withdraw() => {
                 tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
                 retried = true;
                 fresh = true;
                 request = *req;
             }
-            Err(SendFailure::Unsent(e, _)) | Err(SendFailure::Failed(e)) if replay.is_none() => {
+            Err(SendFailure::Unsent(e, _)) | Err(SendFailure::Failed(e))
+                if replay.is_none() || !route.backends.budget.withdraw() =>
+            {
                 return Err((ProxyError::Upstream(e), backend))
             }
             Err(SendFailure::Failed(e)) | Err(SendFailure::Unsent(e, _)) => {

@@ -35,6 +35,8 @@ pub struct RoutingTable {
     pub(crate) upstreams: HashMap<SocketAddr, Arc<Upstream>>,
     /// Round-robin cursors by route id, carried to the next generation.
     pub(crate) cursors: HashMap<Box<str>, Arc<AtomicUsize>>,
+    /// Retry budgets by route id, carried to the next generation.
+    pub(crate) budgets: HashMap<Box<str>, Arc<crate::balance::RetryBudget>>,
     /// What each service compiled to (or why it did not), for last-good reuse and `/routes`.
     pub services: BTreeMap<String, CompiledService>,
     pub report: CompileReport,
@@ -165,6 +167,13 @@ impl RoutingTable {
             Some(route) => Decision::Forward(route),
             None => Decision::NotFound,
         }
+    }
+
+    /// Every route with its host pattern (HTTP and passthrough).
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &Arc<Route>)> {
+        self.vhosts()
+            .flat_map(|v| v.routes.iter().map(move |r| (v.name.as_str(), r)))
+            .chain(self.passthrough.iter().map(|(h, r)| (&**h, r)))
     }
 
     /// Number of routes in the table.

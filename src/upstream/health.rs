@@ -44,7 +44,7 @@ pub fn now_ms() -> u64 {
 impl Upstream {
     /// False while passive health has the endpoint out.
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.health.down_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.health.down_until_ms.load(Ordering::Relaxed) <= now_ms && self.probe_ok()
     }
 
     /// Counts a failure; takes the endpoint out when the policy says so. Returns true when

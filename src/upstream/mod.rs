@@ -7,6 +7,7 @@ mod body;
 mod h2;
 mod health;
 mod pool;
+pub mod probe;
 
 pub use body::UpstreamBody;
 pub use health::{now_ms, HealthPolicy};
@@ -29,6 +30,8 @@ pub struct Upstream {
     health: health::HealthState,
     /// The shared HTTP/2 connection of an h2c endpoint.
     h2: arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<UpstreamBody>>,
+    /// Set while the active health check fails.
+    probe_down: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -51,6 +54,7 @@ impl Upstream {
             retired: AtomicBool::new(false),
             health: health::HealthState::default(),
             h2: arc_swap::ArcSwapOption::empty(),
+            probe_down: AtomicBool::new(false),
         })
     }
 
