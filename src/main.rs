@@ -13,11 +13,22 @@ fn main() -> std::process::ExitCode {
         Some(Command::Run(r)) => (Some(r), None),
         Some(Command::Check(c)) => (None, Some(c)),
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // Workers: --threads, else the CPUs this process may run on (its affinity mask). On one
+    // CPU a current-thread runtime does the same work without work-stealing queues and
+    // cross-thread wake-ups.
+    let threads = run
+        .as_ref()
+        .and_then(|r| r.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
     rt.enable_all();
-    if let Some(threads) = run.as_ref().and_then(|r| r.threads) {
-        rt.worker_threads(threads.max(1));
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

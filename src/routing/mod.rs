@@ -178,7 +178,7 @@ impl RoutingTable {
 
     /// Number of routes in the table.
     pub fn route_count(&self) -> usize {
-        self.vhosts().map(|v| v.routes.len()).sum()
+        self.routes().count()
     }
 
     fn vhosts(&self) -> impl Iterator<Item = &Arc<VirtualHost>> {
@@ -193,6 +193,7 @@ impl RoutingTable {
         #[derive(Serialize)]
         struct RouteView<'a> {
             host: &'a str,
+            tls_passthrough: bool,
             context_root: &'a str,
             rewrite: bool,
             services: &'a [String],
@@ -207,10 +208,10 @@ impl RoutingTable {
             idle_connections: usize,
         }
         let mut routes: Vec<RouteView> = self
-            .vhosts()
-            .flat_map(|v| v.routes.iter().map(move |r| (v, r)))
-            .map(|(v, r)| RouteView {
-                host: &v.name,
+            .routes()
+            .map(|(host, r)| RouteView {
+                host,
+                tls_passthrough: r.id.starts_with("tls://"),
                 context_root: &r.context_root,
                 rewrite: r.rewrite,
                 services: &r.services,
