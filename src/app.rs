@@ -286,7 +286,13 @@ pub async fn follow(applier: Arc<Applier>, sources: Vec<watch::Receiver<DesiredS
     }
     loop {
         changed.notified().await;
-        applier.apply(&merge(&sources));
+        // Compiling thousands of services takes milliseconds of CPU: off the runtime's
+        // threads, so proxying never waits for it.
+        let state = merge(&sources);
+        let applier = applier.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || applier.apply(&state)).await {
+            tracing::error!(error = %e, "applying a new state failed; the last good table stays");
+        }
     }
 }
 

@@ -253,7 +253,11 @@ pub fn render_check(table: &RoutingTable) -> String {
                             .join(", "),
                     };
                     for h in &l.hosts {
-                        let _ = writeln!(out, "        http://{h}{root} -> {endpoints}");
+                        let _ = if l.ssl_passthrough {
+                            writeln!(out, "        tls://{h} (passthrough) -> {endpoints}")
+                        } else {
+                            writeln!(out, "        http://{h}{root} -> {endpoints}")
+                        };
                     }
                     if l.default_backend {
                         let _ = writeln!(out, "        default backend{root} -> {endpoints}");
@@ -263,7 +267,7 @@ pub fn render_check(table: &RoutingTable) -> String {
             ServiceStatus::NotPublished => {
                 let _ = writeln!(
                     out,
-                    "skip  {name}: not published (no hosts or default_backend, or TLS passthrough)"
+                    "skip  {name}: not published (no com.docker.lb.hosts or default_backend)"
                 );
             }
             ServiceStatus::Rejected => {

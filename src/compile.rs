@@ -54,7 +54,7 @@ pub enum ServiceStatus {
     KeptLastGood,
     /// Its labels are invalid and it had no good routes: not routed.
     Rejected,
-    /// No hosts and not a default backend (or TLS passthrough only): nothing to route here.
+    /// No hosts and not a default backend: nothing to route here.
     NotPublished,
 }
 

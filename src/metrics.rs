@@ -2,7 +2,7 @@
 //! data plane updates. Handles are resolved when a table is compiled, so a request touches
 //! only atomics, never the registry's label maps.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -31,19 +31,46 @@ pub struct Metrics {
 /// The status classes requests are counted by.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Pre-resolved handles for one service.
+/// Handles for one service, resolved on its first response: resolving seven series per
+/// service at compile time would cost more than the rest of a 10,000-service compile.
 pub struct ServiceMetrics {
+    name: Box<str>,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    handles: OnceLock<Handles>,
+}
+
+/// The resolved series: plain atomics from then on.
+struct Handles {
     by_class: [IntCounter; 5],
-    pub latency: Histogram,
-    pub upstream_errors: IntCounter,
+    latency: Histogram,
+    upstream_errors: IntCounter,
 }
 
 impl ServiceMetrics {
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let name: &str = &self.name;
+            Handles {
+                by_class: CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
+                latency: self.latency.with_label_values(&[name]),
+                upstream_errors: self.upstream_errors.with_label_values(&[name]),
+            }
+        })
+    }
+
     /// Counts one response by its status class.
     pub fn record(&self, status: u16, seconds: f64) {
+        let h = self.handles();
         let idx = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[idx].inc();
-        self.latency.observe(seconds);
+        h.by_class[idx].inc();
+        h.latency.observe(seconds);
+    }
+
+    /// Counts one failed upstream exchange.
+    pub fn upstream_error(&self) {
+        self.handles().upstream_errors.inc();
     }
 }
 
@@ -136,12 +163,14 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Handles for one service (created on first use).
+    /// Handles for one service (its series are created on its first response).
     pub fn service(&self, name: &str) -> Arc<ServiceMetrics> {
         Arc::new(ServiceMetrics {
-            by_class: CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
-            latency: self.latency.with_label_values(&[name]),
-            upstream_errors: self.upstream_errors.with_label_values(&[name]),
+            name: name.into(),
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            upstream_errors: self.upstream_errors.clone(),
+            handles: OnceLock::new(),
         })
     }
 

@@ -116,7 +116,7 @@ async fn route_and_forward(
         Ok(resp) => resp,
         Err((e, backend)) => {
             if e.is_upstream() {
-                backend.metrics.upstream_errors.inc();
+                backend.metrics.upstream_error();
                 if backend.upstream.record_failure(&route.backends.health) {
                     tracing::warn!(
                         upstream = backend.upstream.label(),
@@ -215,7 +215,7 @@ async fn forward(
                     if let Some(next) = route.backends.pick(None, Some(&backend.upstream)) {
                         if !Arc::ptr_eq(&next.upstream, &backend.upstream) {
                             retried = true;
-                            backend.metrics.upstream_errors.inc();
+                            backend.metrics.upstream_error();
                             backend.upstream.record_failure(&route.backends.health);
                             backend = next.clone();
                             continue;

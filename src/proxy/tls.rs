@@ -113,14 +113,14 @@ impl Proxy {
             let mut upstream = match connect {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    backend.metrics.upstream_errors.inc();
+                    backend.metrics.upstream_error();
                     backend.upstream.record_failure(&route.backends.health);
                     tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, "passthrough connect failed");
                     avoid = Some(backend.upstream.clone());
                     continue;
                 }
                 Err(_) => {
-                    backend.metrics.upstream_errors.inc();
+                    backend.metrics.upstream_error();
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "passthrough connect timed out",

@@ -17,14 +17,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-
 /// A backend address with its connection pool and in-flight request count.
 pub struct Upstream {
     addr: SocketAddr,
     /// `ip:port` pre-rendered for logs and headers.
     label: Box<str>,
-    idle: ArrayQueue<pool::Idle>,
+    idle: pool::IdleQueue,
     active: AtomicUsize,
     retired: AtomicBool,
     health: health::HealthState,
@@ -49,7 +47,7 @@ impl Upstream {
         Arc::new(Upstream {
             addr,
             label: addr.to_string().into_boxed_str(),
-            idle: ArrayQueue::new(max_idle.max(1)),
+            idle: pool::IdleQueue::new(max_idle),
             active: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             health: health::HealthState::default(),

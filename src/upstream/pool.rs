@@ -6,15 +6,53 @@
 //! idle longer than the pool's idle timeout.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 use super::{Upstream, UpstreamBody};
+
+/// Idle connections of one endpoint: a lock-free queue that allocates as it fills (an
+/// endpoint that never pools costs nothing), bounded by `max`.
+pub(super) struct IdleQueue {
+    queue: SegQueue<Idle>,
+    len: AtomicUsize,
+    max: usize,
+}
+
+impl IdleQueue {
+    pub(super) fn new(max: usize) -> Self {
+        IdleQueue {
+            queue: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    fn push(&self, idle: Idle) {
+        if self.len.fetch_add(1, Ordering::AcqRel) < self.max {
+            self.queue.push(idle);
+        } else {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn pop(&self) -> Option<Idle> {
+        let idle = self.queue.pop()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Some(idle)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire).min(self.max)
+    }
+}
 
 pub(super) struct Idle {
     tx: http1::SendRequest<UpstreamBody>,
@@ -48,7 +86,7 @@ impl PooledConn {
         if upstream.is_retired() || self.tx.is_closed() {
             return;
         }
-        let _ = upstream.idle.push(Idle {
+        upstream.idle.push(Idle {
             tx: self.tx,
             since: Instant::now(),
         });
