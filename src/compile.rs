@@ -96,6 +96,16 @@ pub struct CompileReport {
     pub warnings: Vec<(String, String)>,
 }
 
+/// A routed service as grouping reads it: name, labels in force, endpoints, metric
+/// handles, and the name shared by its backends.
+type Routed<'t> = (
+    &'t str,
+    &'t ServiceLabels,
+    &'t [SocketAddr],
+    &'t Arc<ServiceMetrics>,
+    Arc<str>,
+);
+
 /// Routes under construction for one (host, context root).
 struct RouteDraft {
     rewrite: bool,
@@ -123,7 +133,6 @@ pub fn compile(
     services.sort_by(|a, b| a.name.cmp(&b.name));
 
     // 1. Validate each service on its own.
-    let mut active: Vec<(&str, ServiceLabels, Vec<SocketAddr>, Arc<ServiceMetrics>)> = Vec::new();
     for spec in services {
         if table.services.contains_key(&spec.name) {
             table
@@ -185,9 +194,6 @@ pub fn compile(
                     .and_then(|s| s.metrics.clone())
                     .unwrap_or_else(|| metrics.service(&spec.name))
             });
-        if let (Some(l), Some(m)) = (&labels, &service_metrics) {
-            active.push((&spec.name, l.clone(), endpoints.clone(), m.clone()));
-        }
         table.services.insert(
             spec.name.clone(),
             CompiledService {
@@ -201,11 +207,26 @@ pub fn compile(
         );
     }
 
+    // Routed services, in name order, borrowed from the table (no copies).
+    let active: Vec<Routed<'_>> = table
+        .services
+        .iter()
+        .filter_map(|(name, s)| {
+            Some((
+                name.as_str(),
+                s.labels.as_ref()?,
+                &s.endpoints[..],
+                s.metrics.as_ref()?,
+                Arc::from(name.as_str()),
+            ))
+        })
+        .collect();
+
     // 2. Group services by (host, context root); canary = several services in one route.
     // Key: (TLS passthrough?, host or None for the default backend, context root).
     let mut drafts: BTreeMap<(bool, Option<HostPattern>, String), RouteDraft> = BTreeMap::new();
     let mut redirects: HashMap<HostPattern, Vec<Redirect>> = HashMap::new();
-    for (idx, (name, l, endpoints, _)) in active.iter().enumerate() {
+    for (idx, &(name, l, endpoints, _, _)) in active.iter().enumerate() {
         let root = l.context_root.clone().unwrap_or_else(|| "/".to_string());
         let hosts: Vec<Option<HostPattern>> = l
             .hosts
@@ -215,7 +236,7 @@ pub fn compile(
             .chain(l.default_backend.then_some(None))
             .collect();
         for host in hosts {
-            if let Some(h) = &host {
+            if let (Some(h), false) = (&host, l.redirects.is_empty()) {
                 let mine = l
                     .redirects
                     .iter()
@@ -294,11 +315,11 @@ pub fn compile(
                             .unwrap_or_else(|| Upstream::new(addr, opts.max_idle_per_endpoint))
                     })
                     .clone();
-                let (name, _, _, metrics) = &active[idx];
+                let (_, _, _, metrics, name) = &active[idx];
                 Backend {
                     upstream,
-                    service: (*name).into(),
-                    metrics: metrics.clone(),
+                    service: name.clone(),
+                    metrics: (*metrics).clone(),
                 }
             })
             .collect();

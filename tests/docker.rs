@@ -85,12 +85,22 @@ fn import_image(tag: &str, binary: &Path) {
         .spawn()
         .unwrap();
     let import = Command::new("docker")
-        .args(["import", "--change", &format!("ENTRYPOINT [\"/{name}\"]"), "-", tag])
+        .args([
+            "import",
+            "--change",
+            &format!("ENTRYPOINT [\"/{name}\"]"),
+            "-",
+            tag,
+        ])
         .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
     assert!(tar.wait().unwrap().success(), "tar of the image root");
-    assert!(import.status.success(), "docker import: {}", String::from_utf8_lossy(&import.stderr));
+    assert!(
+        import.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -225,7 +225,11 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
         redirect_code: 302,
         ..ServiceLabels::default()
     };
-    for (key, value) in raw.range(PREFIX.to_string()..) {
+    let from = (
+        std::ops::Bound::Included(PREFIX),
+        std::ops::Bound::Unbounded,
+    );
+    for (key, value) in raw.range::<str, _>(from) {
         if !key.starts_with(PREFIX) {
             break;
         }

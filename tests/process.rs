@@ -1,0 +1,587 @@
+//! The real `interlock` binary as an operator runs it: a services file on disk, real
+//! backends on 127.0.0.1, signals, the admin listener and the log on stderr.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::TestBackend;
+use http::Response;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_interlock");
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+/// A services file in the temp directory with a unique name, removed on drop.
+struct ConfigFile {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn new(text: &str) -> ConfigFile {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "interlock-process-test-{}-{}.toml",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let file = ConfigFile { path };
+        file.write(text);
+        file
+    }
+
+    /// Replaces the content atomically (write a sibling, rename over), so the watcher never
+    /// reads a half-written file.
+    fn write(&self, text: &str) {
+        let tmp = self.path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One `[[service]]` entry routing `host` to `addr`, with extra label lines.
+fn service_toml(name: &str, host: &str, addr: SocketAddr, extra_labels: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\n[service.labels]\n\
+         \"com.docker.lb.hosts\" = \"{host}\"\n{extra_labels}\n"
+    )
+}
+
+/// A port that was free a moment ago (the binary needs a number, not a listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `interlock` process, killed on drop. Its stderr is collected line by line.
+struct Interlock {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Interlock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- interlock stderr ---\n{}", self.log().join("\n"));
+        }
+    }
+}
+
+impl Interlock {
+    /// Starts `interlock run` on `config` with fresh loopback ports and waits until its
+    /// admin listener answers (it binds after the proxy listener). Retries with other ports
+    /// if one was taken between picking and binding.
+    async fn start(config: &Path, extra: &[&str]) -> Interlock {
+        for _ in 0..5 {
+            let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut child = Command::new(BIN)
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .args(["--listen", &proxy.to_string()])
+                .args(["--admin", &admin.to_string()])
+                .args(extra)
+                .env_remove("INTERLOCK_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning the interlock binary");
+            let stderr = Arc::new(Mutex::new(Vec::new()));
+            let lines = stderr.clone();
+            let pipe = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+            let mut p = Interlock {
+                child,
+                proxy,
+                admin,
+                stderr,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if p.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if let Some((200, body)) = try_http(admin, "admin", "/healthz").await {
+                    if body.starts_with("ok generation=") {
+                        return p;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Let the reader thread collect the last lines of an exited process.
+            std::thread::sleep(Duration::from_millis(200));
+            let log = p.log().join("\n");
+            assert!(
+                log.contains("binding the"),
+                "interlock did not start:\n{log}"
+            );
+            // A port was taken in the meantime: try others.
+            let _ = p.child.kill();
+        }
+        panic!("could not start interlock on free ports");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// GET through the proxy with the given Host.
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        http(self.proxy, host, path).await
+    }
+
+    async fn admin(&self, path: &str) -> (u16, String) {
+        http(self.admin, "admin", path).await
+    }
+
+    /// The value of an unlabelled metric, or of the first series whose line contains every
+    /// string of `labels`.
+    async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let (status, text) = self.admin("/metrics").await;
+        assert_eq!(status, 200);
+        metric_value(&text, name, labels)
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`): status and body.
+async fn try_http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    parse_response(&out)
+}
+
+async fn http(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    try_http(addr, host, path)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr} for {host}{path}"))
+}
+
+/// Status and body of a complete HTTP/1.1 response with a Content-Length body.
+fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns how long it took.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+/// A new host in the file routes within ~2 s; an invalid file keeps the last good routes
+/// and is counted as a reload failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_adds_a_host_and_survives_an_invalid_file() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let first = service_toml("a", "a.test", a.addr, "");
+    let file = ConfigFile::new(&first);
+    let p = Interlock::start(&file.path, &["--watch-interval-ms", "100"]).await;
+
+    assert_eq!(p.get("a.test", "/").await, (200, "a".to_string()));
+    assert_eq!(
+        p.get("b.test", "/").await.0,
+        503,
+        "b.test is not routed yet"
+    );
+
+    file.write(&format!(
+        "{first}{}",
+        service_toml("b", "b.test", b.addr, "")
+    ));
+    let took = eventually(Duration::from_secs(2), || async {
+        p.get("b.test", "/").await == (200, "b".to_string())
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "b.test did not route within 2 s of the change"
+    );
+    assert_eq!(p.get("a.test", "/").await, (200, "a".to_string()));
+    assert_eq!(
+        p.metric("interlock_reload_failures_total", &[]).await,
+        Some(0.0)
+    );
+
+    file.write("[[service]\nname = \"broken");
+    let counted = eventually(Duration::from_secs(3), || async {
+        p.metric("interlock_reload_failures_total", &[])
+            .await
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "the invalid file was not counted");
+    assert_eq!(p.get("a.test", "/").await, (200, "a".to_string()));
+    assert_eq!(p.get("b.test", "/").await, (200, "b".to_string()));
+    assert!(
+        p.log().iter().any(|l| l.contains("is not valid")),
+        "the invalid file was not logged: {:?}",
+        p.log()
+    );
+}
+
+fn check(config: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running interlock check");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` lists the route `url` with the endpoint `addr`.
+fn assert_route(out: &str, url: &str, addr: SocketAddr) {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{url} ->")))
+        .unwrap_or_else(|| panic!("route {url} not listed:\n{out}"));
+    assert!(line.contains(&addr.to_string()), "{line}");
+}
+
+/// `interlock check` prints each good service's routes and each bad service's exact label
+/// error; it exits 1 when any service has errors, 0 when all are clean.
+#[test]
+fn check_reports_routes_and_label_errors_with_exit_codes() {
+    let addr: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let good = format!(
+        "{}{}",
+        service_toml("web", "web.test", addr, ""),
+        service_toml(
+            "api",
+            "api.test",
+            addr,
+            "\"com.docker.lb.context_root\" = \"/api\""
+        )
+    );
+    let file = ConfigFile::new(&good);
+    let (code, out, err) = check(&file.path);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("ok    web"), "{out}");
+    assert_route(&out, "http://web.test/", addr);
+    assert_route(&out, "http://api.test/api", addr);
+    assert!(out.contains("0 with errors"), "{out}");
+
+    file.write(&format!(
+        "{good}{}",
+        service_toml(
+            "bad",
+            "bad.test",
+            addr,
+            "\"com.docker.lb.port\" = \"99999\""
+        )
+    ));
+    let (code, out, err) = check(&file.path);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert_route(&out, "http://web.test/", addr);
+    let error_line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("ERROR bad"))
+        .find(|l| l.contains("error:"))
+        .unwrap_or_else(|| panic!("no error listed under the bad service:\n{out}"));
+    for want in [
+        "com.docker.lb.port",
+        "99999",
+        "expected a port number from 1 to 65535",
+    ] {
+        assert!(error_line.contains(want), "{want:?} missing: {error_line}");
+    }
+    assert!(out.contains("1 with errors"), "{out}");
+
+    // A file that is not TOML at all is a different failure: exit 2, reason on stderr.
+    file.write("this is not toml");
+    let (code, out, err) = check(&file.path);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("is not valid"), "{err}");
+}
+
+/// SIGTERM while a slow request is in flight: the request completes, then the process
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let slow = TestBackend::with(|req| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        common::echo("slow", &req)
+    })
+    .await;
+    let file = ConfigFile::new(&service_toml("slow", "slow.test", slow.addr, ""));
+    let mut p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+
+    let proxy = p.proxy;
+    let in_flight = tokio::spawn(async move { http(proxy, "slow.test", "/work").await });
+    let reached = eventually(Duration::from_secs(5), || async {
+        slow.requests.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(reached.is_some(), "the request never reached the backend");
+
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &p.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(kill.success());
+
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    let exit = p
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("interlock did not exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "draining waited for the drain timeout: {:?}",
+        sent.elapsed()
+    );
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// 1 GiB uploaded through the binary arrives complete, and the proxy's memory stays
+/// bounded: the body is streamed, never buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_streams_through_with_bounded_memory() {
+    const TOTAL: u64 = 1 << 30;
+    const CHUNK: usize = 256 * 1024;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let sink = TestBackend::with(move |req| {
+        let counter = counter.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            n += d.len() as u64;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            counter.store(n, Ordering::SeqCst);
+            Response::new(Full::new(Bytes::from(n.to_string())))
+        }
+    })
+    .await;
+    let file = ConfigFile::new(&service_toml("sink", "sink.test", sink.addr, ""));
+    let p = Interlock::start(&file.path, &[]).await;
+    let before = peak_rss(p.pid());
+
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: sink.test\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {TOTAL}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![0x5a_u8; CHUNK];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < TOTAL {
+        s.write_all(&chunk).await.expect("proxy stopped reading");
+        sent += CHUNK as u64;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
+        .await
+        .expect("no response after the upload")
+        .unwrap();
+    let (status, body) = parse_response(&out).expect("an HTTP response");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, TOTAL.to_string());
+    assert_eq!(received.load(Ordering::SeqCst), TOTAL);
+
+    let peak = peak_rss(p.pid());
+    eprintln!(
+        "1 GiB through interlock in {:?}; peak RSS {} MiB (before the upload: {} MiB)",
+        started.elapsed(),
+        peak >> 20,
+        before >> 20
+    );
+    assert!(
+        peak < 100 << 20,
+        "peak RSS {} MiB exceeds 100 MiB",
+        peak >> 20
+    );
+}
+
+/// The admin listener: /healthz, /routes as JSON, and /metrics with per-service request
+/// counts, the table generation and open connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_health_routes_and_metrics() {
+    let web = TestBackend::named("web").await;
+    let file = ConfigFile::new(&service_toml(
+        "web",
+        "web.test",
+        web.addr,
+        "\"com.docker.lb.context_root\" = \"/app\"",
+    ));
+    let p = Interlock::start(&file.path, &[]).await;
+
+    let (status, body) = p.admin("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("ok generation="), "{body}");
+
+    let (status, body) = p.admin("/routes").await;
+    assert_eq!(status, 200);
+    let routes: serde_json::Value = serde_json::from_str(&body).expect("/routes is JSON");
+    let list = routes["routes"].as_array().expect("a routes array");
+    let route = list
+        .iter()
+        .find(|r| r["host"] == "web.test")
+        .unwrap_or_else(|| panic!("web.test missing from /routes: {body}"));
+    assert_eq!(route["context_root"], "/app");
+    assert_eq!(route["services"][0], "web");
+    assert_eq!(route["endpoints"][0]["addr"], web.addr.to_string());
+
+    assert_eq!(p.get("web.test", "/app/x").await, (200, "web".to_string()));
+    let metrics = p.admin("/metrics").await.1;
+    let served = metric_value(
+        &metrics,
+        "interlock_requests_total",
+        &["service=\"web\"", "class=\"2xx\""],
+    );
+    assert_eq!(served, Some(1.0), "{metrics}");
+    let generation = metric_value(&metrics, "interlock_table_generation", &[]);
+    assert!(generation.is_some_and(|g| g >= 1.0), "{metrics}");
+    assert!(
+        metric_value(&metrics, "interlock_open_connections", &[]).is_some(),
+        "{metrics}"
+    );
+    assert_eq!(p.admin("/nope").await.0, 404);
+}
+
+/// `--access-log --log-format json` writes one JSON line per request on stderr, with the
+/// status and the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_in_json_names_status_and_path() {
+    let web = TestBackend::named("web").await;
+    let file = ConfigFile::new(&service_toml("web", "web.test", web.addr, ""));
+    let p = Interlock::start(&file.path, &["--access-log", "--log-format", "json"]).await;
+
+    assert_eq!(p.get("web.test", "/logged/path?q=1").await.0, 200);
+    assert_eq!(p.get("missing.test", "/nowhere").await.0, 503);
+
+    let find = |path: &str| {
+        p.log().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["path"] == path).then_some(v)
+        })
+    };
+    let mut found = None;
+    let _ = eventually(Duration::from_secs(3), || {
+        found = find("/logged/path").zip(find("/nowhere"));
+        std::future::ready(found.is_some())
+    })
+    .await;
+    let (ok, miss) = found.unwrap_or_else(|| panic!("no JSON access lines: {:?}", p.log()));
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["method"], "GET", "{ok}");
+    assert_eq!(ok["service"], "web", "{ok}");
+    assert_eq!(miss["status"], 503, "{miss}");
+    // Every line on stderr is JSON, the start-up messages included.
+    for line in p.log() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
