@@ -9,10 +9,13 @@
 //! Set INTERLOCK_SKIP_DOCKER=1 to skip these tests on a machine without Docker; they fail
 //! otherwise, never pass silently.
 
+mod common;
+
+use common::{free_port, Proc};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -703,23 +706,6 @@ impl Drop for EngineRelay {
     fn drop(&mut self) {
         self.cut();
     }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn metric(admin: SocketAddr, name: &str) -> Option<f64> {

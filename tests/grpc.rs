@@ -2,26 +2,12 @@
 //! h2c client, interlock, an h2c backend (`backend_protocol=h2c`). Unary and streaming
 //! calls, an error status and custom trailing metadata: trailers must survive both hops.
 
+mod common;
+
+use common::{free_port, Proc};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn grpc_calls_keep_trailers_end_to_end() {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TestBackend;
+use common::{free_port, TestBackend};
 use http::Response;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,15 +63,6 @@ fn service_toml(name: &str, host: &str, addr: SocketAddr, extra_labels: &str) ->
         "[[service]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\n[service.labels]\n\
          \"com.docker.lb.hosts\" = \"{host}\"\n{extra_labels}\n"
     )
-}
-
-/// A port that was free a moment ago (the binary needs a number, not a listener).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `interlock` process, killed on drop. Its stderr is collected line by line.

@@ -502,3 +502,22 @@ pub async fn bounded<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> 
         Err(_) => panic!("{what}: no answer within {secs} s"),
     }
 }
+
+/// A child process (the interlock binary, a peer), killed and reaped on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago (a spawned binary needs a number, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
