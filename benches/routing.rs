@@ -4,6 +4,10 @@
 //! `cargo bench --bench routing` (about two minutes). Target: a cold compile of 10,000
 //! services well under 50 ms. See docs/benchmarks.md.
 
+/// The binary's allocator (src/main.rs), so compiles are measured as the binary runs them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::Path;

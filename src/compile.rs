@@ -7,7 +7,7 @@
 //! no other service is affected. Endpoints, pools and round-robin cursors of the previous
 //! table are reused, so a swap loses no balancing state or warm connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::config::labels::{
 };
 use crate::config::DesiredState;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::routing::{ActiveCheck, Route, RoutingTable, VirtualHost};
+use crate::routing::{ActiveCheck, FastMap, Route, RoutingTable, VirtualHost};
 use crate::upstream::{HealthPolicy, Upstream};
 
 /// Settings of the compiling instance.
@@ -129,6 +129,11 @@ pub fn compile(
         generation: previous.generation + 1,
         ..RoutingTable::default()
     };
+    let endpoint_hint = previous.upstreams.len().max(state.services.len());
+    table.upstreams.reserve(endpoint_hint);
+    table.cursors.reserve(state.services.len());
+    table.budgets.reserve(state.services.len());
+    table.exact.reserve(state.services.len());
     let mut services: Vec<_> = state.services.iter().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -225,7 +230,7 @@ pub fn compile(
     // 2. Group services by (host, context root); canary = several services in one route.
     // Key: (TLS passthrough?, host or None for the default backend, context root).
     let mut drafts: BTreeMap<(bool, Option<HostPattern>, String), RouteDraft> = BTreeMap::new();
-    let mut redirects: HashMap<HostPattern, Vec<Redirect>> = HashMap::new();
+    let mut redirects: FastMap<HostPattern, Vec<Redirect>> = FastMap::default();
     for (idx, &(name, l, endpoints, _, _)) in active.iter().enumerate() {
         let root = l.context_root.clone().unwrap_or_else(|| "/".to_string());
         let hosts: Vec<Option<HostPattern>> = l
@@ -284,7 +289,7 @@ pub fn compile(
     }
 
     // 3. Build routes, reusing endpoints and cursors of the previous table.
-    let mut routes: HashMap<Option<HostPattern>, Vec<Arc<Route>>> = HashMap::new();
+    let mut routes: FastMap<Option<HostPattern>, Vec<Arc<Route>>> = FastMap::default();
     for ((passthrough, host, root), draft) in drafts {
         let host_name = host
             .as_ref()

@@ -15,7 +15,7 @@ impl Upstream {
         &self,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
-        if let Some(tx) = self.h2.load_full() {
+        if let Some(tx) = self.h2_slot().load_full() {
             if !tx.is_closed() {
                 return Ok((*tx).clone());
             }
@@ -35,13 +35,20 @@ impl Upstream {
             }
         });
         if !self.is_retired() {
-            self.h2.store(Some(Arc::new(tx.clone())));
+            self.h2_slot().store(Some(Arc::new(tx.clone())));
         }
         Ok(tx)
     }
 
+    /// The shared-connection slot, created on first use (only h2c endpoints need one).
+    fn h2_slot(&self) -> &arc_swap::ArcSwapOption<http2::SendRequest<UpstreamBody>> {
+        self.h2.get_or_init(arc_swap::ArcSwapOption::empty)
+    }
+
     /// Drops the shared HTTP/2 connection (it closes once its streams end).
     pub fn drop_h2(&self) {
-        self.h2.store(None);
+        if let Some(slot) = self.h2.get() {
+            slot.store(None);
+        }
     }
 }

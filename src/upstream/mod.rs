@@ -21,13 +21,15 @@ use std::sync::Arc;
 pub struct Upstream {
     addr: SocketAddr,
     /// `ip:port` pre-rendered for logs and headers.
-    label: Box<str>,
+    label: std::sync::OnceLock<Box<str>>,
     idle: pool::IdleQueue,
     active: AtomicUsize,
     retired: AtomicBool,
     health: health::HealthState,
     /// The shared HTTP/2 connection of an h2c endpoint.
-    h2: arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<UpstreamBody>>,
+    h2: std::sync::OnceLock<
+        arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<UpstreamBody>>,
+    >,
     /// Set while the active health check fails.
     probe_down: AtomicBool,
 }
@@ -46,12 +48,12 @@ impl Upstream {
     pub fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
         Arc::new(Upstream {
             addr,
-            label: addr.to_string().into_boxed_str(),
+            label: std::sync::OnceLock::new(),
             idle: pool::IdleQueue::new(max_idle),
             active: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             health: health::HealthState::default(),
-            h2: arc_swap::ArcSwapOption::empty(),
+            h2: std::sync::OnceLock::new(),
             probe_down: AtomicBool::new(false),
         })
     }
@@ -61,7 +63,9 @@ impl Upstream {
     }
 
     pub fn label(&self) -> &str {
-        &self.label
+        // Formatted on first use (logs, /routes): a compile creates thousands of endpoints.
+        self.label
+            .get_or_init(|| self.addr.to_string().into_boxed_str())
     }
 
     /// Requests in flight to this endpoint.
