@@ -29,6 +29,34 @@ use crate::metrics::Metrics;
 use crate::routing::TableStore;
 use crate::shutdown::{Shutdown, Tracker};
 
+/// The next accepted connection (with `TCP_NODELAY`), or `None` once `shutdown` fires.
+/// Accept errors (out of file descriptors and the like) are retried with backoff: the
+/// listener neither spins nor dies.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut Shutdown,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Shared state of the data plane (one per listener scheme).
 pub struct Proxy {
     pub table: Arc<TableStore>,
@@ -76,33 +104,15 @@ impl Proxy {
     /// Accepts connections until `shutdown` fires, then stops accepting; connections drain
     /// on their own (see [`Proxy::drain`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shutdown.wait() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let _ = stream.set_nodelay(true);
-                    let guard = self.tracker.track();
-                    tokio::spawn(connection::serve(
-                        self.clone(),
-                        stream,
-                        peer,
-                        shutdown.clone(),
-                        guard,
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin or die.
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
+        while let Some((stream, peer)) = accept(&listener, &mut shutdown).await {
+            let guard = self.tracker.track();
+            tokio::spawn(connection::serve(
+                self.clone(),
+                stream,
+                peer,
+                shutdown.clone(),
+                guard,
+            ));
         }
     }
 

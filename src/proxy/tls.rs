@@ -31,34 +31,19 @@ impl Proxy {
         mut shutdown: Shutdown,
     ) {
         let acceptor = TlsAcceptor::from(tls.config.clone());
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shutdown.wait() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let guard = self.tracker.track();
-                    let proxy = self.clone();
-                    let acceptor = acceptor.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = proxy
-                            .clone()
-                            .handle_tls(stream, peer, acceptor, shutdown, guard)
-                            .await
-                        {
-                            tracing::debug!(%peer, error = %e, "TLS connection refused");
-                        }
-                    });
+        while let Some((stream, peer)) = super::accept(&listener, &mut shutdown).await {
+            let guard = self.tracker.track();
+            let proxy = self.clone();
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = proxy
+                    .handle_tls(stream, peer, acceptor, shutdown, guard)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "TLS connection refused");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            }
+            });
         }
     }
 
