@@ -479,6 +479,34 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 /// Records the request lines a raw backend saw, per connection.
 type Seen = Arc<Mutex<Vec<(usize, String)>>>;
 
+/// A backend whose first connection answers one request, then reads the second completely
+/// and closes without answering; later connections answer normally. Every request is logged
+/// as (connection, request line[, body]).
+async fn dies_on_second_request(log: Seen) -> RawBackend {
+    RawBackend::start(move |mut s, idx| {
+        let log = log.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut n = 0;
+            while let Some(req) = read_request(&mut s, &mut buf).await {
+                let line = match String::from_utf8_lossy(&req.body) {
+                    body if body.is_empty() => req.line().to_string(),
+                    body => format!("{} {body}", req.line()),
+                };
+                log.lock().unwrap().push((idx, line));
+                n += 1;
+                if idx == 0 && n == 2 {
+                    return; // close without answering
+                }
+                if write_ok(&mut s, &format!("conn{idx}")).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn stale_pooled_connection_closed_by_backend_is_not_used() {
     // Each backend connection answers one request (keep-alive, no `Connection: close`)
@@ -513,25 +541,7 @@ async fn idempotent_request_is_retried_once_when_a_reused_connection_dies() {
     // answer: the keep-alive race a proxy meets when a backend times out an idle
     // connection just as it is reused. Later connections answer normally.
     let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let backend = RawBackend::start(move |mut s, idx| {
-        let log = log.clone();
-        async move {
-            let mut buf = Vec::new();
-            let mut n = 0;
-            while let Some(req) = read_request(&mut s, &mut buf).await {
-                log.lock().unwrap().push((idx, req.line().to_string()));
-                n += 1;
-                if idx == 0 && n == 2 {
-                    return; // close without answering
-                }
-                if write_ok(&mut s, &format!("conn{idx}")).await.is_err() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let backend = dies_on_second_request(seen.clone()).await;
     let proxy = TestProxy::start(&state(vec![host_service(
         "app",
         "app.local",
@@ -563,28 +573,7 @@ async fn idempotent_request_is_retried_once_when_a_reused_connection_dies() {
 async fn post_is_not_replayed_after_it_was_sent() {
     // Same backend as above: the reused connection reads the POST completely, then closes.
     let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let backend = RawBackend::start(move |mut s, idx| {
-        let log = log.clone();
-        async move {
-            let mut buf = Vec::new();
-            let mut n = 0;
-            while let Some(req) = read_request(&mut s, &mut buf).await {
-                let body = String::from_utf8_lossy(&req.body).into_owned();
-                log.lock()
-                    .unwrap()
-                    .push((idx, format!("{} {body}", req.line())));
-                n += 1;
-                if idx == 0 && n == 2 {
-                    return;
-                }
-                if write_ok(&mut s, &format!("conn{idx}")).await.is_err() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let backend = dies_on_second_request(seen.clone()).await;
     let proxy = TestProxy::start(&state(vec![host_service(
         "app",
         "app.local",
@@ -610,7 +599,7 @@ async fn post_is_not_replayed_after_it_was_sent() {
     assert_eq!(
         seen,
         vec![
-            (0, "GET /warm HTTP/1.1 ".to_string()),
+            (0, "GET /warm HTTP/1.1".to_string()),
             (0, "POST /pay HTTP/1.1 amount=10".to_string()),
         ]
     );

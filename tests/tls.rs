@@ -120,6 +120,24 @@ fn https(
     curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// `status location` of a plain-HTTP request to the proxy's HTTP port.
+fn http_redirect(r: &Running, host: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+        ])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://127.0.0.1:{}{path}", r.http))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn service(name: &str, backend: SocketAddr, labels: &[(&str, &str)]) -> String {
     let mut s =
         format!("[[service]]\nname = \"{name}\"\nendpoints = [\"{backend}\"]\n[service.labels]\n");
@@ -227,21 +245,8 @@ async fn http_redirects_to_https_and_forwards_proto() {
     );
     let r = start(&dir, &config);
     tokio::task::spawn_blocking(move || {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{redirect_url}",
-                "-H",
-                "Host: app.test",
-            ])
-            .arg(format!("http://127.0.0.1:{}/path?q=1", r.http))
-            .output()
-            .unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            http_redirect(&r, "app.test", "/path?q=1"),
             "302 https://app.test/path?q=1"
         );
         let (headers, status, _) = https(
@@ -334,23 +339,7 @@ async fn passthrough_by_sni_reaches_the_backend_tls_untouched() {
         let (body, status, _) = https(&r, "term.test", "term.crt", "/", &[]);
         assert_eq!((body.as_str(), status.as_str()), ("term", "200"));
         // A passthrough host's HTTP port answers its redirect (Interlock could not).
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{redirect_url}",
-                "-H",
-                "Host: pt.test",
-            ])
-            .arg(format!("http://127.0.0.1:{}/x", r.http))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "302 https://pt.test/x"
-        );
+        assert_eq!(http_redirect(&r, "pt.test", "/x"), "302 https://pt.test/x");
         // Plain HTTP sent to the TLS port is refused cleanly (connection closed, no crash).
         let out = Command::new("curl")
             .args([
