@@ -12,14 +12,38 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::controller::feeds::Feeds;
 use crate::metrics::Metrics;
 use crate::routing::TableStore;
 use crate::shutdown::Shutdown;
 
+/// What the admin listener shows besides metrics: a proxy's live table, or a
+/// controller's snapshot versions.
+#[derive(Clone)]
+pub enum View {
+    Table(Arc<TableStore>),
+    Feeds(Arc<Feeds>),
+}
+
+/// Binds `addr` and serves the admin endpoints on it until shutdown.
+pub async fn start(
+    addr: std::net::SocketAddr,
+    view: View,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
+    tracing::info!(%addr, "admin listening (/metrics, /healthz, /routes)");
+    tokio::spawn(serve(listener, view, metrics, shutdown));
+    Ok(())
+}
+
 /// Serves admin requests until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<TableStore>,
+    view: View,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
@@ -35,11 +59,11 @@ pub async fn serve(
                 }
             },
         };
-        let store = store.clone();
+        let view = view.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let resp = answer(&req, &store, &metrics);
+                let resp = answer(&req, &view, &metrics);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -49,7 +73,7 @@ pub async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, store: &TableStore, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -63,18 +87,29 @@ fn answer(req: &Request<Incoming>, store: &TableStore, metrics: &Metrics) -> Res
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        "/healthz" => {
-            let table = store.load();
-            reply(
+        "/healthz" => match view {
+            View::Table(store) => reply(
                 StatusCode::OK,
                 "text/plain",
-                format!("ok generation={}\n", table.generation),
-            )
-        }
+                format!("ok generation={}\n", store.load().generation),
+            ),
+            View::Feeds(feeds) => reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("ok epoch={}\n", feeds.epoch()),
+            ),
+        },
         "/routes" => {
-            let body =
-                serde_json::to_string_pretty(&store.snapshot().describe()).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body)
+            let body = match view {
+                View::Table(store) => serde_json::to_string_pretty(&store.snapshot().describe()),
+                View::Feeds(feeds) => serde_json::to_string_pretty(&serde_json::json!({
+                    "epoch": feeds.epoch(),
+                    "clusters": feeds.versions().into_iter().map(|(cluster, version, services)| {
+                        serde_json::json!({"cluster": cluster, "version": version, "services": services})
+                    }).collect::<Vec<_>>(),
+                })),
+            };
+            reply(StatusCode::OK, "application/json", body.unwrap_or_default())
         }
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -108,14 +108,98 @@ impl Applier {
     }
 }
 
-/// Everything one all-in-one instance needs.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
+/// Where desired state comes from; shared by the all-in-one, proxy and controller roles.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderConfig {
     /// Services file (file provider), if any.
     pub config: Option<PathBuf>,
+    /// How often the services file is checked for changes.
+    pub watch_interval: Duration,
     /// Watch the Docker engine (Docker provider).
-    pub docker: bool,
-    pub docker_mode: crate::providers::docker::DockerMode,
+    pub docker: Option<crate::providers::docker::DockerOptions>,
+    /// Follow a controller's snapshots (the proxy role).
+    pub controller: Option<crate::providers::controller::ControllerOptions>,
+}
+
+/// The running providers' state channels.
+pub struct Providers {
+    pub sources: Vec<watch::Receiver<DesiredState>>,
+    /// Sources that have not reported yet (the Docker provider before its first list).
+    unsynced: Vec<watch::Receiver<DesiredState>>,
+}
+
+impl Providers {
+    /// Resolves once every provider has reported its state at least once.
+    pub async fn synced(&mut self) {
+        for rx in &mut self.unsynced {
+            let _ = rx.changed().await;
+        }
+        self.unsynced.clear();
+    }
+
+    /// The union of every provider's current state.
+    pub fn merged(&self) -> DesiredState {
+        merge(&self.sources)
+    }
+}
+
+/// Starts the providers `cfg` names. The services file must load: there is no last good
+/// state to fall back to yet.
+pub async fn start_providers(
+    cfg: &ProviderConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Providers> {
+    anyhow::ensure!(
+        cfg.config.is_some() || cfg.docker.is_some() || cfg.controller.is_some(),
+        "nothing to route: give --config FILE, --docker, or both"
+    );
+    let mut p = Providers {
+        sources: Vec::new(),
+        unsynced: Vec::new(),
+    };
+    if let Some(path) = &cfg.config {
+        let initial = crate::providers::file::load(path)
+            .await
+            .with_context(|| "loading the initial configuration")?;
+        let (tx, rx) = watch::channel(initial);
+        let reload_failures = metrics.reload_failures.clone();
+        tokio::spawn(crate::providers::file::watch(
+            path.clone(),
+            cfg.watch_interval,
+            tx,
+            move |e| {
+                reload_failures.inc();
+                tracing::error!("{e}; keeping the last good configuration");
+            },
+        ));
+        p.sources.push(rx);
+    }
+    if let Some(opts) = &cfg.docker {
+        let (tx, rx) = watch::channel(DesiredState::default());
+        tokio::spawn(crate::providers::docker::run(
+            opts.clone(),
+            tx,
+            metrics.clone(),
+        ));
+        p.unsynced.push(rx.clone());
+        p.sources.push(rx);
+    }
+    if let Some(opts) = &cfg.controller {
+        let (tx, rx) = watch::channel(DesiredState::default());
+        tokio::spawn(crate::providers::controller::run(
+            opts.clone(),
+            tx,
+            metrics.clone(),
+        ));
+        p.sources.push(rx);
+    }
+    Ok(p)
+}
+
+/// Everything one proxying instance (all-in-one or proxy role) needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub providers: ProviderConfig,
     pub listen: Vec<SocketAddr>,
     /// TLS listeners (termination by SNI, and passthrough).
     pub tls_listen: Vec<SocketAddr>,
@@ -125,18 +209,12 @@ pub struct RunConfig {
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub admin: Option<SocketAddr>,
     pub cluster: String,
-    pub watch_interval: Duration,
-    pub docker_poll_interval: Duration,
     pub settings: ProxySettings,
     pub access_log: bool,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        cfg.config.is_some() || cfg.docker,
-        "nothing to route: give --config FILE, --docker, or both"
-    );
     let metrics = Metrics::new();
     let mut applier = Applier::new(
         metrics.clone(),
@@ -161,35 +239,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         Some(tls)
     };
     let applier = Arc::new(applier);
-    let mut sources = Vec::new();
-    if let Some(path) = &cfg.config {
-        // The first load must succeed: there is no last good state to fall back to yet.
-        let initial = crate::providers::file::load(path)
-            .await
-            .with_context(|| "loading the initial configuration")?;
-        let (tx, rx) = watch::channel(initial);
-        let reload_failures = metrics.reload_failures.clone();
-        tokio::spawn(crate::providers::file::watch(
-            path.clone(),
-            cfg.watch_interval,
-            tx,
-            move |e| {
-                reload_failures.inc();
-                tracing::error!("{e}; keeping the last good configuration");
-            },
-        ));
-        sources.push(rx);
-    }
-    if cfg.docker {
-        let (tx, rx) = watch::channel(DesiredState::default());
-        let opts = crate::providers::docker::DockerOptions {
-            poll_interval: cfg.docker_poll_interval,
-            mode: cfg.docker_mode,
-            ..Default::default()
-        };
-        tokio::spawn(crate::providers::docker::run(opts, tx, metrics.clone()));
-        sources.push(rx);
-    }
+    let sources = start_providers(&cfg.providers, &metrics).await?.sources;
     applier.apply(&merge(&sources));
     tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
     tokio::spawn(follow(applier.clone(), sources));
@@ -233,16 +283,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         proxies.push(https);
     }
     if let Some(addr) = cfg.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the admin listener {addr}"))?;
-        tracing::info!(%addr, "admin listening (/metrics, /healthz, /routes)");
-        tokio::spawn(crate::admin::serve(
-            listener,
-            applier.store.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let view = crate::admin::View::Table(applier.store.clone());
+        crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
     }
 
     wait_for_signal().await;
@@ -296,7 +338,7 @@ pub async fn follow(applier: Arc<Applier>, sources: Vec<watch::Receiver<DesiredS
     }
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

@@ -1,4 +1,5 @@
-//! The `interlock` command line: run the proxy (the default), or `check` a configuration.
+//! The `interlock` command line: the all-in-one proxy (the default), the split `controller`
+//! and `proxy` roles, `check` for a configuration, and `certs` for the control channel.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,11 +7,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::RunConfig;
+use crate::app::{ProviderConfig, RunConfig};
 use crate::compile::{compile, CompileOptions, ServiceStatus};
 use crate::config::settings::ProxySettings;
+use crate::controller::ControllerConfig;
 use crate::metrics::Metrics;
+use crate::providers::controller::ControllerOptions;
 use crate::routing::RoutingTable;
+use crate::tls::control::ControlTlsFiles;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,8 +41,18 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
-    /// Run the proxy (the default when no command is given).
+    /// Run the all-in-one proxy: watch the providers and serve traffic (the default when
+    /// no command is given).
     Run(RunArgs),
+    /// Run the controller: watch Docker (and/or a services file) and serve each service
+    /// cluster's routing snapshot to its proxies over mutual TLS. Serves no traffic.
+    Controller(ControllerArgs),
+    /// Run a proxy of one service cluster: follow the controller's snapshots and serve
+    /// traffic. Needs no Docker access.
+    Proxy(ProxyArgs),
+    /// Issue the control channel's CA, the controller's certificate and one client
+    /// certificate per proxy cluster.
+    Certs(CertsArgs),
     /// Validate the services of a configuration: print each service's routes or its exact
     /// label errors; exit non-zero when any service has errors.
     Check(CheckArgs),
@@ -46,6 +60,15 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Where desired state comes from (all-in-one and controller roles).
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
     /// Services file (TOML), watched and hot reloaded.
     #[arg(long, short, env = "INTERLOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -63,6 +86,14 @@ pub struct RunArgs {
         env = "INTERLOCK_DOCKER_MODE"
     )]
     pub docker_mode: crate::providers::docker::DockerMode,
+    /// How often the services file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub watch_interval_ms: u64,
+}
+
+/// The traffic side (all-in-one and proxy roles).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
     /// Proxy listener (HTTP/1.1 and h2c); repeat for several.
     #[arg(
         long,
@@ -89,9 +120,6 @@ pub struct RunArgs {
     /// Service cluster served (com.docker.lb.service_cluster); empty = the default cluster.
     #[arg(long, env = "INTERLOCK_SERVICE_CLUSTER", default_value = "")]
     pub cluster: String,
-    /// How often the services file is checked for changes, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub watch_interval_ms: u64,
     /// Log one `interlock::access` line per request.
     #[arg(long, env = "INTERLOCK_ACCESS_LOG")]
     pub access_log: bool,
@@ -100,6 +128,80 @@ pub struct RunArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// The control channel's files (controller and proxy roles).
+#[derive(Args, Debug, Clone)]
+pub struct ControlTlsArgs {
+    /// CA certificate (PEM) both sides of the control channel trust.
+    #[arg(long, env = "INTERLOCK_CONTROL_CA")]
+    pub control_ca: PathBuf,
+    /// This side's certificate (PEM): the controller's server certificate, or a proxy's
+    /// client certificate naming its cluster.
+    #[arg(long, env = "INTERLOCK_CONTROL_CERT")]
+    pub control_cert: PathBuf,
+    /// Private key (PEM) of --control-cert.
+    #[arg(long, env = "INTERLOCK_CONTROL_KEY")]
+    pub control_key: PathBuf,
+}
+
+impl ControlTlsArgs {
+    fn files(&self) -> ControlTlsFiles {
+        ControlTlsFiles {
+            ca: self.control_ca.clone(),
+            cert: self.control_cert.clone(),
+            key: self.control_key.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    /// Snapshot API listener (mutual TLS).
+    #[arg(long, env = "INTERLOCK_API_LISTEN", default_value = "0.0.0.0:7443")]
+    pub api_listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: ControlTlsArgs,
+    /// Admin listener for /metrics, /healthz and /routes (snapshot versions); `off`
+    /// disables it.
+    #[arg(long, env = "INTERLOCK_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// The controller: https://HOST:PORT (HOST must be a name in its certificate).
+    #[arg(long, env = "INTERLOCK_CONTROLLER")]
+    pub controller: String,
+    #[command(flatten)]
+    pub tls: ControlTlsArgs,
+    /// Seconds the controller may hold a poll open when nothing changes.
+    #[arg(long, default_value_t = 30)]
+    pub poll_wait: u64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Directory to write into; its ca.pem/ca.key are reused when present.
+    #[arg(long, default_value = "interlock-certs")]
+    pub out: PathBuf,
+    /// A name (or IP) proxies use to reach the controller; repeat for several.
+    #[arg(long = "controller-name", value_delimiter = ',')]
+    pub controller_names: Vec<String>,
+    /// A proxy cluster to issue a client certificate for; repeat for several.
+    #[arg(long = "cluster", value_delimiter = ',')]
+    pub clusters: Vec<String>,
+    /// Also issue a client certificate for the default cluster (services without
+    /// com.docker.lb.service_cluster).
+    #[arg(long)]
+    pub default_cluster: bool,
+    /// Validity of the issued certificates, in days.
+    #[arg(long, default_value_t = 825)]
+    pub days: u32,
 }
 
 /// Timeouts and limits; defaults are those of [`ProxySettings::default`].
@@ -182,31 +284,105 @@ impl LimitArgs {
     }
 }
 
-impl RunArgs {
-    pub fn run_config(&self) -> anyhow::Result<RunConfig> {
-        let admin = match self.admin.as_str() {
-            "off" | "" => None,
-            a => Some(
-                a.parse()
-                    .map_err(|_| anyhow::anyhow!("--admin {a:?}: expected ip:port or `off`"))?,
-            ),
-        };
-        Ok(RunConfig {
+fn parse_admin(admin: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match admin {
+        "off" | "" => Ok(None),
+        a => Ok(Some(a.parse().map_err(|_| {
+            anyhow::anyhow!("--admin {a:?}: expected ip:port or `off`")
+        })?)),
+    }
+}
+
+impl SourceArgs {
+    fn providers(&self) -> ProviderConfig {
+        ProviderConfig {
             config: self.config.clone(),
-            docker: self.docker,
-            docker_mode: self.docker_mode,
-            docker_poll_interval: Duration::from_millis(self.docker_poll_ms.max(50)),
+            watch_interval: Duration::from_millis(self.watch_interval_ms.max(10)),
+            docker: self
+                .docker
+                .then(|| crate::providers::docker::DockerOptions {
+                    mode: self.docker_mode,
+                    poll_interval: Duration::from_millis(self.docker_poll_ms.max(50)),
+                    ..Default::default()
+                }),
+            controller: None,
+        }
+    }
+}
+
+impl ServeArgs {
+    fn run_config(&self, providers: ProviderConfig) -> anyhow::Result<RunConfig> {
+        Ok(RunConfig {
+            providers,
             listen: self.listen.clone(),
             tls_listen: self.tls_listen.clone(),
             secrets_dir: self.secrets_dir.clone(),
             default_cert: self.tls_cert.clone().zip(self.tls_key.clone()),
-            admin,
+            admin: parse_admin(&self.admin)?,
             cluster: self.cluster.clone(),
-            watch_interval: Duration::from_millis(self.watch_interval_ms.max(10)),
             settings: self.limits.settings()?,
             access_log: self.access_log,
         })
     }
+}
+
+impl RunArgs {
+    pub fn run_config(&self) -> anyhow::Result<RunConfig> {
+        self.serve.run_config(self.sources.providers())
+    }
+}
+
+impl ProxyArgs {
+    pub fn run_config(&self) -> anyhow::Result<RunConfig> {
+        let cluster = &self.serve.cluster;
+        anyhow::ensure!(
+            crate::snapshot::valid_cluster_name(cluster),
+            "--cluster {cluster:?}: expected letters, digits, `-`, `_` and `.`"
+        );
+        let (host, port) = crate::providers::controller::parse_url(&self.controller)
+            .map_err(|e| anyhow::anyhow!("--controller {e}"))?;
+        let tls = crate::tls::control::client_config(&self.tls.files())?;
+        let providers = ProviderConfig {
+            controller: Some(ControllerOptions {
+                host,
+                port,
+                cluster: cluster.clone(),
+                tls,
+                wait: Duration::from_secs(self.poll_wait.clamp(1, 300)),
+            }),
+            ..ProviderConfig::default()
+        };
+        self.serve.run_config(providers)
+    }
+}
+
+impl ControllerArgs {
+    pub fn controller_config(&self) -> anyhow::Result<ControllerConfig> {
+        Ok(ControllerConfig {
+            providers: self.sources.providers(),
+            api_listen: self.api_listen,
+            tls: self.tls.files(),
+            admin: parse_admin(&self.admin)?,
+        })
+    }
+}
+
+/// `interlock certs`: issues the files and lists them.
+pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let mut clusters = args.clusters.clone();
+    if args.default_cluster {
+        clusters.push(String::new());
+    }
+    let written = crate::tls::issue::issue(&crate::tls::issue::IssueRequest {
+        out: args.out.clone(),
+        controller_names: args.controller_names.clone(),
+        clusters,
+        days: args.days,
+    })?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// `interlock check`: prints a report, returns whether every service is clean.

@@ -11,10 +11,15 @@
 //!                                      proxy (hyper data plane) -> balance -> upstream (pools)
 //! ```
 //!
+//! Split roles put a wire between the providers and the compile: the `controller` (the only
+//! role with Docker access) partitions desired state by service cluster and serves each
+//! cluster's [`snapshot::Snapshot`] over mutual TLS; a `proxy` follows its cluster's snapshots
+//! (`providers::controller`) and compiles them like any other provider's state.
+//!
 //! | module      | owns |
 //! |-------------|------|
 //! | `config`    | the desired-state model, label parsing, proxy settings and their defaults |
-//! | `providers` | sources of desired state (the watched TOML file) |
+//! | `providers` | sources of desired state: the watched TOML file, Docker, a controller |
 //! | `compile`   | desired state -> immutable routing table, validated per service |
 //! | `routing`   | the routing table and its host/path lookup; the swappable store |
 //! | `balance`   | choosing an endpoint of a route (round robin, least connections) |
@@ -23,6 +28,9 @@
 //! | `admin`     | the admin listener: `/metrics`, `/healthz`, `/routes` |
 //! | `metrics`   | Prometheus metric families and per-route handles |
 //! | `app`       | wiring of one running instance: provider -> compile -> swap, shutdown |
+//! | `snapshot`  | the per-cluster routing snapshot a controller serves, and the partition |
+//! | `controller`| the controller role: versioned snapshots per cluster over mutual TLS |
+//! | `tls`       | termination, SNI, the control channel's mutual TLS, `interlock certs` |
 //! | `cli`       | command line of the `interlock` binary |
 #![forbid(unsafe_code)]
 
@@ -32,10 +40,12 @@ pub mod balance;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod shutdown;
+pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -14,19 +14,26 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let (run, check) = match cli.command {
-        None => (Some(cli.run), None),
-        Some(Command::Run(r)) => (Some(r), None),
-        Some(Command::Check(c)) => (None, Some(c)),
-    };
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    if let Command::Certs(args) = &command {
+        return match interlock::cli::certs(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("interlock: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     // Workers: --threads, else the CPUs this process may run on (its affinity mask). On one
     // CPU a current-thread runtime does the same work without work-stealing queues and
     // cross-thread wake-ups.
-    let threads = run
-        .as_ref()
-        .and_then(|r| r.threads)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = match &command {
+        Command::Run(r) => r.serve.threads,
+        Command::Proxy(p) => p.serve.threads,
+        _ => None,
+    }
+    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    .max(1);
     let mut rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -43,13 +50,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
-        if let Some(c) = check {
-            return interlock::cli::check(&c).await;
-        }
-        let cfg = run.map(|r| r.run_config()).transpose()?;
-        match cfg {
-            Some(cfg) => interlock::app::run(cfg).await.map(|()| true),
-            None => Ok(true),
+        match command {
+            Command::Check(c) => interlock::cli::check(&c).await,
+            Command::Run(r) => interlock::app::run(r.run_config()?).await.map(|()| true),
+            Command::Proxy(p) => interlock::app::run(p.run_config()?).await.map(|()| true),
+            Command::Controller(c) => interlock::controller::run(c.controller_config()?)
+                .await
+                .map(|()| true),
+            Command::Certs(_) => Ok(true),
         }
     });
     match result {

@@ -5,8 +5,8 @@
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metric families, registered in one registry.
@@ -26,6 +26,19 @@ pub struct Metrics {
     pub docker_resyncs: IntCounter,
     pub docker_errors: IntCounter,
     pub cert_errors: IntCounter,
+    /// Proxy role: 1 while the last poll of the controller succeeded.
+    pub controller_up: IntGauge,
+    /// Proxy role: version of the snapshot the live table was compiled from.
+    pub snapshot_version: IntGauge,
+    pub controller_errors: IntCounter,
+    /// Controller role: the current version of each cluster's snapshot.
+    pub cluster_version: IntGaugeVec,
+    /// Controller role: proxies parked in a long poll.
+    pub control_waiting: IntGauge,
+    /// Controller role: API responses by status code.
+    pub control_responses: IntCounterVec,
+    /// Controller role: refused control-channel handshakes (no or untrusted certificate).
+    pub control_rejected_handshakes: IntCounter,
 }
 
 /// The status classes requests are counted by.
@@ -137,6 +150,34 @@ impl Metrics {
                 "interlock_tls_certificate_errors_total",
                 "Certificates named by ssl_cert/ssl_key that could not be loaded",
             ),
+            controller_up: gauge(
+                "interlock_controller_up",
+                "1 while this proxy's last poll of the controller succeeded (0: serving the last good snapshot)",
+            ),
+            snapshot_version: gauge(
+                "interlock_snapshot_version",
+                "Version of the controller snapshot the live table was compiled from",
+            ),
+            controller_errors: counter(
+                "interlock_controller_errors_total",
+                "Failed polls of the controller (the last good table stays)",
+            ),
+            cluster_version: must(IntGaugeVec::new(
+                Opts::new("interlock_cluster_snapshot_version", "Current snapshot version, by service cluster"),
+                &["cluster"],
+            )),
+            control_waiting: gauge(
+                "interlock_controller_waiting_proxies",
+                "Proxy requests parked in a long poll for a snapshot change",
+            ),
+            control_responses: must(IntCounterVec::new(
+                Opts::new("interlock_controller_responses_total", "Snapshot API responses, by status code"),
+                &["code"],
+            )),
+            control_rejected_handshakes: counter(
+                "interlock_controller_rejected_handshakes_total",
+                "Control-channel TLS handshakes refused (missing or untrusted client certificate)",
+            ),
             requests,
             latency,
             upstream_errors,
@@ -157,6 +198,13 @@ impl Metrics {
             Box::new(m.docker_resyncs.clone()),
             Box::new(m.docker_errors.clone()),
             Box::new(m.cert_errors.clone()),
+            Box::new(m.controller_up.clone()),
+            Box::new(m.snapshot_version.clone()),
+            Box::new(m.controller_errors.clone()),
+            Box::new(m.cluster_version.clone()),
+            Box::new(m.control_waiting.clone()),
+            Box::new(m.control_responses.clone()),
+            Box::new(m.control_rejected_handshakes.clone()),
         ] {
             must(m.registry.register(c));
         }

@@ -3,22 +3,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::node::{eventually, http, metric_value, parse_response, Node, BIN};
 use common::{free_port, TestBackend};
 use http::Response;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_interlock");
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -65,21 +63,22 @@ fn service_toml(name: &str, host: &str, addr: SocketAddr, extra_labels: &str) ->
     )
 }
 
-/// A running `interlock` process, killed on drop. Its stderr is collected line by line.
+/// `interlock run` with its proxy listener: a [`Node`] plus the address traffic goes to.
 struct Interlock {
-    child: Child,
+    node: Node,
     proxy: SocketAddr,
-    admin: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
 }
 
-impl Drop for Interlock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- interlock stderr ---\n{}", self.log().join("\n"));
-        }
+impl std::ops::Deref for Interlock {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for Interlock {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
     }
 }
 
@@ -91,81 +90,36 @@ impl Interlock {
         for _ in 0..5 {
             let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut child = Command::new(BIN)
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .args(["--listen", &proxy.to_string()])
-                .args(["--admin", &admin.to_string()])
-                .args(extra)
-                .env_remove("INTERLOCK_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawning the interlock binary");
-            let stderr = Arc::new(Mutex::new(Vec::new()));
-            let lines = stderr.clone();
-            let pipe = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
+            let mut args = vec![
+                "run".to_string(),
+                "--config".into(),
+                config.display().to_string(),
+                "--listen".into(),
+                proxy.to_string(),
+            ];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            match Node::spawn("interlock", &args, admin, &[])
+                .try_ready()
+                .await
+            {
+                Ok(node) => return Interlock { node, proxy },
+                Err(mut node) => {
+                    let log = node.log().join("\n");
+                    assert!(
+                        log.contains("binding the"),
+                        "interlock did not start:\n{log}"
+                    );
+                    // A port was taken in the meantime: try others.
+                    node.kill();
                 }
-            });
-            let mut p = Interlock {
-                child,
-                proxy,
-                admin,
-                stderr,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if p.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if let Some((200, body)) = try_http(admin, "admin", "/healthz").await {
-                    if body.starts_with("ok generation=") {
-                        return p;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            // Let the reader thread collect the last lines of an exited process.
-            std::thread::sleep(Duration::from_millis(200));
-            let log = p.log().join("\n");
-            assert!(
-                log.contains("binding the"),
-                "interlock did not start:\n{log}"
-            );
-            // A port was taken in the meantime: try others.
-            let _ = p.child.kill();
         }
         panic!("could not start interlock on free ports");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
     }
 
     /// GET through the proxy with the given Host.
     async fn get(&self, host: &str, path: &str) -> (u16, String) {
         http(self.proxy, host, path).await
-    }
-
-    async fn admin(&self, path: &str) -> (u16, String) {
-        http(self.admin, "admin", path).await
-    }
-
-    /// The value of an unlabelled metric, or of the first series whose line contains every
-    /// string of `labels`.
-    async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
-        let (status, text) = self.admin("/metrics").await;
-        assert_eq!(status, 200);
-        metric_value(&text, name, labels)
     }
 
     /// Waits for the process to exit, at most `timeout`.
@@ -179,61 +133,6 @@ impl Interlock {
         }
         None
     }
-}
-
-fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`): status and body.
-async fn try_http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    parse_response(&out)
-}
-
-async fn http(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    try_http(addr, host, path)
-        .await
-        .unwrap_or_else(|| panic!("no HTTP answer from {addr} for {host}{path}"))
-}
-
-/// Status and body of a complete HTTP/1.1 response with a Content-Length body.
-fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-/// Polls `check` until it holds or `timeout` passes; returns how long it took.
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,11 +406,11 @@ async fn admin_endpoints_report_health_routes_and_metrics() {
     ));
     let p = Interlock::start(&file.path, &[]).await;
 
-    let (status, body) = p.admin("/healthz").await;
+    let (status, body) = p.admin_get("/healthz").await;
     assert_eq!(status, 200);
     assert!(body.starts_with("ok generation="), "{body}");
 
-    let (status, body) = p.admin("/routes").await;
+    let (status, body) = p.admin_get("/routes").await;
     assert_eq!(status, 200);
     let routes: serde_json::Value = serde_json::from_str(&body).expect("/routes is JSON");
     let list = routes["routes"].as_array().expect("a routes array");
@@ -524,7 +423,7 @@ async fn admin_endpoints_report_health_routes_and_metrics() {
     assert_eq!(route["endpoints"][0]["addr"], web.addr.to_string());
 
     assert_eq!(p.get("web.test", "/app/x").await, (200, "web".to_string()));
-    let metrics = p.admin("/metrics").await.1;
+    let metrics = p.admin_get("/metrics").await.1;
     let served = metric_value(
         &metrics,
         "interlock_requests_total",
@@ -537,7 +436,7 @@ async fn admin_endpoints_report_health_routes_and_metrics() {
         metric_value(&metrics, "interlock_open_connections", &[]).is_some(),
         "{metrics}"
     );
-    assert_eq!(p.admin("/nope").await.0, 404);
+    assert_eq!(p.admin_get("/nope").await.0, 404);
 }
 
 /// `--access-log --log-format json` writes one JSON line per request on stderr, with the

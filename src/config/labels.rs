@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Prefix shared by every label interlock reads.
@@ -75,7 +75,7 @@ const KNOWN: &[&str] = &[
 ];
 
 /// A label whose value could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[error("label {label}={value:?}: expected {expected}")]
 pub struct LabelError {
     pub label: String,

@@ -10,16 +10,16 @@ pub mod settings;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the providers currently know: the input of one compile.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub services: Vec<ServiceSpec>,
 }
 
 /// One service (a Swarm service, a container, or an entry of the TOML file).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique name; errors and metrics are reported under it.
     pub name: String,
@@ -33,7 +33,7 @@ pub struct ServiceSpec {
 }
 
 /// Where one running instance of a service answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointSpec {
     pub ip: IpAddr,
     /// Overrides `com.docker.lb.port` (host-published ports, file entries with a port).

@@ -4,5 +4,6 @@
 //!
 //! [`DesiredState`]: crate::config::DesiredState
 
+pub mod controller;
 pub mod docker;
 pub mod file;

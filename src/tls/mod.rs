@@ -3,6 +3,8 @@
 //! terminating them.
 
 pub mod certs;
+pub mod control;
+pub mod issue;
 pub mod sni;
 
 use std::path::PathBuf;

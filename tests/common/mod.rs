@@ -2,6 +2,8 @@
 //! in-process so tests can swap tables directly.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -101,8 +101,9 @@ pub async fn snapshot(docker: &Docker, mode: DockerMode) -> Result<DesiredState,
 /// Runs forever: keeps `tx` at the engine's current state.
 pub async fn run(opts: DockerOptions, tx: watch::Sender<DesiredState>, metrics: Arc<Metrics>) {
     let mut backoff = Duration::from_millis(200);
+    let mut reported = false;
     loop {
-        match converge(&opts, &tx, &metrics).await {
+        match converge(&opts, &tx, &metrics, &mut reported).await {
             Ok(()) => return, // every receiver is gone
             Err(e) => {
                 metrics.docker_up.set(0);
@@ -120,9 +121,19 @@ async fn converge(
     opts: &DockerOptions,
     tx: &watch::Sender<DesiredState>,
     metrics: &Metrics,
+    reported: &mut bool,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
-    publish(tx, snapshot(&docker, opts.mode).await?, metrics);
+    let first = snapshot(&docker, opts.mode).await?;
+    if *reported {
+        publish(tx, first, metrics);
+    } else {
+        // The first list is news even when it is empty: a controller waits for it before
+        // serving any snapshot.
+        metrics.docker_resyncs.inc();
+        tx.send_replace(first);
+        *reported = true;
+    }
     metrics.docker_up.set(1);
     tracing::info!("connected to the Docker engine; following events");
 

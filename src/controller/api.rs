@@ -1,0 +1,223 @@
+//! The controller's snapshot API, served over mutual TLS.
+//!
+//! `GET /v1/snapshot?cluster=NAME&wait=SECONDS` with `If-None-Match: <etag>` is a long
+//! poll: it answers at once when the cluster's snapshot differs from the one the proxy
+//! holds, else when it changes, else `304 Not Modified` after `wait` seconds. The client
+//! certificate must name the cluster (see [`crate::tls::control`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use rustls::server::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::feeds::Feeds;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::snapshot::valid_cluster_name;
+use crate::tls::control::{authorizes, identity};
+
+/// The longest long poll a proxy may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    feeds: Arc<Feeds>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let mut stop = shutdown.clone();
+        let (stream, peer) = tokio::select! {
+            _ = stop.wait() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "controller API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, feeds, metrics, shutdown) = (
+            acceptor.clone(),
+            feeds.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics.control_rejected_handshakes.inc();
+                    tracing::warn!(%peer, error = %e, "control channel handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // The verifier requires a client certificate, so there is one.
+            let Some(cert) = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned())
+            else {
+                return;
+            };
+            let cert = Arc::new(cert);
+            let svc = service_fn(move |req| {
+                let (feeds, metrics, shutdown, cert) = (
+                    feeds.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                    cert.clone(),
+                );
+                async move { Ok::<_, Infallible>(answer(req, &cert, &feeds, &metrics, shutdown).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// `cluster` and `wait` from the query string.
+fn query(req: &Request<Incoming>) -> (String, Duration) {
+    let mut cluster = String::new();
+    let mut wait = Duration::ZERO;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("cluster", v)) => cluster = v.to_string(),
+            Some(("wait", v)) => {
+                wait = v
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_WAIT);
+            }
+            _ => {}
+        }
+    }
+    (cluster, wait)
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    cert: &CertificateDer<'static>,
+    feeds: &Feeds,
+    metrics: &Metrics,
+    mut shutdown: Shutdown,
+) -> Response<Full<Bytes>> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/v1/snapshot") => {
+            let (cluster, wait) = query(&req);
+            if !valid_cluster_name(&cluster) {
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    format!("cluster {cluster:?}: expected letters, digits, `-`, `_` and `.`\n"),
+                )
+            } else if !authorizes(cert, &cluster) {
+                tracing::warn!(%cluster, "a proxy asked for a cluster its certificate does not name");
+                reply(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "this client certificate is not valid for cluster {cluster:?}: it must name {}\n",
+                        identity(&cluster)
+                    ),
+                )
+            } else {
+                let held = req
+                    .headers()
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                snapshot(
+                    feeds,
+                    metrics,
+                    &cluster,
+                    held.as_deref(),
+                    wait,
+                    &mut shutdown,
+                )
+                .await
+            }
+        }
+        (_, "/healthz" | "/v1/snapshot") => reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
+        _ => reply(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    metrics
+        .control_responses
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn snapshot(
+    feeds: &Feeds,
+    metrics: &Metrics,
+    cluster: &str,
+    held: Option<&str>,
+    wait: Duration,
+    shutdown: &mut Shutdown,
+) -> Response<Full<Bytes>> {
+    let Some(mut rx) = feeds.subscribe(cluster) else {
+        let mut resp = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller has not read its providers yet; keep the last good routes\n",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    };
+    if held == Some(rx.borrow_and_update().etag.as_str()) && !wait.is_zero() {
+        metrics.control_waiting.inc();
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => {}
+        }
+        metrics.control_waiting.dec();
+    }
+    let current = rx.borrow().clone();
+    let etag = header::HeaderValue::from_str(&current.etag)
+        .unwrap_or(header::HeaderValue::from_static("\"\""));
+    let mut resp = if held == Some(current.etag.as_str()) {
+        reply(StatusCode::NOT_MODIFIED, Bytes::new())
+    } else {
+        let mut r = reply(StatusCode::OK, current.body.clone());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    resp.headers_mut().insert(header::ETAG, etag);
+    resp
+}

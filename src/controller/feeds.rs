@@ -1,0 +1,197 @@
+//! The controller's versioned snapshots, one feed per service cluster.
+//!
+//! A cluster's version moves only when its own services change, so a change in `dev`
+//! wakes no `prod` proxy. Snapshots are serialized once per version and shared by every
+//! proxy that asks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::config::{DesiredState, ServiceSpec};
+use crate::snapshot::{self, Snapshot};
+
+/// One version of one cluster, ready to send.
+#[derive(Debug)]
+pub struct Published {
+    pub version: u64,
+    pub etag: String,
+    pub services: usize,
+    /// The JSON of the [`Snapshot`].
+    pub body: Bytes,
+}
+
+struct Feed {
+    services: Vec<ServiceSpec>,
+    tx: watch::Sender<Arc<Published>>,
+}
+
+/// Every cluster's feed. The lock guards only the map of feeds (a request takes it once to
+/// subscribe; waiting happens on the feed's own channel).
+pub struct Feeds {
+    epoch: String,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// False until every provider has reported once: until then the controller knows
+    /// nothing, and serving an empty snapshot would wipe the proxies' good tables.
+    synced: bool,
+    feeds: HashMap<String, Feed>,
+}
+
+impl Feeds {
+    /// Feeds of a new controller incarnation.
+    pub fn new() -> Arc<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Arc::new(Feeds {
+            epoch: format!("{:x}{:x}", nanos, std::process::id()),
+            inner: Mutex::new(Inner {
+                synced: false,
+                feeds: HashMap::new(),
+            }),
+        })
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every write is one
+        // assignment), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, cluster: &str, version: u64, services: &[ServiceSpec]) -> Arc<Published> {
+        let snap = Snapshot {
+            cluster: cluster.to_string(),
+            epoch: self.epoch.clone(),
+            version,
+            services: services.to_vec(),
+        };
+        // Serializing plain data (strings, maps, numbers) cannot fail.
+        let body = serde_json::to_vec(&snap).unwrap_or_default();
+        Arc::new(Published {
+            version,
+            etag: snap.etag(),
+            services: services.len(),
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Takes a new desired state; returns the clusters whose version moved.
+    pub fn update(&self, state: &DesiredState) -> Vec<(String, u64)> {
+        let mut parts = snapshot::partition(state);
+        let mut inner = self.lock();
+        inner.synced = true;
+        let mut moved = Vec::new();
+        // Clusters that lost their last service get an empty snapshot: their proxies must
+        // stop routing them.
+        let known: Vec<String> = inner.feeds.keys().cloned().collect();
+        for cluster in known {
+            parts.entry(cluster).or_default();
+        }
+        for (cluster, services) in parts {
+            match inner.feeds.get_mut(&cluster) {
+                Some(feed) if feed.services == services => {}
+                Some(feed) => {
+                    let version = feed.tx.borrow().version + 1;
+                    feed.tx
+                        .send_replace(self.publish(&cluster, version, &services));
+                    feed.services = services;
+                    moved.push((cluster, version));
+                }
+                None => {
+                    let (tx, _) = watch::channel(self.publish(&cluster, 1, &services));
+                    inner.feeds.insert(cluster.clone(), Feed { services, tx });
+                    moved.push((cluster, 1));
+                }
+            }
+        }
+        moved
+    }
+
+    /// The feed of `cluster` (an empty one if no service names it yet), or `None` before
+    /// the first sync.
+    pub fn subscribe(&self, cluster: &str) -> Option<watch::Receiver<Arc<Published>>> {
+        let mut inner = self.lock();
+        if !inner.synced {
+            return None;
+        }
+        if let Some(feed) = inner.feeds.get(cluster) {
+            return Some(feed.tx.subscribe());
+        }
+        let (tx, rx) = watch::channel(self.publish(cluster, 1, &[]));
+        inner.feeds.insert(
+            cluster.to_string(),
+            Feed {
+                services: Vec::new(),
+                tx,
+            },
+        );
+        Some(rx)
+    }
+
+    /// `(cluster, version, services)` of every feed, for logs and metrics.
+    pub fn versions(&self) -> Vec<(String, u64, usize)> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .feeds
+            .iter()
+            .map(|(c, f)| {
+                let p = f.tx.borrow();
+                (c.clone(), p.version, p.services)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::labels::SERVICE_CLUSTER;
+
+    fn state(services: &[(&str, &str, &str)]) -> DesiredState {
+        DesiredState {
+            services: services
+                .iter()
+                .map(|(name, cluster, host)| ServiceSpec {
+                    name: name.to_string(),
+                    labels: [
+                        (SERVICE_CLUSTER.to_string(), cluster.to_string()),
+                        ("com.docker.lb.hosts".to_string(), host.to_string()),
+                    ]
+                    .into(),
+                    endpoints: vec![],
+                    errors: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn versions_move_only_for_the_cluster_that_changed() {
+        let feeds = Feeds::new();
+        assert!(feeds.subscribe("prod").is_none(), "not synced yet");
+        feeds.update(&state(&[("a", "prod", "a.test"), ("b", "dev", "b.test")]));
+        let prod = feeds.subscribe("prod").unwrap();
+        assert_eq!(prod.borrow().version, 1);
+        let moved = feeds.update(&state(&[("a", "prod", "a.test"), ("b", "dev", "b2.test")]));
+        assert_eq!(moved, vec![("dev".to_string(), 2)]);
+        assert!(!prod.has_changed().unwrap());
+        let moved = feeds.update(&state(&[("b", "dev", "b2.test")]));
+        assert_eq!(moved, vec![("prod".to_string(), 2)]);
+        assert_eq!(prod.borrow().services, 0);
+        let body: Snapshot =
+            serde_json::from_slice(&feeds.subscribe("dev").unwrap().borrow().body).unwrap();
+        assert_eq!(body.cluster, "dev");
+        assert_eq!(body.services[0].labels["com.docker.lb.hosts"], "b2.test");
+    }
+}

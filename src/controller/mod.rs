@@ -1,0 +1,139 @@
+//! The controller role: the only role with Docker access. It watches the providers,
+//! partitions their desired state by service cluster and serves each cluster's versioned
+//! snapshot to that cluster's proxies over mutual TLS (see [`api`]).
+//!
+//! It compiles nothing for traffic; it compiles each changed cluster once only to report
+//! label errors (log, `check`), so operators see them where the Docker access is.
+
+pub mod api;
+pub mod feeds;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::app::{start_providers, wait_for_signal, ProviderConfig, Providers};
+use crate::compile::{self, CompileOptions};
+use crate::config::DesiredState;
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::shutdown;
+use crate::tls::control::{self, ControlTlsFiles};
+use feeds::Feeds;
+
+/// Everything the controller role needs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub providers: ProviderConfig,
+    /// The snapshot API (mutual TLS).
+    pub api_listen: SocketAddr,
+    pub tls: ControlTlsFiles,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let tls = control::server_config(&cfg.tls).context("setting up the snapshot API's TLS")?;
+    let providers = start_providers(&cfg.providers, &metrics).await?;
+    let feeds = Feeds::new();
+    let (trigger, shutdown) = shutdown::channel();
+
+    let listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("binding the snapshot API listener {}", cfg.api_listen))?;
+    tracing::info!(addr = %cfg.api_listen, epoch = feeds.epoch(), "controller: snapshot API listening (mutual TLS)");
+    tokio::spawn(api::serve(
+        listener,
+        tls,
+        feeds.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(addr) = cfg.admin {
+        let view = crate::admin::View::Feeds(feeds.clone());
+        crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
+    }
+    tokio::spawn(publish(providers, feeds, metrics));
+    wait_for_signal().await;
+    tracing::info!("controller shutting down");
+    trigger.trigger();
+    Ok(())
+}
+
+/// Feeds every provider change to the clusters' snapshots, once all providers reported.
+async fn publish(mut providers: Providers, feeds: Arc<Feeds>, metrics: Arc<Metrics>) {
+    providers.synced().await;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for mut rx in providers.sources.iter().cloned() {
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        });
+    }
+    let mut reported: HashMap<String, Arc<RoutingTable>> = HashMap::new();
+    loop {
+        let state = providers.merged();
+        let (f, m) = (feeds.clone(), metrics.clone());
+        // Partitioning and serializing thousands of services: off the runtime's threads.
+        let prev = std::mem::take(&mut reported);
+        match tokio::task::spawn_blocking(move || update(&f, &m, &state, prev)).await {
+            Ok(r) => reported = r,
+            Err(e) => {
+                tracing::error!(error = %e, "publishing snapshots failed; proxies keep the previous ones")
+            }
+        }
+        changed.notified().await;
+    }
+}
+
+/// Publishes `state`; logs each cluster's new label errors once.
+fn update(
+    feeds: &Feeds,
+    metrics: &Metrics,
+    state: &DesiredState,
+    mut reported: HashMap<String, Arc<RoutingTable>>,
+) -> HashMap<String, Arc<RoutingTable>> {
+    let moved = feeds.update(state);
+    if moved.is_empty() {
+        return reported;
+    }
+    let parts = crate::snapshot::partition(state);
+    for (cluster, version) in moved {
+        metrics
+            .cluster_version
+            .with_label_values(&[cluster.as_str()])
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        let services = parts.get(&cluster).cloned().unwrap_or_default();
+        tracing::info!(cluster = %cluster, version, services = services.len(), "snapshot published");
+        if !crate::snapshot::valid_cluster_name(&cluster) {
+            for s in &services {
+                tracing::error!(service = %s.name, "label {}={cluster:?}: expected a cluster name of letters, digits, `-`, `_` and `.`; the service is served by no cluster", crate::config::labels::SERVICE_CLUSTER);
+            }
+            continue;
+        }
+        let previous = reported.remove(&cluster).unwrap_or_default();
+        let opts = CompileOptions {
+            cluster: cluster.clone(),
+            ..CompileOptions::default()
+        };
+        let table = compile::compile(&DesiredState { services }, &previous, &opts, metrics);
+        for e in &table.report.errors {
+            if !previous
+                .report
+                .errors
+                .iter()
+                .any(|o| o.service == e.service && o.errors == e.errors)
+            {
+                tracing::error!(cluster = %cluster, service = %e.service, kept_last_good = e.kept_last_good, "{e}");
+            }
+        }
+        reported.insert(cluster, Arc::new(table));
+    }
+    reported
+}

@@ -1,0 +1,279 @@
+//! The proxy role's only provider: follows its service cluster's snapshots from the
+//! controller (long polls over mutual TLS) and publishes them as desired state.
+//!
+//! When the controller is gone the last snapshot stays published, so the proxy keeps
+//! serving its last good table; polling resumes with backoff and a restarted controller
+//! (a new epoch) is picked up on its first answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use crate::config::DesiredState;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// The largest snapshot accepted (10,000 services are a few MiB).
+const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where the controller is and who this proxy is.
+#[derive(Clone)]
+pub struct ControllerOptions {
+    /// Host name (checked against the controller's certificate) and port.
+    pub host: String,
+    pub port: u16,
+    pub cluster: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// How long the controller may hold a poll open when nothing changes.
+    pub wait: Duration,
+}
+
+impl std::fmt::Debug for ControllerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("cluster", &self.cluster)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one poll failed.
+#[derive(Debug, Error)]
+pub enum PollError {
+    #[error("connecting to the controller at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with the controller: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP exchange with the controller: {0}")]
+    Http(String),
+    #[error("the controller answered {status}: {message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("the controller's snapshot is not valid: {0}")]
+    Invalid(String),
+}
+
+/// Parses `https://host:port`, `host:port` or `host` (port 7443).
+pub fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(format!(
+            "{url:?}: the controller is reached over https only"
+        ));
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, "7443"), // bare IPv6
+        Some((h, p)) => (h, p),
+        None => (rest, "7443"),
+    };
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{url:?}: expected https://HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What one poll brought.
+enum Outcome {
+    Changed(Snapshot, String),
+    Unchanged,
+}
+
+/// Runs forever: keeps `tx` at the cluster's latest snapshot.
+pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metrics: Arc<Metrics>) {
+    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut etag: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut down_since: Option<Instant> = None;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match poll(&opts, &mut conn, etag.as_deref()).await {
+            Ok(outcome) => {
+                metrics.controller_up.set(1);
+                backoff = Duration::from_millis(100);
+                if let Some(since) = down_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "controller reachable again");
+                }
+                if let Outcome::Changed(snap, tag) = outcome {
+                    tracing::info!(
+                        cluster = %snap.cluster,
+                        version = snap.version,
+                        services = snap.services.len(),
+                        "new snapshot from the controller"
+                    );
+                    metrics
+                        .snapshot_version
+                        .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
+                    let state = DesiredState {
+                        services: snap.services,
+                    };
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != state;
+                        *cur = state;
+                        changed
+                    });
+                    etag = Some(tag);
+                }
+            }
+            Err(e) => {
+                conn = None;
+                metrics.controller_up.set(0);
+                metrics.controller_errors.inc();
+                let not_ready = matches!(&e, PollError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE);
+                if down_since.is_none() {
+                    down_since = Some(Instant::now());
+                    tracing::warn!(error = %e, "controller poll failed; serving the last good snapshot");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "controller still unavailable");
+                }
+                tokio::time::sleep(if not_ready {
+                    Duration::from_millis(500)
+                } else {
+                    backoff
+                })
+                .await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn connect(opts: &ControllerOptions) -> Result<SendRequest<Empty<Bytes>>, PollError> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let connect_err = |source| PollError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((opts.host.as_str(), opts.port)),
+    )
+    .await
+    .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
+    .map_err(connect_err)?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(opts.host.clone())
+        .map_err(|e| PollError::Tls(std::io::Error::other(e)))?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(opts.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| PollError::Tls(std::io::ErrorKind::TimedOut.into()))?
+    .map_err(PollError::Tls)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+async fn poll(
+    opts: &ControllerOptions,
+    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    etag: Option<&str>,
+) -> Result<Outcome, PollError> {
+    let reusable = conn.as_mut().is_some_and(|s| !s.is_closed());
+    if !reusable {
+        *conn = Some(connect(opts).await?);
+    }
+    let Some(sender) = conn.as_mut() else {
+        return Err(PollError::Http("no connection".into()));
+    };
+    sender
+        .ready()
+        .await
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    let mut req = Request::get(format!(
+        "/v1/snapshot?cluster={}&wait={}",
+        opts.cluster,
+        opts.wait.as_secs()
+    ))
+    .header(header::HOST, opts.host.as_str());
+    if let Some(tag) = etag {
+        req = req.header(header::IF_NONE_MATCH, tag);
+    }
+    let req = req
+        .body(Empty::new())
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    let exchange = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| PollError::Http(e.to_string()))?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_SNAPSHOT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PollError::Http(format!("reading the snapshot: {e}")))?
+            .to_bytes();
+        Ok::<_, PollError>((parts, body))
+    };
+    let (parts, body) = tokio::time::timeout(opts.wait + Duration::from_secs(15), exchange)
+        .await
+        .map_err(|_| PollError::Http("no answer in time".into()))??;
+    match parts.status {
+        StatusCode::NOT_MODIFIED => Ok(Outcome::Unchanged),
+        StatusCode::OK => {
+            let snap: Snapshot =
+                serde_json::from_slice(&body).map_err(|e| PollError::Invalid(e.to_string()))?;
+            if snap.cluster != opts.cluster {
+                return Err(PollError::Invalid(format!(
+                    "it is for cluster {:?}, this proxy serves {:?}",
+                    snap.cluster, opts.cluster
+                )));
+            }
+            let tag = snap.etag();
+            Ok(Outcome::Changed(snap, tag))
+        }
+        status => Err(PollError::Refused {
+            status,
+            message: String::from_utf8_lossy(&body).trim().to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn controller_urls() {
+        assert_eq!(parse_url("https://ctl:7443").unwrap(), ("ctl".into(), 7443));
+        assert_eq!(parse_url("ctl").unwrap(), ("ctl".into(), 7443));
+        assert_eq!(
+            parse_url("127.0.0.1:9000/").unwrap(),
+            ("127.0.0.1".into(), 9000)
+        );
+        assert_eq!(
+            parse_url("https://[::1]:9000").unwrap(),
+            ("::1".into(), 9000)
+        );
+        assert!(parse_url("http://ctl:80").is_err());
+        assert!(parse_url("https://ctl:http").is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The real `interlock` binary as a child process (any role), and plain HTTP/1.1 helpers
+//! to talk to it: what the process, control-plane and soak tests share.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_interlock");
+
+/// A running `interlock` process, killed on drop; its stderr is collected line by line
+/// and printed if the test fails.
+pub struct Node {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub name: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} stderr ---\n{}", self.name, self.log().join("\n"));
+        }
+    }
+}
+
+impl Node {
+    /// Spawns `interlock ARGS --admin <free port>` and waits until its admin listener
+    /// answers `/healthz`.
+    pub async fn start(name: &str, args: &[String]) -> Node {
+        let admin = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let node = Self::spawn(name, args, admin, &[]);
+        node.ready().await
+    }
+
+    /// Spawns without waiting; `env` is added to the child's environment.
+    pub fn spawn(name: &str, args: &[String], admin: SocketAddr, env: &[(&str, &str)]) -> Node {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--admin", &admin.to_string()])
+            .envs(env.iter().copied())
+            .env_remove("INTERLOCK_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the interlock binary");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Node {
+            child,
+            admin,
+            name: name.to_string(),
+            stderr,
+        }
+    }
+
+    /// Waits (20 s at most) until `/healthz` answers 200; panics with the log if not.
+    pub async fn ready(self) -> Node {
+        match self.try_ready().await {
+            Ok(node) => node,
+            Err(node) => panic!("{} did not start:\n{}", node.name, node.log().join("\n")),
+        }
+    }
+
+    /// Waits (20 s at most) until `/healthz` answers 200; the node back as `Err` if it
+    /// exited or never answered.
+    pub async fn try_ready(mut self) -> Result<Node, Node> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(self);
+            }
+            if let Some((200, _)) = try_http(self.admin, "admin", "/healthz").await {
+                return Ok(self);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(self)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether some stderr line contains every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "admin", path).await
+    }
+
+    /// The value of an unlabelled metric, or of the first series whose line contains every
+    /// string of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let (status, text) = try_http(self.admin, "admin", "/metrics").await?;
+        assert_eq!(status, 200);
+        metric_value(&text, name, labels)
+    }
+}
+
+/// The value of metric `name` in a Prometheus text exposition (see [`Node::metric`]).
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`): status and body.
+pub async fn try_http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    parse_response(&out)
+}
+
+pub async fn http(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    try_http(addr, host, path)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr} for {host}{path}"))
+}
+
+/// Status and body of a complete HTTP/1.1 response with a Content-Length body.
+pub fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns how long it took.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}

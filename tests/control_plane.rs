@@ -1,0 +1,424 @@
+//! The split roles as an operator runs them: `interlock certs`, one `controller` (file
+//! provider, so no Docker is needed) and `proxy` processes per service cluster, talking
+//! over mutual TLS on 127.0.0.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::node::{eventually, try_http, Node, BIN};
+use common::{free_port, TestBackend};
+
+/// A scratch directory (certificates, services file), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "interlock-control-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+
+    /// Replaces the services file atomically.
+    fn write_services(&self, text: &str) {
+        let tmp = self.0.join("services.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join("services.toml")).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `interlock certs` for a controller reached as 127.0.0.1 and the given clusters.
+fn issue(dir: &Path, clusters: &[&str]) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["certs", "--out"]).arg(dir).args([
+        "--controller-name",
+        "localhost",
+        "--controller-name",
+        "127.0.0.1",
+    ]);
+    for c in clusters {
+        cmd.args(["--cluster", c]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "interlock certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn service(name: &str, cluster: &str, host: &str, backend: &TestBackend, extra: &str) -> String {
+    let cluster_label = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!("\"com.docker.lb.service_cluster\" = \"{cluster}\"\n")
+    };
+    format!(
+        "[[service]]\nname = \"{name}\"\nendpoints = [\"{}\"]\n[service.labels]\n\
+         \"com.docker.lb.hosts\" = \"{host}\"\n{cluster_label}{extra}\n",
+        backend.addr
+    )
+}
+
+fn controller_args(s: &Scratch, api: u16) -> Vec<String> {
+    [
+        "controller",
+        "--config",
+        &s.path("services.toml"),
+        "--watch-interval-ms",
+        "50",
+        "--api-listen",
+        &format!("127.0.0.1:{api}"),
+        "--control-ca",
+        &s.path("ca.pem"),
+        "--control-cert",
+        &s.path("controller.pem"),
+        "--control-key",
+        &s.path("controller.key"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A proxy of `cluster` presenting the certificate `stem` (normally `proxy-<cluster>`).
+async fn proxy(s: &Scratch, api: u16, cluster: &str, stem: &str) -> (Node, SocketAddr) {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = [
+        "proxy",
+        "--controller",
+        &format!("https://127.0.0.1:{api}"),
+        "--cluster",
+        cluster,
+        "--poll-wait",
+        "5",
+        "--control-ca",
+        &s.path("ca.pem"),
+        "--control-cert",
+        &s.path(&format!("{stem}.pem")),
+        "--control-key",
+        &s.path(&format!("{stem}.key")),
+        "--listen",
+        &listen.to_string(),
+    ]
+    .map(String::from);
+    (
+        Node::start(&format!("proxy {cluster}"), &args).await,
+        listen,
+    )
+}
+
+/// Body of GET `host`/ through `proxy`, or the status when it is not 200.
+async fn answer(proxy: SocketAddr, host: &str) -> String {
+    match try_http(proxy, host, "/").await {
+        Some((200, body)) => body,
+        Some((status, _)) => status.to_string(),
+        None => "no answer".into(),
+    }
+}
+
+async fn until_answer(proxy: SocketAddr, host: &str, want: &str) -> Duration {
+    let took = eventually(Duration::from_secs(15), || async {
+        answer(proxy, host).await == want
+    })
+    .await;
+    match took {
+        Some(t) => t,
+        None => panic!(
+            "{host} via {proxy} never answered {want:?} (last: {:?})",
+            answer(proxy, host).await
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_get_only_their_own_routes_and_a_broken_dev_label_cannot_touch_prod() {
+    let s = Scratch::new();
+    issue(&s.0, &["prod", "dev"]);
+    let (prod_be, dev_be, plain_be) = (
+        TestBackend::named("prod-web").await,
+        TestBackend::named("dev-web").await,
+        TestBackend::named("plain").await,
+    );
+    // The same host in both clusters: each cluster's proxies route it to their own service.
+    let base = format!(
+        "{}{}{}",
+        service("prod-web", "prod", "web.test", &prod_be, ""),
+        service("dev-web", "dev", "web.test", &dev_be, ""),
+        service("plain", "", "plain.test", &plain_be, ""),
+    );
+    s.write_services(&base);
+    let api = free_port();
+    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let (prod, prod_addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    let (dev, dev_addr) = proxy(&s, api, "dev", "proxy-dev").await;
+
+    until_answer(prod_addr, "web.test", "prod-web").await;
+    until_answer(dev_addr, "web.test", "dev-web").await;
+    assert_eq!(
+        answer(prod_addr, "plain.test").await,
+        "503",
+        "default cluster is not prod's"
+    );
+    assert_eq!(answer(dev_addr, "plain.test").await, "503");
+    let (_, routes) = prod.admin_get("/routes").await;
+    assert!(
+        !routes.contains("dev-web") && !routes.contains("plain"),
+        "{routes}"
+    );
+    let prod_version = prod
+        .metric("interlock_snapshot_version", &[])
+        .await
+        .unwrap();
+    let dev_version = dev.metric("interlock_snapshot_version", &[]).await.unwrap();
+
+    // dev breaks: a bad port on its service and a new service with a bad host.
+    s.write_services(&format!(
+        "{}{}{}{}",
+        service("prod-web", "prod", "web.test", &prod_be, ""),
+        service(
+            "dev-web",
+            "dev",
+            "web.test",
+            &dev_be,
+            "\"com.docker.lb.port\" = \"eighty\"\n"
+        ),
+        service("dev-api", "dev", "bad host!", &dev_be, ""),
+        service("plain", "", "plain.test", &plain_be, ""),
+    ));
+    eventually(Duration::from_secs(10), || async {
+        dev.metric("interlock_snapshot_version", &[]).await > Some(dev_version)
+    })
+    .await
+    .expect("dev got the new snapshot");
+    // dev keeps its last good route; prod saw no change at all.
+    assert_eq!(answer(dev_addr, "web.test").await, "dev-web");
+    assert!(
+        dev.logged(&["dev-web", "com.docker.lb.port"]),
+        "dev reports the bad label"
+    );
+    assert!(
+        ctl.logged(&["cluster=dev", "dev-api"]),
+        "the controller reports it too"
+    );
+    assert_eq!(
+        prod.metric("interlock_snapshot_version", &[]).await,
+        Some(prod_version),
+        "a dev change must not even wake prod's proxies"
+    );
+    for _ in 0..20 {
+        assert_eq!(answer(prod_addr, "web.test").await, "prod-web");
+    }
+    assert!(
+        !prod.logged(&["dev-"]),
+        "prod never hears of dev's services"
+    );
+
+    // The controller's admin view: versions per cluster.
+    let (status, body) = ctl.admin_get("/routes").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"cluster\": \"prod\"") && body.contains("\"cluster\": \"dev\""),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_can_read_only_the_cluster_its_certificate_names() {
+    let s = Scratch::new();
+    issue(&s.0, &["prod", "dev"]);
+    let be = TestBackend::named("prod-web").await;
+    s.write_services(&service("prod-web", "prod", "web.test", &be, ""));
+    let api = free_port();
+    let _ctl = Node::start("controller", &controller_args(&s, api)).await;
+
+    // dev's key asking for prod: refused with a message naming the expected identity.
+    let (thief, thief_addr) = proxy(&s, api, "prod", "proxy-dev").await;
+    let refused = eventually(Duration::from_secs(10), || async {
+        thief.logged(&["403", "prod.cluster.interlock"])
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the controller must refuse: {:?}",
+        thief.log()
+    );
+    assert_eq!(answer(thief_addr, "web.test").await, "503");
+    assert_eq!(
+        thief.metric("interlock_controller_up", &[]).await,
+        Some(0.0)
+    );
+
+    // No client certificate at all: the handshake fails.
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        let pem = std::fs::read(s.path("ca.pem")).unwrap();
+        for c in rustls_pemfile_certs(&pem) {
+            r.add(c).unwrap();
+        }
+        Arc::new(r)
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .unwrap();
+    let result = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await?;
+        tls.write_all(b"GET /v1/snapshot?cluster=prod HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    }
+    .await;
+    match result {
+        Err(_) => {}
+        Ok(buf) => assert!(
+            !String::from_utf8_lossy(&buf).contains("prod-web"),
+            "a client without a certificate got a snapshot"
+        ),
+    }
+
+    // The rightful proxy gets it.
+    let (_prod, prod_addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(prod_addr, "web.test", "prod-web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it_returns() {
+    let s = Scratch::new();
+    issue(&s.0, &["prod"]);
+    let (web, api_be) = (
+        TestBackend::named("web").await,
+        TestBackend::named("api").await,
+    );
+    s.write_services(&service("web", "prod", "web.test", &web, ""));
+    let api = free_port();
+    let mut ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let (prod, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr, "web.test", "web").await;
+
+    // Killed outright (no goodbye): traffic goes on from the last good snapshot.
+    ctl.kill();
+    eventually(Duration::from_secs(15), || async {
+        prod.metric("interlock_controller_up", &[]).await == Some(0.0)
+    })
+    .await
+    .expect("the proxy notices the controller is gone");
+    for _ in 0..50 {
+        assert_eq!(answer(addr, "web.test").await, "web");
+    }
+
+    // A restarted controller that cannot read all its providers yet (Docker unreachable)
+    // must not wipe the proxies with an empty snapshot.
+    s.write_services(&format!(
+        "{}{}",
+        service("web", "prod", "web.test", &web, ""),
+        service("api", "prod", "api.test", &api_be, ""),
+    ));
+    let mut args = controller_args(&s, api);
+    args.push("--docker".into());
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut blind = Node::spawn(
+        "controller without Docker",
+        &args,
+        admin,
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    )
+    .ready()
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        prod.logged(&["503", "has not read its providers"])
+            || blind.logged(&["Docker engine unavailable"])
+    })
+    .await
+    .expect("the blind controller is up");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..20 {
+        assert_eq!(answer(addr, "web.test").await, "web");
+    }
+    assert_eq!(
+        answer(addr, "api.test").await,
+        "503",
+        "nothing new before the controller syncs"
+    );
+    blind.kill();
+
+    // The controller returns (file provider only): the proxy resumes and picks up what
+    // changed while it was away.
+    let _ctl = Node::start("controller again", &controller_args(&s, api)).await;
+    let took = until_answer(addr, "api.test", "api").await;
+    eprintln!("route live {took:?} after the controller came back");
+    assert_eq!(answer(addr, "web.test").await, "web");
+    eventually(Duration::from_secs(5), || async {
+        prod.metric("interlock_controller_up", &[]).await == Some(1.0)
+    })
+    .await
+    .expect("controller_up back to 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
+    let s = Scratch::new();
+    issue(&s.0, &["prod"]);
+    let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
+    s.write_services(&service("svc", "prod", "svc.test", &a, ""));
+    let api = free_port();
+    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let (_p1, addr1) = proxy(&s, api, "prod", "proxy-prod").await;
+    let (_p2, addr2) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr1, "svc.test", "a").await;
+    until_answer(addr2, "svc.test", "a").await;
+    let mut times = Vec::new();
+    for i in 0..6 {
+        let (be, name) = if i % 2 == 0 { (&b, "b") } else { (&a, "a") };
+        s.write_services(&service("svc", "prod", "svc.test", be, ""));
+        let t1 = until_answer(addr1, "svc.test", name).await;
+        let t2 = until_answer(addr2, "svc.test", name).await;
+        times.push(t1.max(t2));
+    }
+    times.sort();
+    eprintln!("file change -> both proxies routing it: {times:?}");
+    // Polls parked at the controller, not busy loops: two proxies wait there.
+    assert_eq!(
+        ctl.metric("interlock_controller_waiting_proxies", &[])
+            .await,
+        Some(2.0)
+    );
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
