@@ -11,6 +11,9 @@
 
 mod common;
 
+use common::engine::{
+    backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image, skip, wait_until,
+};
 use common::{free_port, Proc};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -26,105 +29,13 @@ static ENGINE: Mutex<()> = Mutex::new(());
 const BACKEND_IMAGE: &str = "interlock-test/backend:dev";
 const PROXY_IMAGE: &str = "interlock-test/interlock:dev";
 
-fn skip() -> bool {
-    std::env::var("INTERLOCK_SKIP_DOCKER").is_ok_and(|v| v == "1")
-}
-
-/// Runs `docker ARGS`, returns stdout; panics with stderr on failure.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Runs `docker ARGS` and ignores failure (cleanup).
-fn docker_quiet(args: &[&str]) {
-    let _ = Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_interlock"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Imports an image holding one binary (as its entrypoint) and the libraries it links.
-fn import_image(tag: &str, binary: &Path) {
-    let root = std::env::temp_dir().join(format!(
-        "ilt-rootfs-{}-{}",
-        std::process::id(),
-        tag.replace(['/', ':'], "_")
-    ));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    let name = binary.file_name().unwrap().to_str().unwrap();
-    std::fs::copy(binary, root.join(name)).unwrap();
-    let ldd = Command::new("ldd").arg(binary).output().expect("ldd runs");
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let dst = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &dst).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/nonexistent\n").unwrap();
-    let mut tar = Command::new("tar")
-        .args(["-C", root.to_str().unwrap(), "-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let import = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            &format!("ENTRYPOINT [\"/{name}\"]"),
-            "-",
-            tag,
-        ])
-        .stdin(tar.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(tar.wait().unwrap().success(), "tar of the image root");
-    assert!(
-        import.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&root);
-}
-
 /// Builds the two test images once per test run, and makes sure a swarm is active.
 fn prepare() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
-        let backend = bin_dir().join("examples/backend");
-        if !backend.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "--example", "backend"])
-                .status()
-                .unwrap();
-            assert!(st.success(), "building the example backend");
-        }
-        import_image(BACKEND_IMAGE, &backend);
+        backend_image(BACKEND_IMAGE);
         import_image(PROXY_IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
-        if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) != "active" {
-            docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
-        }
+        ensure_swarm();
     });
 }
 
@@ -271,50 +182,6 @@ impl Drop for Swarm {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-/// A response of the tiny blocking client.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    backend: Option<String>,
-    body: Vec<u8>,
-}
-
-/// One blocking HTTP/1.1 GET with `Connection: close`; `None` if the connection failed.
-fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<Reply> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let backend = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-backend: ").map(str::to_string));
-    Some(Reply {
-        status,
-        backend,
-        body: raw[split + 4..].to_vec(),
-    })
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "condition not met within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -2,6 +2,7 @@
 //! in-process so tests can swap tables directly.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod node;
 
 use std::collections::BTreeMap;
