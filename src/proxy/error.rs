@@ -12,6 +12,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("the request has no valid Host")]
     BadHost,
+    #[error("CONNECT is not supported")]
+    ConnectMethod,
     #[error("the route has no running endpoint")]
     NoEndpoint,
     #[error("upstream refused the connection")]
@@ -24,6 +26,8 @@ pub enum ProxyError {
     Upstream(#[source] hyper::Error),
     #[error("upstream refused the protocol upgrade")]
     UpgradeRefused,
+    #[error("the request body was malformed or cut short")]
+    ClientBody(#[source] hyper::Error),
 }
 
 impl ProxyError {
@@ -33,7 +37,8 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoRoute | ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Refused(_)
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)

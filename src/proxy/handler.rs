@@ -75,11 +75,29 @@ fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
 }
 
 /// The host the client asked for: the Host field (HTTP/1), else the URI authority (h2).
+/// An HTTP/1 absolute-form target's authority wins over Host (RFC 9112 §3.2.2). More than
+/// one Host field is no host at all (RFC 9112 §3.2: 400).
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    match req.headers().get(header::HOST) {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (host, more) = (hosts.next(), hosts.next());
+    if more.is_some() {
+        return None;
+    }
+    if let Some(a) = absolute_form_authority(req.version(), req.uri()) {
+        return Some(a.as_str());
+    }
+    match host {
         Some(h) => h.to_str().ok(),
         None => req.uri().authority().map(|a| a.as_str()),
     }
+}
+
+/// The authority of an HTTP/1 absolute-form request target (`GET http://host/ HTTP/1.1`).
+fn absolute_form_authority(version: Version, uri: &Uri) -> Option<&http::uri::Authority> {
+    if version == Version::HTTP_2 {
+        return None;
+    }
+    uri.authority()
 }
 
 async fn route_and_forward(
@@ -90,6 +108,14 @@ async fn route_and_forward(
     start: Instant,
 ) -> (Response<ProxyBody>, Option<Arc<str>>) {
     let scheme = proxy.settings.scheme.as_str();
+    // A reverse proxy is no tunnel to arbitrary hosts: CONNECT is answered here, never
+    // forwarded (forwarded, a 2xx from a backend would turn the connection into a tunnel).
+    if req.method() == Method::CONNECT {
+        let mut resp = error_response(&ProxyError::ConnectMethod);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (resp, None);
+    }
     let Some(host) = request_host(&req).and_then(normalize_host) else {
         return (error_response(&ProxyError::BadHost), None);
     };
@@ -154,9 +180,13 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade
         std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
-    let host_value = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
+    // The same host the request was routed by (see `request_host`).
+    let host_value = match (
+        absolute_form_authority(parts.version, &parts.uri),
+        parts.headers.get(header::HOST),
+    ) {
+        (None, Some(h)) => Some(h.clone()),
+        _ => parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
@@ -231,6 +261,7 @@ async fn forward(
         match send(conn, request, settings.upstream_timeout).await {
             Ok((resp, conn)) => break (resp, (conn, active)),
             Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
+            Err(SendFailure::ClientBody(e)) => return Err((ProxyError::ClientBody(e), backend)),
             Err(SendFailure::Unsent(e, req)) if !retried && route.backends.budget.withdraw() => {
                 tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
                 retried = true;
@@ -333,6 +364,9 @@ fn clone_head(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
 
 enum SendFailure {
     Timeout,
+    /// The client's request body failed (bad chunk framing, cut short): not the upstream's
+    /// fault, so neither a 502 nor a passive health failure.
+    ClientBody(hyper::Error),
     /// The connection failed before the request was written; here it is back.
     Unsent(hyper::Error, Box<Request<UpstreamBody>>),
     Failed(hyper::Error),
@@ -348,7 +382,18 @@ async fn send(
         Ok(Ok(resp)) => Ok((resp, conn)),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Err(SendFailure::Unsent(e.into_error(), Box::new(req))),
-            None => Err(SendFailure::Failed(e.into_error())),
+            None => {
+                let e = e.into_error();
+                // hyper wraps an error of the request body (the client's `Incoming`) as a
+                // user error whose cause is that hyper::Error.
+                let from_client = e.is_user()
+                    && std::error::Error::source(&e).is_some_and(|c| c.is::<hyper::Error>());
+                Err(if from_client {
+                    SendFailure::ClientBody(e)
+                } else {
+                    SendFailure::Failed(e)
+                })
+            }
         },
     }
 }

@@ -1,0 +1,1144 @@
+//! Hardening: hostile and broken peers on both sides of the proxy, over real sockets with
+//! raw byte-level clients. Every case checks three things: the client gets a clear status
+//! or a clean close, the proxy keeps serving normal requests afterwards, and the backend
+//! never receives an ambiguous or smuggled request.
+//!
+//! The HTTP/1 parsing is hyper's (1.12, with httparse 1.10); the comments say which layer
+//! answers each case. hyper only ever forwards what it parsed, re-framed by its own client,
+//! so the backend sees the proxy's framing, never the client's.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use interlock::config::settings::ProxySettings;
+use interlock::config::{DesiredState, EndpointSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn app(endpoints: &[EndpointSpec]) -> DesiredState {
+    state(vec![host_service("app", "app.local", endpoints)])
+}
+
+// ---------------------------------------------------------------------------------------
+// A backend that records, byte for byte, every request the proxy sends it.
+// ---------------------------------------------------------------------------------------
+
+/// Every request a [`Recorder`] received, in order.
+type Log = Arc<Mutex<Vec<RawRequest>>>;
+
+/// A raw backend that parses requests itself (Content-Length or chunked framing, nothing
+/// lenient), records each one and answers `200 rec`. Anything it cannot frame ends the
+/// connection and is recorded as a request line `UNFRAMED`.
+struct Recorder {
+    backend: RawBackend,
+    log: Log,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let backend = RawBackend::start(move |mut s, _| {
+            let log = l.clone();
+            async move {
+                let mut buf = Vec::new();
+                while let Some(req) = read_framed(&mut s, &mut buf).await {
+                    let unframed = req.line() == "UNFRAMED";
+                    log.lock().unwrap().push(req);
+                    if unframed || write_ok(&mut s, "rec").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        Recorder { backend, log }
+    }
+
+    fn requests(&self) -> Vec<RawRequest> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| r.line().to_string())
+            .collect()
+    }
+}
+
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+async fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return Some(line);
+        }
+        fill(s, buf).await?;
+    }
+}
+
+/// Reads one request with strict framing: a head, then a chunked body (decoded) or a
+/// Content-Length body. A head with both, or with an unusable length, is `UNFRAMED`.
+async fn read_framed(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        fill(s, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end + 4);
+    let mut req = RawRequest {
+        head,
+        body: Vec::new(),
+    };
+    let unframed = |head: String| {
+        Some(RawRequest {
+            head: format!("UNFRAMED\r\n{head}"),
+            body: Vec::new(),
+        })
+    };
+    let te = req.header("transfer-encoding").map(str::to_string);
+    let cl = req.header("content-length").map(str::to_string);
+    match (te, cl) {
+        (Some(_), Some(_)) => return unframed(req.head),
+        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => loop {
+            let line = read_line(s, buf).await?;
+            let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or(""), 16) else {
+                return unframed(req.head);
+            };
+            if size == 0 {
+                // Trailers, up to the blank line.
+                while !read_line(s, buf).await?.is_empty() {}
+                return Some(req);
+            }
+            while buf.len() < size + 2 {
+                fill(s, buf).await?;
+            }
+            if &buf[size..size + 2] != b"\r\n" {
+                return unframed(req.head);
+            }
+            req.body.extend(buf.drain(..size));
+            buf.drain(..2);
+        },
+        (Some(_), None) => return unframed(req.head),
+        (None, Some(cl)) => {
+            let Ok(len) = cl.parse::<usize>() else {
+                return unframed(req.head);
+            };
+            while buf.len() < len {
+                fill(s, buf).await?;
+            }
+            req.body = buf.drain(..len).collect();
+        }
+        (None, None) => {}
+    }
+    Some(req)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw client helpers.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `bytes` on a fresh connection and returns everything read until the proxy closed
+/// it. Fails the test if the proxy leaves the connection open for 5 s.
+async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // The proxy may close before it read everything: a failed write is fine.
+    let _ = s.write_all(bytes).await;
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_some(), "connection left open after: {out}");
+    out
+}
+
+/// The status code of the first response in `out` (0 when there is none).
+fn status_of(out: &str) -> u16 {
+    out.strip_prefix("HTTP/1.1 ")
+        .or_else(|| out.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many responses `out` holds.
+fn responses(out: &str) -> usize {
+    out.matches("HTTP/1.1 ").count()
+}
+
+/// A normal request still works: the proxy survived whatever came before.
+async fn still_serves(proxy: &TestProxy) {
+    let out = bounded(
+        "follow-up request",
+        5,
+        exchange(
+            proxy,
+            b"GET /after HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&out), 200, "follow-up: {out}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Request smuggling.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `case` on its own connection to a fresh proxy in front of a [`Recorder`], then a
+/// normal request on another connection. Returns what the client got back and the requests
+/// the backend received before that normal one.
+async fn smuggle(case: &str) -> (String, Vec<RawRequest>) {
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let out = bounded(case, 8, exchange(&proxy, case.as_bytes())).await;
+    still_serves(&proxy).await;
+    let reqs = rec.requests();
+    // Whatever happened, the backend never saw a request it could not frame, nor the
+    // smuggled one, nor anything but the follow-up besides what the case allows.
+    for r in &reqs {
+        assert_ne!(
+            r.line(),
+            "UNFRAMED",
+            "{case:?}: ambiguous framing: {}",
+            r.head
+        );
+        assert!(
+            !r.line().contains("/smuggled"),
+            "{case:?}: smuggled request reached the backend: {reqs:?}"
+        );
+    }
+    assert_eq!(
+        reqs.last().map(RawRequest::line),
+        Some("GET /after HTTP/1.1")
+    );
+    (out, reqs[..reqs.len() - 1].to_vec())
+}
+
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: app.local\r\n\r\n";
+
+#[tokio::test]
+async fn cl_te_chunked_wins_and_the_connection_closes() {
+    // CL.TE: Content-Length covers the whole chunked body plus a smuggled request; a
+    // front end trusting CL would forward both as one body, a back end trusting TE would
+    // see two requests. hyper takes Transfer-Encoding, drops Content-Length and (RFC 9112
+    // §6.1) closes the connection after the response, so the trailing bytes are never
+    // read as a request. The backend sees one chunked POST with the 1-byte body.
+    let body = format!("1\r\nx\r\n0\r\n\r\n{SMUGGLED}");
+    let case = format!(
+        "POST /a HTTP/1.1\r\nHost: app.local\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    let (out, reqs) = smuggle(&case).await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert_eq!(responses(&out), 1, "{out}");
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].line(), "POST /a HTTP/1.1");
+    assert_eq!(reqs[0].body, b"x");
+    assert_eq!(reqs[0].header("content-length"), None, "{}", reqs[0].head);
+}
+
+#[tokio::test]
+async fn te_cl_smuggled_request_stays_in_the_body() {
+    // TE.CL: Transfer-Encoding first, a short Content-Length after it; the smuggled
+    // request sits inside the chunk data. hyper decodes the chunks (Content-Length
+    // ignored), so the smuggled bytes are body data, forwarded re-framed as one body.
+    let chunk = SMUGGLED;
+    let case = format!(
+        "POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let (out, reqs) = smuggle(&case).await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert_eq!(responses(&out), 1, "{out}");
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].body, chunk.as_bytes());
+}
+
+#[tokio::test]
+async fn conflicting_or_garbage_content_length_is_400() {
+    // hyper: two different Content-Length values, a list in one field (hyper does not
+    // accept even "5, 5"), a sign, hex, spaces inside or an overflowing number are all
+    // `Parse::Header(ContentLengthInvalid)` -> 400 and close, before anything is routed.
+    for cl in [
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: 5, 6",
+        "Content-Length: 5, 5",
+        "Content-Length: +5",
+        "Content-Length: -1",
+        "Content-Length: 0x5",
+        "Content-Length: 5 5",
+        "Content-Length: abc",
+        "Content-Length: 99999999999999999999999",
+    ] {
+        let case = format!("POST /a HTTP/1.1\r\nHost: app.local\r\n{cl}\r\n\r\nhello{SMUGGLED}");
+        let (out, reqs) = smuggle(&case).await;
+        assert_eq!(status_of(&out), 400, "{cl:?}: {out}");
+        assert_eq!(responses(&out), 1, "{cl:?}: {out}");
+        assert!(reqs.is_empty(), "{cl:?}: {reqs:?}");
+    }
+}
+
+#[tokio::test]
+async fn repeated_equal_content_length_is_accepted_once() {
+    // Two identical Content-Length fields are allowed (RFC 9112 §6.3); hyper keeps one and
+    // the backend sees a single, consistent length.
+    let case = "POST /a HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let (out, reqs) = smuggle(case).await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].body, b"hello");
+    assert_eq!(
+        reqs[0].head.matches("content-length").count(),
+        1,
+        "{}",
+        reqs[0].head
+    );
+}
+
+#[tokio::test]
+async fn transfer_encoding_not_ending_in_chunked_or_obfuscated_is_400() {
+    // hyper: a request Transfer-Encoding whose last coding is not `chunked` is
+    // `TransferEncodingInvalid` -> 400 (RFC 9112 §6.3: the length cannot be determined).
+    // httparse: whitespace before the colon and obs-fold are invalid header syntax -> 400.
+    // Either way, nothing reaches the backend.
+    for te in [
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding: xchunked",
+        "Transfer-Encoding: chunkedx",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding: gzip",
+        "Transfer-Encoding : chunked",
+        "Transfer-Encoding\t: chunked",
+        " Transfer-Encoding: chunked",
+        "Transfer-Encoding: \x0bchunked",
+        "Transfer-Encoding:\r\n chunked",
+        "X-Pad: a\r\n Transfer-Encoding: chunked",
+        "X-Pad: a\r\n\tTransfer-Encoding: chunked",
+    ] {
+        let case = format!(
+            "POST /a HTTP/1.1\r\nHost: app.local\r\n{te}\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{SMUGGLED}"
+        );
+        let (out, reqs) = smuggle(&case).await;
+        assert_eq!(status_of(&out), 400, "{te:?}: {out}");
+        assert_eq!(responses(&out), 1, "{te:?}: {out}");
+        assert!(reqs.is_empty(), "{te:?}: {reqs:?}");
+    }
+}
+
+#[tokio::test]
+async fn chunked_spellings_hyper_accepts_are_reframed() {
+    // Variants that are valid HTTP: optional whitespace around the value, case, a coding
+    // list ending in chunked. hyper decodes them as chunked, and the backend gets a body
+    // framed by the proxy (no Transfer-Encoding of the client's, no Content-Length of it).
+    for te in [
+        "Transfer-Encoding:chunked",
+        "Transfer-Encoding: \tchunked \t",
+        "Transfer-Encoding: CHUNKED",
+        "transfer-encoding: Chunked",
+        "Transfer-Encoding: identity, chunked",
+    ] {
+        let case = format!(
+            "POST /a HTTP/1.1\r\nHost: app.local\r\n{te}\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n{SMUGGLED}"
+        );
+        let (out, reqs) = smuggle(&case).await;
+        assert_eq!(status_of(&out), 200, "{te:?}: {out}");
+        assert_eq!(responses(&out), 1, "{te:?}: {out}");
+        assert_eq!(reqs.len(), 1, "{te:?}: {reqs:?}");
+        assert_eq!(reqs[0].body, b"hello", "{te:?}");
+    }
+}
+
+#[tokio::test]
+async fn transfer_encoding_on_http_1_0_is_400() {
+    // HTTP/1.0 has no chunked coding: hyper answers 400 (`TransferEncodingUnexpected`).
+    let case = format!(
+        "POST /a HTTP/1.0\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+    );
+    let (out, reqs) = smuggle(&case).await;
+    assert_eq!(status_of(&out), 400, "{out}");
+    assert!(reqs.is_empty(), "{reqs:?}");
+}
+
+#[tokio::test]
+async fn invalid_chunk_framing_never_reaches_the_backend_as_a_request() {
+    // The head is valid, so hyper hands the request to the proxy, which starts forwarding
+    // it; the chunk decoder then fails (non-hex size, overflow, negative, missing CRLF,
+    // 16 KiB+ of chunk extensions). The request body errors, the proxy abandons the
+    // upstream request, and the client gets a 400 (its body was bad) and a close. The
+    // backend may have seen the start of one POST, never anything after it.
+    let ext = format!(";{}", "e".repeat(20 * 1024));
+    for chunks in [
+        "zz\r\nhello\r\n0\r\n\r\n".to_string(),
+        "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n".to_string(),
+        "-5\r\nhello\r\n0\r\n\r\n".to_string(),
+        "5\r\nhelloXX0\r\n\r\n".to_string(),
+        "5 5\r\nhello\r\n0\r\n\r\n".to_string(),
+        "0x5\r\nhello\r\n0\r\n\r\n".to_string(),
+        format!("5{ext}\r\nhello\r\n0\r\n\r\n"),
+        format!("5\r\nhello\r\n0{ext}\r\n\r\n"),
+    ] {
+        let case = format!(
+            "POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}{SMUGGLED}"
+        );
+        let what = &chunks[..chunks.len().min(40)];
+        let (out, reqs) = smuggle(&case).await;
+        assert!(
+            status_of(&out) == 400 || out.is_empty(),
+            "{what:?}: {}",
+            &out[..out.len().min(300)]
+        );
+        assert!(responses(&out) <= 1, "{what:?}: {out}");
+        assert!(reqs.len() <= 1, "{what:?}: {reqs:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
+    // A client's broken body must not count as an upstream failure: otherwise any client
+    // could get healthy endpoints ejected by passive health checks.
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    for _ in 0..5 {
+        let out = exchange(
+            &proxy,
+            b"POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        )
+        .await;
+        assert!(status_of(&out) == 400 || out.is_empty(), "{out}");
+    }
+    assert_eq!(
+        metric(&proxy, r#"interlock_upstream_errors_total{service="app"}"#).unwrap_or(0.0),
+        0.0
+    );
+    // Still routed to the same (only) endpoint.
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_reach_the_backend_one_by_one() {
+    // Two pipelined requests on one connection are two requests, each framed by the
+    // proxy; the second is never glued to the first's body.
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let out = exchange(
+        &proxy,
+        b"POST /one HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello\
+          GET /two HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(responses(&out), 2, "{out}");
+    assert_eq!(rec.lines(), ["POST /one HTTP/1.1", "GET /two HTTP/1.1"]);
+    assert_eq!(rec.requests()[0].body, b"hello");
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Slowloris.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `head` one byte per `every` until the proxy closes the connection; returns how
+/// long that took and what came back (`None` if it never closed within `limit`).
+async fn drip(
+    addr: std::net::SocketAddr,
+    head: &'static [u8],
+    every: Duration,
+    limit: Duration,
+) -> Option<(Duration, Vec<u8>)> {
+    let start = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut tick = tokio::time::interval(every);
+    while start.elapsed() < limit {
+        let mut chunk = [0u8; 1024];
+        tokio::select! {
+            r = s.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => return Some((start.elapsed(), out)),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            },
+            _ = tick.tick() => {
+                if i < head.len() && s.write_all(&head[i..i + 1]).await.is_err() {
+                    return Some((start.elapsed(), out));
+                }
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+const SLOW_HEAD: &[u8] =
+    b"GET /slow HTTP/1.1\r\nHost: app.local\r\nX-Pad: aaaaaaaaaaaaaaaa\r\n\r\n";
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
+    // hyper's header read timer starts with the first byte of a head and is not reset by
+    // later bytes: a client dripping one byte per second is closed after the header read
+    // timeout (no 408, hyper just closes), while a normal client is served at once.
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        header_read_timeout: Duration::from_millis(1500),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        slow.push(tokio::spawn(drip(
+            proxy.addr,
+            SLOW_HEAD,
+            Duration::from_secs(1),
+            Duration::from_secs(6),
+        )));
+    }
+    // While all 50 are connected and dripping, a normal client gets its 200 quickly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = client();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let r = bounded("normal request", 2, get(&c, &proxy, "app.local", "/")).await;
+        assert_eq!(r.status, 200);
+        // Well before the slow clients are cut off (1.5 s): they do not hold it up.
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    for s in slow {
+        let (took, out) = s
+            .await
+            .unwrap()
+            .expect("slow client still connected after 6 s");
+        // Cut off by the header timer (1.5 s), well before the head could be complete (~65 s).
+        assert!(
+            took >= Duration::from_millis(1300) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.is_empty() || status_of(&out) == 408, "{out}");
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 3);
+    let r = get(&c, &proxy, "app.local", "/").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn slow_body_after_a_fast_head_is_bounded_by_the_upstream_timeout() {
+    // The header timer only covers the head. A body that stalls keeps its request in
+    // flight, so the idle watchdog only asks for a graceful close (which waits for that
+    // request); what bounds it is the upstream timeout: the backend, still waiting for the
+    // body, has not answered, so the client gets a 504 and the connection closes (hyper
+    // cannot reuse a connection with an unread body).
+    let rec = Recorder::start().await;
+    let settings = ProxySettings {
+        idle_timeout: Duration::from_millis(300),
+        upstream_timeout: Duration::from_millis(1000),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[rec.backend.endpoint()]), settings).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /a HTTP/1.1\r\nHost: app.local\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    let took = closed.expect("a stalled body is not kept forever");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert_eq!(status_of(&out), 504, "{out}");
+    // The backend never got a complete (so never a truncated-but-"complete") request.
+    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+    still_serves(&proxy).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Oversized heads (the 431 for big header blocks and many fields is in
+//    errors_and_limits.rs). There is no request body size limit setting: bodies stream
+//    (see the 64 MiB upload test in forwarding.rs).
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn long_request_line_is_a_4xx_and_a_clean_close() {
+    let rec = Recorder::start().await;
+    let settings = ProxySettings {
+        max_header_bytes: 128 * 1024,
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[rec.backend.endpoint()]), settings).await;
+    // Below hyper's URI limit (65534 bytes) and the head limit: served.
+    let ok = format!(
+        "GET /{} HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
+    assert_eq!(status_of(&exchange(&proxy, ok.as_bytes()).await), 200);
+    // A URI over hyper's limit that fits in the head buffer: 414 URI Too Long.
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: app.local\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let out = exchange(&proxy, long.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 414 URI Too Long"), "{out}");
+    // A request line longer than the whole head buffer, never finished: hyper gives up
+    // when the buffer is full, answers 431 and closes.
+    let huge = format!("GET /{}", "a".repeat(200 * 1024));
+    let out = exchange(&proxy, huge.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+        "{out}"
+    );
+    // One header line longer than the buffer, never finished: the same 431.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: app.local\r\nX-Long: {}",
+        "a".repeat(200 * 1024)
+    );
+    let out = exchange(&proxy, huge.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+        "{out}"
+    );
+    assert_eq!(rec.requests().len(), 1);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn oversized_h2c_header_list_is_refused_and_the_proxy_goes_on() {
+    // HTTP/2: a header list over `max_header_bytes` (advertised as
+    // SETTINGS_MAX_HEADER_LIST_SIZE) is answered 431 on that stream by the h2 crate;
+    // nothing reaches the backend and the next request on the connection is served.
+    let backend = TestBackend::named("app").await;
+    let settings = ProxySettings {
+        max_header_bytes: 16 * 1024,
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let c = h2c_client();
+    let req = http::Request::get(proxy.url("/"))
+        .header("host", "app.local")
+        .header("x-big", "a".repeat(32 * 1024))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = bounded("big h2 head", 5, c.request(req)).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+    let r = get(&c, &proxy, "app.local", "/").await;
+    assert_eq!(r.status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Methods.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn extension_methods_are_forwarded_as_is() {
+    // Any valid method token is forwarded verbatim (a reverse proxy does not judge the
+    // backend's methods); TRACE too (the backend decides; RFC 9110 lets a proxy forward
+    // it). PATCH, PROPFIND, FOO alike; methods are case-sensitive, so `get` is an
+    // extension method, not GET.
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    for m in ["FOO", "PROPFIND", "TRACE", "PATCH", "M-SEARCH", "get"] {
+        let out = exchange(
+            &proxy,
+            format!("{m} /x HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&out), 200, "{m}: {out}");
+    }
+    assert_eq!(
+        rec.lines(),
+        [
+            "FOO /x HTTP/1.1",
+            "PROPFIND /x HTTP/1.1",
+            "TRACE /x HTTP/1.1",
+            "PATCH /x HTTP/1.1",
+            "M-SEARCH /x HTTP/1.1",
+            "get /x HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn invalid_method_tokens_are_400() {
+    // httparse: a method with a non-token byte is `Error::Token` -> hyper 400 and close.
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    for m in ["G(T", "GE\"T", "G@T", "GET\x01", "G\x7fT", "GÉT", "G/T"] {
+        let out = exchange(
+            &proxy,
+            format!("{m} /x HTTP/1.1\r\nHost: app.local\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&out), 400, "{m:?}: {out}");
+    }
+    // An empty method: 400 too.
+    let out = exchange(&proxy, b" /x HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
+    assert_eq!(status_of(&out), 400, "{out}");
+    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_not_tunnelled() {
+    // A reverse proxy must not become an open tunnel to arbitrary hosts: CONNECT is
+    // answered 405 by the proxy itself, whatever the Host, and never forwarded. (Before:
+    // routed by Host like any request, so `Host: app.local` forwarded a CONNECT to the
+    // backend; hyper treats a 2xx to CONNECT as the start of a tunnel.)
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let target = rec.backend.addr;
+    for head in [
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: app.local\r\n\r\n"),
+        "CONNECT app.local:80 HTTP/1.1\r\nHost: app.local:80\r\n\r\n".to_string(),
+        "CONNECT / HTTP/1.1\r\nHost: app.local\r\n\r\n".to_string(),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Bytes a tunnel would carry to the target.
+        let _ = s
+            .write_all(b"GET /tunnelled HTTP/1.1\r\nHost: app.local\r\n\r\n")
+            .await;
+        let (out, _) = read_until_close(&mut s, Duration::from_secs(2)).await;
+        let out = String::from_utf8_lossy(&out);
+        // 405 with `Connection: close`: the bytes sent after the CONNECT are not read as
+        // a next request either.
+        assert_eq!(status_of(&out), 405, "{head:?}: {out}");
+        assert_eq!(responses(&out), 1, "{head:?}: {out}");
+    }
+    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn h2c_connect_is_refused() {
+    let backend = TestBackend::named("app").await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("app.local:80")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = bounded("h2 CONNECT", 5, tx.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Host.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_duplicate_or_garbage_host_is_400() {
+    // RFC 9112 §3.2: a request without Host, or with more than one, is answered 400 (the
+    // proxy's check; hyper accepts both). Hosts that cannot be a name are 400 (the proxy's
+    // host check); control characters are invalid field values for httparse (400 from
+    // hyper). A name with a bad port is looked up as is and matches no route: 503.
+    let rec = Recorder::start().await;
+    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let long = "a".repeat(300);
+    let longer = "a".repeat(10_000);
+    let cases: Vec<(String, u16)> = vec![
+        ("".into(), 400),
+        ("Host: app.local\r\nHost: app.local".into(), 400),
+        ("Host: app.local\r\nHost: other.local".into(), 400),
+        ("Host: other.local\r\nHost: app.local".into(), 400),
+        ("Host: app.local, other.local".into(), 400),
+        ("Host: user@app.local".into(), 400),
+        ("Host: app.local@evil.local".into(), 400),
+        ("Host: app .local".into(), 400),
+        ("Host: app.local\x01".into(), 400),
+        ("Host: app\x00.local".into(), 400),
+        ("Host: app.local\x7f".into(), 400),
+        ("Host: app.local/path".into(), 400),
+        (format!("Host: {long}.local"), 400),
+        (format!("Host: app.local{longer}"), 400),
+        ("Host: app.local:80:80".into(), 503),
+        ("Host: app.local:x".into(), 503),
+    ];
+    for (host, want) in cases {
+        let head = format!("GET / HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
+        let head = head.replace("\r\n\r\nConnection", "\r\nConnection");
+        let out = exchange(&proxy, head.as_bytes()).await;
+        let what = &host[..host.len().min(60)];
+        assert_eq!(status_of(&out), want, "{what:?}: {out}");
+    }
+    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn absolute_form_authority_wins_over_host() {
+    // RFC 9112 §3.2.2: with an absolute-form target the proxy must ignore Host and use the
+    // target's authority. Routing and the Host the backend sees agree on it.
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let proxy = TestProxy::start(&state(vec![
+        host_service("a", "a.local", &[a.endpoint()]),
+        host_service("b", "b.local", &[b.endpoint()]),
+    ]))
+    .await;
+    let out = exchange(
+        &proxy,
+        b"GET http://b.local/p?q=1 HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("x-backend: b\r\n"), "{out}");
+    assert!(lower.contains("x-seen-host: b.local\r\n"), "{out}");
+    // The backend gets origin-form.
+    assert!(lower.contains("x-seen-path: /p?q=1\r\n"), "{out}");
+    // An absolute-form target whose authority matches no route is 503, not routed by Host.
+    let out = exchange(
+        &proxy,
+        b"GET http://nowhere.local/ HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 503, "{out}");
+    // Garbage authority: 400 (hyper's URI parser or the proxy's host check).
+    let out = exchange(
+        &proxy,
+        b"GET http://a.local@b.local/ HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 400, "{out}");
+    assert_eq!(a.requests.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Upstreams that break mid-exchange.
+// ---------------------------------------------------------------------------------------
+
+/// A raw backend whose first connection runs `first`, and every later one answers `200
+/// ok` to each request.
+async fn breaks_first<F, Fut>(first: F) -> RawBackend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let first = Arc::new(first);
+    RawBackend::start(move |mut s, idx| {
+        let first = first.clone();
+        async move {
+            if idx == 0 {
+                return first(s).await;
+            }
+            let mut buf = Vec::new();
+            while read_request(&mut s, &mut buf).await.is_some() {
+                if write_ok(&mut s, "ok").await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// After a broken first exchange: the next request is served on a new upstream
+/// connection (the broken one was not pooled).
+async fn recovers(proxy: &TestProxy, backend: &RawBackend) {
+    let r = bounded("next request", 5, get(&client(), proxy, "app.local", "/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn upstream_closing_mid_body_truncates_the_client_response() {
+    let backend = breaks_first(|mut s| async move {
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(closed.is_some(), "client left hanging: {out}");
+    // The head promised 100 bytes; the client gets 10 and a close: visibly truncated,
+    // never a complete response of the wrong length.
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("content-length: 100\r\n"),
+        "{out}"
+    );
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body, "0123456789");
+    recovers(&proxy, &backend).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_mid_chunked_body_truncates_the_client_response() {
+    let backend = breaks_first(|mut s| async move {
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let c = client();
+    let resp = c
+        .request(
+            http::Request::get(proxy.url("/"))
+                .header("host", "app.local")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The chunked stream never gets its last chunk: an error, not a complete body.
+    use http_body_util::BodyExt;
+    let body = bounded("truncated body", 5, resp.into_body().collect()).await;
+    assert!(body.is_err(), "a truncated body looked complete");
+    recovers(&proxy, &backend).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_before_answering_is_502() {
+    let backend = breaks_first(|mut s| async move {
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    // POST: not retried (GET on a fresh connection is not retried either).
+    let out = exchange(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(status_of(&out), 502, "{out}");
+    recovers(&proxy, &backend).await;
+}
+
+#[tokio::test]
+async fn upstream_garbage_status_line_is_502() {
+    for garbage in [
+        &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"\x00\x01\x02\x03garbage\r\n\r\n",
+    ] {
+        let backend = breaks_first(move |mut s| async move {
+            let mut buf = Vec::new();
+            read_request(&mut s, &mut buf).await;
+            let _ = s.write_all(garbage).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await;
+        let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+        let out = exchange(
+            &proxy,
+            b"GET / HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let what = String::from_utf8_lossy(garbage);
+        assert_eq!(status_of(&out), 502, "{what:?}: {out}");
+        recovers(&proxy, &backend).await;
+    }
+}
+
+/// Closes `s` with a RST instead of a FIN (SO_LINGER 0; with a zero linger the close does
+/// not block, which is what tokio's deprecation of `set_linger` warns about).
+#[allow(deprecated)]
+fn reset(s: TcpStream) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+#[tokio::test]
+async fn upstream_reset_is_502() {
+    let backend = breaks_first(|mut s| async move {
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await;
+        reset(s);
+    })
+    .await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let out = exchange(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(status_of(&out), 502, "{out}");
+    recovers(&proxy, &backend).await;
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_truncates_and_is_not_pooled() {
+    let backend = breaks_first(|mut s| async move {
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reset(s);
+    })
+    .await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let out = exchange(&proxy, b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(out.split_once("\r\n\r\n").unwrap().1, "0123456789");
+    recovers(&proxy, &backend).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. HTTP/2 (h2c prior knowledge), raw frames: hyper's client will not send the
+//    forbidden fields, so the frames are built by hand.
+// ---------------------------------------------------------------------------------------
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK string literal (no Huffman), lengths < 127.
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() < 127);
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// HEADERS (END_STREAM | END_HEADERS) of `GET /` for app.local plus `extra` fields.
+fn h2_get(stream: u32, extra: &[(&str, &str)]) -> Vec<u8> {
+    // :method GET (static 2), :scheme http (6), :path / (4).
+    let mut block = vec![0x82, 0x86, 0x84];
+    // :authority, literal without indexing, indexed name (static 1).
+    block.push(0x01);
+    hpack_str(&mut block, "app.local");
+    for (k, v) in extra {
+        block.push(0x00); // literal without indexing, new name
+        hpack_str(&mut block, k);
+        hpack_str(&mut block, v);
+    }
+    frame(0x1, 0x5, stream, &block)
+}
+
+/// Frames read from the proxy: (type, flags, stream, payload), answering its SETTINGS.
+async fn read_frames(
+    s: &mut TcpStream,
+    until: impl Fn(&[(u8, u8, u32, Vec<u8>)]) -> bool,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                if kind == 0x4 && flags & 0x1 == 0 {
+                    s.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+                }
+                frames.push((kind, flags, stream, payload));
+                if until(&frames) {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(res.is_ok(), "no expected frame within 5 s: {frames:?}");
+    frames
+}
+
+#[tokio::test]
+async fn h2c_connection_specific_fields_reset_the_stream_only() {
+    // RFC 9113 §8.2.2: a request carrying a connection-specific field is malformed. The h2
+    // crate resets that stream (RST_STREAM PROTOCOL_ERROR) before hyper sees it; the
+    // connection goes on and the next stream is served.
+    let backend = TestBackend::named("app").await;
+    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    let bad: [(&str, &str); 5] = [
+        ("connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("keep-alive", "timeout=5"),
+        ("upgrade", "websocket"),
+        ("te", "gzip"),
+    ];
+    let mut stream = 1;
+    for (k, v) in bad {
+        s.write_all(&h2_get(stream, &[(k, v)])).await.unwrap();
+        let frames = read_frames(&mut s, |f| {
+            f.iter()
+                .any(|(kind, _, id, _)| *id == stream && (*kind == 0x3 || *kind == 0x1))
+                || f.iter().any(|(kind, ..)| *kind == 0x7)
+        })
+        .await;
+        let rst = frames
+            .iter()
+            .find(|(kind, _, id, _)| *kind == 0x3 && *id == stream);
+        let (_, _, _, code) = rst.unwrap_or_else(|| panic!("{k}: no RST_STREAM: {frames:?}"));
+        assert_eq!(code.as_slice(), [0, 0, 0, 1], "{k}: PROTOCOL_ERROR");
+        stream += 2;
+        // The same connection still serves a clean request (HEADERS then DATA "app").
+        s.write_all(&h2_get(stream, &[("te", "trailers")]))
+            .await
+            .unwrap();
+        let frames = read_frames(&mut s, |f| {
+            f.iter()
+                .any(|(kind, flags, id, _)| *id == stream && *kind == 0x0 && flags & 0x1 != 0)
+                || f.iter().any(|(kind, ..)| *kind == 0x7 || *kind == 0x3)
+        })
+        .await;
+        let data: Vec<u8> = frames
+            .iter()
+            .filter(|(kind, _, id, _)| *kind == 0x0 && *id == stream)
+            .flat_map(|(_, _, _, p)| p.clone())
+            .collect();
+        assert_eq!(data, b"app", "{k}: {frames:?}");
+        stream += 2;
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 5);
+}
