@@ -228,6 +228,9 @@ pub struct LimitArgs {
     /// Most request header fields.
     #[arg(long)]
     pub max_headers: Option<usize>,
+    /// Largest request body in bytes (413 beyond it); no limit when unset.
+    #[arg(long, env = "INTERLOCK_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
     /// Seconds graceful shutdown waits for in-flight requests and tunnels.
     #[arg(long)]
     pub drain_timeout: Option<f64>,
@@ -278,6 +281,7 @@ impl LimitArgs {
             pool_idle_timeout: secs(self.pool_idle_timeout, d.pool_idle_timeout)?,
             max_header_bytes: self.max_header_bytes.unwrap_or(d.max_header_bytes),
             max_headers: self.max_headers.unwrap_or(d.max_headers),
+            max_body_bytes: self.max_body_bytes.or(d.max_body_bytes),
             drain_timeout: secs(self.drain_timeout, d.drain_timeout)?,
             ..d
         })

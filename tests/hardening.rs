@@ -640,14 +640,14 @@ async fn oversized_h2c_header_list_is_refused_and_the_proxy_goes_on() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn extension_methods_are_forwarded_as_is() {
+async fn extension_methods_are_forwarded_as_is_and_trace_is_refused() {
     // Any valid method token is forwarded verbatim (a reverse proxy does not judge the
-    // backend's methods); TRACE too (the backend decides; RFC 9110 lets a proxy forward
-    // it). PATCH, PROPFIND, FOO alike; methods are case-sensitive, so `get` is an
-    // extension method, not GET.
+    // backend's methods): PATCH, PROPFIND, FOO alike; methods are case-sensitive, so `get`
+    // is an extension method, not GET. TRACE is answered 405 by the proxy (it would echo
+    // cookies and credentials back to a script: cross-site tracing), as nginx does.
     let rec = Recorder::start().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
-    for m in ["FOO", "PROPFIND", "TRACE", "PATCH", "M-SEARCH", "get"] {
+    for m in ["FOO", "PROPFIND", "PATCH", "M-SEARCH", "get"] {
         let out = exchange(
             &proxy,
             format!("{m} /x HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -655,17 +655,66 @@ async fn extension_methods_are_forwarded_as_is() {
         .await;
         assert_eq!(status_of(&out), 200, "{m}: {out}");
     }
+    let out = exchange(
+        &proxy,
+        b"TRACE /x HTTP/1.1\r\nHost: app.local\r\nCookie: secret=1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 405, "{out}");
     assert_eq!(
         rec.lines(),
         [
             "FOO /x HTTP/1.1",
             "PROPFIND /x HTTP/1.1",
-            "TRACE /x HTTP/1.1",
             "PATCH /x HTTP/1.1",
             "M-SEARCH /x HTTP/1.1",
             "get /x HTTP/1.1"
         ]
     );
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
+    let rec = Recorder::start().await;
+    let settings = ProxySettings {
+        max_body_bytes: Some(1000),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[rec.backend.endpoint()]), settings).await;
+    // Declared too large: refused before any upstream is involved, connection closed.
+    let out = exchange(
+        &proxy,
+        b"POST /x HTTP/1.1\r\nHost: app.local\r\nContent-Length: 1001\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 413, "{out}");
+    assert!(
+        rec.lines().is_empty(),
+        "nothing forwarded: {:?}",
+        rec.lines()
+    );
+    // At the limit: forwarded.
+    let body = "a".repeat(1000);
+    let out = exchange(
+        &proxy,
+        format!("POST /x HTTP/1.1\r\nHost: app.local\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{body}").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    // Chunked, crossing the limit mid-stream: 413, and the backend is not blamed.
+    let chunk = "b".repeat(600);
+    let out = exchange(
+        &proxy,
+        format!("POST /y HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&out), 413, "{out}");
+    assert_eq!(
+        metric(&proxy, "interlock_upstream_errors_total{service=\"app\"}").unwrap_or(0.0),
+        0.0
+    );
+    still_serves(&proxy).await;
 }
 
 #[tokio::test]

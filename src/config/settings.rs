@@ -29,6 +29,9 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Most request header fields accepted (HTTP/1).
     pub max_headers: usize,
+    /// Largest request body forwarded (`None`: no limit; bodies stream, so memory stays
+    /// bounded either way). Interlock's nginx used `client_max_body_size 32m`.
+    pub max_body_bytes: Option<u64>,
     /// Time graceful shutdown waits for in-flight requests and tunnels.
     pub drain_timeout: Duration,
     /// Value of `X-Forwarded-Proto` for this listener's requests.
@@ -62,6 +65,7 @@ impl Default for ProxySettings {
             pool_max_idle_per_endpoint: 256,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            max_body_bytes: None,
             drain_timeout: Duration::from_secs(30),
             scheme: Scheme::Http,
         }

@@ -12,8 +12,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("the request has no valid Host")]
     BadHost,
-    #[error("CONNECT is not supported")]
-    ConnectMethod,
+    #[error("{0} is not allowed through this proxy")]
+    MethodNotAllowed(http::Method),
     #[error("the route has no running endpoint")]
     NoEndpoint,
     #[error("upstream refused the connection")]
@@ -28,6 +28,8 @@ pub enum ProxyError {
     UpgradeRefused,
     #[error("the request body was malformed or cut short")]
     ClientBody(#[source] hyper::Error),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(u64),
 }
 
 impl ProxyError {
@@ -38,12 +40,25 @@ impl ProxyError {
             }
             ProxyError::NoRoute | ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Refused(_)
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpgradeRefused => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// True when the client connection must close after this answer: the rest of the
+    /// request (an unread or half-read body, tunnel bytes) must not be parsed as a next
+    /// request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::MethodNotAllowed(_)
+                | ProxyError::ClientBody(_)
+                | ProxyError::BodyTooLarge(_)
+        )
     }
 
     /// True when the upstream (not the client or the table) failed.

@@ -21,7 +21,7 @@ use super::{upgrade, Proxy};
 use crate::balance::{self, Backend};
 use crate::config::labels::BackendProtocol;
 use crate::routing::{normalize_host, Decision, Route};
-use crate::upstream::{PooledConn, UpstreamBody};
+use crate::upstream::{ClientBodyError, PooledConn, UpstreamBody};
 
 /// Serves one client request. Never fails: errors are answered.
 pub(super) async fn handle(
@@ -59,7 +59,12 @@ fn simple(status: StatusCode, body: String) -> Response<ProxyBody> {
 }
 
 fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    simple(e.status(), e.body())
+    let mut resp = simple(e.status(), e.body());
+    if e.closes_connection() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
@@ -110,11 +115,21 @@ async fn route_and_forward(
     let scheme = proxy.settings.scheme.as_str();
     // A reverse proxy is no tunnel to arbitrary hosts: CONNECT is answered here, never
     // forwarded (forwarded, a 2xx from a backend would turn the connection into a tunnel).
-    if req.method() == Method::CONNECT {
-        let mut resp = error_response(&ProxyError::ConnectMethod);
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return (resp, None);
+    // TRACE would echo the request, cookies and credentials included, back to a script
+    // (cross-site tracing): refused too, as nginx does.
+    let refused = if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        Some(ProxyError::MethodNotAllowed(req.method().clone()))
+    } else {
+        // A declared body over the limit is refused before any upstream is involved; a
+        // chunked one is cut where it crosses the limit (UpstreamBody).
+        proxy
+            .settings
+            .max_body_bytes
+            .filter(|&limit| req.body().size_hint().lower() > limit)
+            .map(ProxyError::BodyTooLarge)
+    };
+    if let Some(e) = refused {
+        return (error_response(&e), None);
     }
     let Some(host) = request_host(&req).and_then(normalize_host) else {
         return (error_response(&ProxyError::BadHost), None);
@@ -216,7 +231,8 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     upstream_parts(&mut parts, route, client, upgrade);
     let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
-    let mut request = Request::from_parts(parts, UpstreamBody::Client(body));
+    let mut request =
+        Request::from_parts(parts, UpstreamBody::client(body, settings.max_body_bytes));
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
         return forward_h2(proxy, backend, request, start).await;
     }
@@ -261,7 +277,7 @@ async fn forward(
         match send(conn, request, settings.upstream_timeout).await {
             Ok((resp, conn)) => break (resp, (conn, active)),
             Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
-            Err(SendFailure::ClientBody(e)) => return Err((ProxyError::ClientBody(e), backend)),
+            Err(SendFailure::ClientBody(e)) => return Err((e, backend)),
             Err(SendFailure::Unsent(e, req)) if !retried && route.backends.budget.withdraw() => {
                 tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
                 retried = true;
@@ -334,8 +350,14 @@ async fn forward_h2(
     {
         Err(_) => return Err((ProxyError::Timeout, backend)),
         Ok(Err(e)) => {
-            backend.upstream.drop_h2(); // the next request gets a fresh connection
-            return Err((ProxyError::Upstream(e), backend));
+            return match client_body_error(e) {
+                // The client's stream failed: the shared connection is fine.
+                Ok(client) => Err((client, backend)),
+                Err(e) => {
+                    backend.upstream.drop_h2(); // the next request gets a fresh connection
+                    Err((ProxyError::Upstream(e), backend))
+                }
+            };
         }
         Ok(Ok(resp)) => resp,
     };
@@ -364,12 +386,26 @@ fn clone_head(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
 
 enum SendFailure {
     Timeout,
-    /// The client's request body failed (bad chunk framing, cut short): not the upstream's
-    /// fault, so neither a 502 nor a passive health failure.
-    ClientBody(hyper::Error),
+    /// The client's request body failed (bad chunk framing, cut short, over the limit): not
+    /// the upstream's fault, so neither a 502 nor a passive health failure.
+    ClientBody(ProxyError),
     /// The connection failed before the request was written; here it is back.
     Unsent(hyper::Error, Box<Request<UpstreamBody>>),
     Failed(hyper::Error),
+}
+
+/// hyper reports an error of the request body (ours: [`UpstreamBody`]) as a user error
+/// whose cause is that body's error: the client's fault, answered 400 or 413. Anything
+/// else is the upstream's.
+fn client_body_error(e: hyper::Error) -> Result<ProxyError, hyper::Error> {
+    if !e.is_user() {
+        return Err(e);
+    }
+    match std::error::Error::source(&e).and_then(|c| c.downcast_ref::<ClientBodyError>()) {
+        Some(ClientBodyError::TooLarge(limit)) => Ok(ProxyError::BodyTooLarge(*limit)),
+        Some(ClientBodyError::Broken(_)) => Ok(ProxyError::ClientBody(e)),
+        None => Err(e),
+    }
 }
 
 async fn send(
@@ -382,18 +418,10 @@ async fn send(
         Ok(Ok(resp)) => Ok((resp, conn)),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Err(SendFailure::Unsent(e.into_error(), Box::new(req))),
-            None => {
-                let e = e.into_error();
-                // hyper wraps an error of the request body (the client's `Incoming`) as a
-                // user error whose cause is that hyper::Error.
-                let from_client = e.is_user()
-                    && std::error::Error::source(&e).is_some_and(|c| c.is::<hyper::Error>());
-                Err(if from_client {
-                    SendFailure::ClientBody(e)
-                } else {
-                    SendFailure::Failed(e)
-                })
-            }
+            None => match client_body_error(e.into_error()) {
+                Ok(body) => Err(SendFailure::ClientBody(body)),
+                Err(e) => Err(SendFailure::Failed(e)),
+            },
         },
     }
 }

@@ -9,7 +9,7 @@ mod health;
 mod pool;
 pub mod probe;
 
-pub use body::UpstreamBody;
+pub use body::{ClientBodyError, UpstreamBody};
 pub use health::{now_ms, HealthPolicy};
 pub use pool::{ConnectError, PooledConn};
 
