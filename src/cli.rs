@@ -219,6 +219,9 @@ pub struct LimitArgs {
     /// Seconds to wait for an upstream's response head.
     #[arg(long)]
     pub upstream_timeout: Option<f64>,
+    /// Seconds a request body may send nothing before it is cut (408).
+    #[arg(long)]
+    pub body_read_timeout: Option<f64>,
     /// Seconds a pooled upstream connection may stay idle and still be reused.
     #[arg(long)]
     pub pool_idle_timeout: Option<f64>,
@@ -278,6 +281,7 @@ impl LimitArgs {
             idle_timeout: secs(self.idle_timeout, d.idle_timeout)?,
             connect_timeout: secs(self.connect_timeout, d.connect_timeout)?,
             upstream_timeout: secs(self.upstream_timeout, d.upstream_timeout)?,
+            body_read_timeout: secs(self.body_read_timeout, d.body_read_timeout)?,
             pool_idle_timeout: secs(self.pool_idle_timeout, d.pool_idle_timeout)?,
             max_header_bytes: self.max_header_bytes.unwrap_or(d.max_header_bytes),
             max_headers: self.max_headers.unwrap_or(d.max_headers),

@@ -19,6 +19,10 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Time from sending a request upstream to receiving its response head.
     pub upstream_timeout: Duration,
+    /// A request body that sends no byte for this long is cut with 408, blamed on the
+    /// client (not the upstream). Shorter than `upstream_timeout`, so a stalled client is
+    /// always told apart from a slow upstream.
+    pub body_read_timeout: Duration,
     /// Pooled upstream connections idle longer than this are not reused. Kept below the
     /// keep-alive of common backends (Node.js: 5 s) so that the backend rarely closes a
     /// connection just as it is reused.
@@ -61,6 +65,7 @@ impl Default for ProxySettings {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle_per_endpoint: 256,
             max_header_bytes: 64 * 1024,

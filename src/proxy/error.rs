@@ -30,6 +30,8 @@ pub enum ProxyError {
     ClientBody(#[source] hyper::Error),
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(u64),
+    #[error("the request body sent nothing for {0:?}")]
+    BodyStalled(std::time::Duration),
 }
 
 impl ProxyError {
@@ -41,6 +43,7 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Refused(_)
             | ProxyError::Connect(_)

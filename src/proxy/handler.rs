@@ -231,8 +231,10 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     upstream_parts(&mut parts, route, client, upgrade);
     let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
-    let mut request =
-        Request::from_parts(parts, UpstreamBody::client(body, settings.max_body_bytes));
+    let mut request = Request::from_parts(
+        parts,
+        UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout),
+    );
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
         return forward_h2(proxy, backend, request, start).await;
     }
@@ -403,6 +405,7 @@ fn client_body_error(e: hyper::Error) -> Result<ProxyError, hyper::Error> {
     }
     match std::error::Error::source(&e).and_then(|c| c.downcast_ref::<ClientBodyError>()) {
         Some(ClientBodyError::TooLarge(limit)) => Ok(ProxyError::BodyTooLarge(*limit)),
+        Some(ClientBodyError::Stalled(after)) => Ok(ProxyError::BodyStalled(*after)),
         Some(ClientBodyError::Broken(_)) => Ok(ProxyError::ClientBody(e)),
         None => Err(e),
     }

@@ -1,13 +1,17 @@
-//! The request body sent upstream: the client's streaming body (optionally capped at
-//! `--max-body-bytes`), or nothing (a replayed idempotent request).
+//! The request body sent upstream: the client's streaming body (capped at
+//! `--max-body-bytes`, cut when it stalls for `--body-read-timeout`), or nothing (a
+//! replayed idempotent request).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use thiserror::Error;
+use tokio::time::{Instant, Sleep};
 
 /// Body of a request forwarded upstream.
 #[derive(Debug)]
@@ -17,6 +21,7 @@ pub enum UpstreamBody {
         body: Incoming,
         left: u64,
         limit: u64,
+        stall: Stall,
     },
     Empty,
 }
@@ -28,16 +33,32 @@ pub enum ClientBodyError {
     Broken(#[source] hyper::Error),
     #[error("the request body is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("the request body stalled: no byte for {0:?}")]
+    Stalled(Duration),
+}
+
+/// The stalled-body guard: a timer armed the first time the client's body makes the
+/// upstream wait, pushed back by every frame (a body that streams steadily never waits on
+/// it; one that never waits never allocates it).
+#[derive(Debug)]
+pub struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamBody {
-    /// The client's body, capped at `limit` bytes (`None`: no limit).
-    pub fn client(body: Incoming, limit: Option<u64>) -> Self {
+    /// The client's body, capped at `limit` bytes (`None`: no limit), cut when no byte
+    /// arrives for `stall`.
+    pub fn client(body: Incoming, limit: Option<u64>, stall: Duration) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         UpstreamBody::Client {
             body,
             left: limit,
             limit,
+            stall: Stall {
+                timeout: stall,
+                timer: None,
+            },
         }
     }
 }
@@ -51,8 +72,27 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Client { body, left, limit } => {
-                match std::task::ready!(Pin::new(body).poll_frame(cx)) {
+            UpstreamBody::Client {
+                body,
+                left,
+                limit,
+                stall,
+            } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if polled.is_pending() {
+                    let timeout = stall.timeout;
+                    let timer = stall
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(ClientBodyError::Stalled(timeout))));
+                    }
+                    return Poll::Pending;
+                }
+                if let Some(timer) = &mut stall.timer {
+                    timer.as_mut().reset(Instant::now() + stall.timeout);
+                }
+                match std::task::ready!(polled) {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             let n = data.len() as u64;
