@@ -128,6 +128,20 @@ impl Node {
     }
 }
 
+/// Resident memory (VmRSS) of process `pid` in KiB, if it is running.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// The value of metric `name` in a Prometheus text exposition (see [`Node::metric`]).
 pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
