@@ -1,5 +1,6 @@
 //! Control-plane and lookup micro-benchmarks: compiling 10,000 services into a routing
-//! table (cold and as a steady-state reload) and resolving requests against it.
+//! table (cold and as a steady-state reload), resolving requests against it, and the
+//! controller publishing per-cluster snapshots of 10,000 services.
 //!
 //! `cargo bench --bench routing` (about two minutes). Target: a cold compile of 10,000
 //! services well under 50 ms. See docs/benchmarks.md.
@@ -19,6 +20,7 @@ use criterion::{
 };
 use interlock::compile::{compile, CompileOptions};
 use interlock::config::DesiredState;
+use interlock::controller::feeds::Feeds;
 use interlock::metrics::Metrics;
 use interlock::providers::file;
 use interlock::routing::{normalize_host, Decision, RoutingTable};
@@ -136,6 +138,42 @@ fn bench_compile(c: &mut Criterion) {
     g.finish();
 }
 
+/// The controller's side of a change: partition 10,000 services into clusters (10 here,
+/// by `com.docker.lb.service_cluster`), compare with the published snapshots and serialize
+/// the clusters that moved. (a) one cluster changed; (b) nothing changed.
+fn bench_publish(c: &mut Criterion) {
+    let mut state = desired_state();
+    for (i, s) in state.services.iter_mut().enumerate() {
+        s.labels.insert(
+            "com.docker.lb.service_cluster".into(),
+            format!("c{}", i % 10),
+        );
+    }
+    let mut g = c.benchmark_group("controller_publish_10k");
+    slow_group(&mut g);
+    let feeds = Feeds::new();
+    feeds.update(&state);
+    let mut toggled = state.clone();
+    let mut flip = false;
+    g.bench_function("one_cluster_changed", |b| {
+        b.iter(|| {
+            flip = !flip;
+            toggled.services[0]
+                .endpoints
+                .truncate(if flip { 1 } else { 2 });
+            if !flip {
+                toggled.services[0].endpoints = state.services[0].endpoints.clone();
+            }
+            black_box(feeds.update(black_box(&toggled)))
+        });
+    });
+    feeds.update(&state);
+    g.bench_function("unchanged", |b| {
+        b.iter(|| black_box(feeds.update(black_box(&state))));
+    });
+    g.finish();
+}
+
 /// Where a cold compile's time goes: the per-endpoint and per-service objects it creates.
 fn bench_compile_parts(c: &mut Criterion) {
     let state = desired_state();
@@ -236,5 +274,11 @@ fn slow_group(g: &mut BenchmarkGroup<'_, WallTime>) {
         .measurement_time(Duration::from_secs(3));
 }
 
-criterion_group!(benches, bench_compile, bench_compile_parts, bench_lookup);
+criterion_group!(
+    benches,
+    bench_compile,
+    bench_compile_parts,
+    bench_lookup,
+    bench_publish
+);
 criterion_main!(benches);
