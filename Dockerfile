@@ -30,6 +30,8 @@ FROM ${ARTIFACTS} AS artifacts
 
 FROM scratch
 COPY --from=artifacts /rootfs /
+# The proxy's --state-file lives here (mount a volume): writable by the runtime user only.
+COPY --from=artifacts --chown=65532:65532 /rootfs/var/lib/interlock /var/lib/interlock
 USER 65532:65532
 # 8080 HTTP, 8443 TLS, 7443 controller snapshot API, 9090 admin
 EXPOSE 8080 8443 7443 9090

@@ -9,7 +9,7 @@ set -eu
 bin=$1
 out=$2
 name=${3:-interlock}
-mkdir -p "$out/etc" "$out/tmp"
+mkdir -p "$out/etc" "$out/tmp" "$out/var/lib/interlock"
 cp "$bin" "$out/$name"
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$out$(dirname "$lib")"

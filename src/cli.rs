@@ -180,6 +180,10 @@ pub struct ProxyArgs {
     /// Seconds the controller may hold a poll open when nothing changes.
     #[arg(long, default_value_t = 30)]
     pub poll_wait: u64,
+    /// Save each snapshot here and serve the saved one after a restart until the
+    /// controller answers (put it on a volume).
+    #[arg(long, env = "INTERLOCK_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -357,6 +361,7 @@ impl ProxyArgs {
                 cluster: cluster.clone(),
                 tls,
                 wait: Duration::from_secs(self.poll_wait.clamp(1, 300)),
+                state_file: self.state_file.clone(),
             }),
             ..ProviderConfig::default()
         };

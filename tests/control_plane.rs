@@ -102,6 +102,16 @@ fn controller_args(s: &Scratch, api: u16) -> Vec<String> {
 
 /// A proxy of `cluster` presenting the certificate `stem` (normally `proxy-<cluster>`).
 async fn proxy(s: &Scratch, api: u16, cluster: &str, stem: &str) -> (Node, SocketAddr) {
+    proxy_with(s, api, cluster, stem, &[]).await
+}
+
+async fn proxy_with(
+    s: &Scratch,
+    api: u16,
+    cluster: &str,
+    stem: &str,
+    extra: &[&str],
+) -> (Node, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let args = [
         "proxy",
@@ -120,7 +130,9 @@ async fn proxy(s: &Scratch, api: u16, cluster: &str, stem: &str) -> (Node, Socke
         "--listen",
         &listen.to_string(),
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    let args = [args, extra.iter().map(|a| a.to_string()).collect()].concat();
     (
         Node::start(&format!("proxy {cluster}"), &args).await,
         listen,
@@ -383,6 +395,33 @@ async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it
     })
     .await
     .expect("controller_up back to 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_serves_its_saved_snapshot_while_the_controller_is_down() {
+    let s = Scratch::new();
+    issue(&s.0, &["prod"]);
+    let web = TestBackend::named("web").await;
+    s.write_services(&service("web", "prod", "web.test", &web, ""));
+    let api = free_port();
+    let state = s.path("prod-snapshot.json");
+    let mut ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let (mut first, addr) =
+        proxy_with(&s, api, "prod", "proxy-prod", &["--state-file", &state]).await;
+    until_answer(addr, "web.test", "web").await;
+    first.kill();
+    ctl.kill();
+    // A new proxy process, the controller still gone: it serves the saved snapshot.
+    let (second, addr) = proxy_with(&s, api, "prod", "proxy-prod", &["--state-file", &state]).await;
+    until_answer(addr, "web.test", "web").await;
+    assert!(second.logged(&["serving the saved snapshot"]));
+    assert_eq!(
+        second.metric("interlock_controller_up", &[]).await,
+        Some(0.0)
+    );
+    // Without the file, a proxy starting blind has nothing to serve.
+    let (_blind, blind_addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    assert_eq!(answer(blind_addr, "web.test").await, "503");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! serving its last good table; polling resumes with backoff and a restarted controller
 //! (a new epoch) is picked up on its first answer.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,9 @@ pub struct ControllerOptions {
     pub tls: Arc<rustls::ClientConfig>,
     /// How long the controller may hold a poll open when nothing changes.
     pub wait: Duration,
+    /// Where the last snapshot is saved, to serve it after a restart while the controller
+    /// is unreachable.
+    pub state_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ControllerOptions {
@@ -47,6 +51,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("port", &self.port)
             .field("cluster", &self.cluster)
             .field("wait", &self.wait)
+            .field("state_file", &self.state_file)
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +108,20 @@ enum Outcome {
 pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metrics: Arc<Metrics>) {
     let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
     let mut etag: Option<String> = None;
+    if let Some(path) = &opts.state_file {
+        if let Some(saved) = load_saved(path, &opts.cluster).await {
+            tracing::info!(
+                path = %path.display(),
+                version = saved.version,
+                services = saved.services.len(),
+                "serving the saved snapshot until the controller answers"
+            );
+            etag = Some(saved.etag());
+            tx.send_replace(DesiredState {
+                services: saved.services,
+            });
+        }
+    }
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
     loop {
@@ -126,6 +145,9 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                     metrics
                         .snapshot_version
                         .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
+                    if let Some(path) = &opts.state_file {
+                        save(path, &snap).await;
+                    }
                     let state = DesiredState {
                         services: snap.services,
                     };
@@ -157,6 +179,47 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// The snapshot saved at `path`, if it is readable and of this cluster.
+async fn load_saved(path: &Path, cluster: &str) -> Option<Snapshot> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the saved snapshot");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Snapshot>(&bytes) {
+        Ok(s) if s.cluster == cluster => Some(s),
+        Ok(s) => {
+            tracing::warn!(path = %path.display(), saved = %s.cluster, "the saved snapshot is another cluster's; ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the saved snapshot is not valid; ignored");
+            None
+        }
+    }
+}
+
+/// Saves `snap` atomically (a sibling file renamed over), so a crash never leaves half a
+/// file. A failure is logged: the proxy keeps working, it only loses the restart fallback.
+async fn save(path: &Path, snap: &Snapshot) {
+    let tmp = path.with_extension("tmp");
+    let result = async {
+        tokio::fs::write(
+            &tmp,
+            serde_json::to_vec(snap).map_err(std::io::Error::other)?,
+        )
+        .await?;
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the snapshot");
     }
 }
 
