@@ -242,6 +242,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let sources = start_providers(&cfg.providers, &metrics).await?.sources;
     applier.apply(&merge(&sources));
     tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
+    tokio::spawn(crate::upstream::reaper::run(
+        applier.store.clone(),
+        cfg.settings.pool_idle_timeout,
+    ));
     tokio::spawn(follow(applier.clone(), sources));
 
     let (trigger, shutdown) = shutdown::channel();

@@ -475,3 +475,27 @@ async fn access_log_in_json_names_status_and_path() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    let backend = TestBackend::named("b").await;
+    let config = ConfigFile::new(&service_toml("b", "b.test", backend.addr, ""));
+    let p = Interlock::start(&config.path, &["--pool-idle-timeout", "0.3"]).await;
+    for _ in 0..3 {
+        assert_eq!(p.get("b.test", "/").await.0, 200);
+    }
+    let opened = backend.connections.load(Ordering::SeqCst);
+    assert!(opened >= 1);
+    // The backend keeps connections open forever; interlock must close its idle one.
+    let closed = eventually(Duration::from_secs(5), || async {
+        backend.closed.load(Ordering::SeqCst) >= opened
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "{opened} upstream connection(s) opened, {} closed",
+        backend.closed.load(Ordering::SeqCst)
+    );
+    // And the next request simply opens a new one.
+    assert_eq!(p.get("b.test", "/").await.0, 200);
+}

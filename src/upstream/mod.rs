@@ -8,6 +8,7 @@ mod h2;
 mod health;
 mod pool;
 pub mod probe;
+pub mod reaper;
 
 pub use body::{ClientBodyError, UpstreamBody};
 pub use health::{now_ms, HealthPolicy};
@@ -90,6 +91,12 @@ impl Upstream {
         self.retired.store(true, Ordering::Release);
         while self.idle.pop().is_some() {}
         self.drop_h2();
+    }
+
+    /// Closes pooled connections idle for `timeout` or more: they would not be reused, and
+    /// should not hold a socket on the backend either. Returns how many were closed.
+    pub fn close_idle(&self, timeout: std::time::Duration) -> usize {
+        self.idle.reap(timeout)
     }
 
     pub fn is_retired(&self) -> bool {

@@ -52,6 +52,22 @@ impl IdleQueue {
     pub(super) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire).min(self.max)
     }
+
+    /// Closes the connections idle for `timeout` or more (and those the upstream closed);
+    /// returns how many. The queue is oldest-first, so this stops at the first fresh one.
+    pub(super) fn reap(&self, timeout: Duration) -> usize {
+        let mut closed = 0;
+        for _ in 0..self.len() {
+            let Some(idle) = self.pop() else { break };
+            if idle.tx.is_closed() || idle.since.elapsed() >= timeout {
+                closed += 1; // dropping the sender ends the connection task: it closes
+                continue;
+            }
+            self.push(idle);
+            break;
+        }
+        closed
+    }
 }
 
 pub(super) struct Idle {
