@@ -154,20 +154,28 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade
         std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
-    let host_value = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    let (host_value, host_field) = match parts.headers.get(header::HOST) {
+        Some(h) => (Some(h.clone()), true),
+        None => (
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            false,
+        ),
     };
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let stripped = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Setting Host changes nothing when it is already there as the one Host field (no field
+    // removed, and no name with more than one value).
+    let host_in_place = host_field && !stripped && parts.headers.len() == parts.headers.keys_len();
     if let Some(h) = &host_value {
-        parts.headers.insert(header::HOST, h.clone());
+        if !host_in_place {
+            parts.headers.insert(header::HOST, h.clone());
+        }
     }
     headers::add_forwarded(&mut parts.headers, client, host_value);
 }
