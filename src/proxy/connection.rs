@@ -51,9 +51,11 @@ pub(super) async fn serve<S>(
             // In flight from the request head until the response body is dropped (sent,
             // or abandoned with the connection).
             let in_flight = InFlight::start(activity.clone());
-            let handled = super::handler::handle(proxy.clone(), client.clone(), peer, req);
+            let (proxy, client) = (proxy.clone(), client.clone());
             async move {
-                let resp = handled.await?;
+                // Pinned in place: awaiting a future held by value would store it twice in
+                // this one (hyper moves this future once per request).
+                let resp = std::pin::pin!(super::handler::handle(proxy, client, peer, req)).await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,

@@ -33,7 +33,8 @@ pub(super) async fn handle(
     let start = Instant::now();
     let method = proxy.access_log.then(|| req.method().clone());
     let path = proxy.access_log.then(|| req.uri().path().to_string());
-    let (resp, service) = route_and_forward(&proxy, &client, peer.ip(), req, start).await;
+    let (resp, service) =
+        std::pin::pin!(route_and_forward(&proxy, &client, peer.ip(), req, start)).await;
     if let (Some(method), Some(path)) = (method, path) {
         tracing::info!(
             target: "interlock::access",
@@ -112,7 +113,8 @@ async fn route_and_forward(
         return (error_response(&ProxyError::NoEndpoint), None);
     };
     let service = backend.service.clone();
-    let resp = match forward(proxy, client, &route, backend, req, start).await {
+    let forwarded = std::pin::pin!(forward(proxy, client, &route, backend, req, start)).await;
+    let resp = match forwarded {
         Ok(resp) => resp,
         Err((e, backend)) => {
             if e.is_upstream() {
@@ -196,7 +198,7 @@ async fn forward(
     let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
     let mut request = Request::from_parts(parts, UpstreamBody::Client(body));
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
-        return forward_h2(proxy, backend, request, start).await;
+        return std::pin::pin!(forward_h2(proxy, backend, request, start)).await;
     }
 
     let mut retried = false;
@@ -204,12 +206,12 @@ async fn forward(
     let (resp, conn) = loop {
         let active = backend.upstream.track();
         let checkout = if fresh {
-            backend.upstream.connect(settings.connect_timeout).await
+            Box::pin(backend.upstream.connect(settings.connect_timeout)).await
         } else {
-            backend
+            std::pin::pin!(backend
                 .upstream
-                .checkout(settings.connect_timeout, settings.pool_idle_timeout)
-                .await
+                .checkout(settings.connect_timeout, settings.pool_idle_timeout))
+            .await
         };
         let conn = match checkout {
             Ok(c) => c,
@@ -236,7 +238,8 @@ async fn forward(
         // Keep what is needed to replay an idempotent request if this stale-prone (reused)
         // connection fails after the request was written.
         let replay = (conn.reused && replayable && !retried).then(|| clone_head(&request));
-        match send(conn, request, settings.upstream_timeout).await {
+        let sent = std::pin::pin!(send(conn, request, settings.upstream_timeout)).await;
+        match sent {
             Ok((resp, conn)) => break (resp, (conn, active)),
             Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
             Err(SendFailure::Unsent(e, req)) if !retried && route.backends.budget.withdraw() => {
