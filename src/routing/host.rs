@@ -10,8 +10,8 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         let end = rest.find(']')?;
         &raw[..end + 2]
     } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(colon) if raw[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..colon],
             _ => raw,
         }
     };
