@@ -2,12 +2,13 @@
 //! graceful close on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,9 +51,11 @@ pub(super) async fn serve<S>(
             // In flight from the request head until the response body is dropped (sent,
             // or abandoned with the connection).
             let in_flight = InFlight::start(activity.clone());
-            let handled = super::handler::handle(proxy.clone(), client.clone(), peer, req);
+            let (proxy, client) = (proxy.clone(), client.clone());
             async move {
-                let resp = handled.await?;
+                // Pinned in place: awaiting a future held by value would store it twice in
+                // this one (hyper moves this future once per request).
+                let resp = std::pin::pin!(super::handler::handle(proxy, client, peer, req)).await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,
@@ -69,19 +72,48 @@ pub(super) async fn serve<S>(
     let mut seen = 0;
     let mut quiet_since = Instant::now();
     let mut closing = false;
+    let shutdown_wait = shutdown.wait();
+    tokio::pin!(shutdown_wait);
+    // The watchdog (shutdown signal and idle tick) is polled only when its own waker fired,
+    // not on each of the several wake-ups of this task per request.
+    let gate = Arc::new(Gate::default());
+    let gate_waker = Waker::from(gate.clone());
     loop {
-        tokio::select! {
-            res = conn.as_mut() => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(res));
+            }
+            if closing {
+                return Poll::Pending;
+            }
+            let Some(waker) = gate.enter(cx.waker(), &gate_waker) else {
+                return Poll::Pending;
+            };
+            let mut wcx = Context::from_waker(waker);
+            let event = if shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
+                Event::Shutdown
+            } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
+                Event::Tick(now)
+            } else {
+                return Poll::Pending;
+            };
+            // Poll the watchdog again next time: it must re-arm what just fired.
+            gate.fired.store(true, Ordering::Relaxed);
+            Poll::Ready(event)
+        })
+        .await;
+        match event {
+            Event::Ended(res) => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
                 break;
             }
-            _ = shutdown.wait(), if !closing => {
+            Event::Shutdown => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            now = tick.tick(), if !closing => {
+            Event::Tick(now) => {
                 let current = activity.progress.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
@@ -95,6 +127,54 @@ pub(super) async fn serve<S>(
         }
     }
     proxy.metrics.open_connections.dec();
+}
+
+/// What woke the connection's loop.
+enum Event<E> {
+    Ended(Result<(), E>),
+    Shutdown,
+    Tick(Instant),
+}
+
+/// Wakes the connection task on behalf of the watchdog and remembers that it did.
+struct Gate {
+    fired: AtomicBool,
+    task: OnceLock<Waker>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            fired: AtomicBool::new(true),
+            task: OnceLock::new(),
+        }
+    }
+}
+
+impl Gate {
+    /// The waker to poll the watchdog with, or `None` when it need not be polled: it has
+    /// not been woken since its last poll. A task whose waker changed (never the case for a
+    /// spawned task) polls the watchdog every time, with its own waker.
+    fn enter<'a>(&self, task: &'a Waker, gate: &'a Waker) -> Option<&'a Waker> {
+        let stored = self.task.get_or_init(|| task.clone());
+        if !stored.will_wake(task) {
+            return Some(task);
+        }
+        self.fired.swap(false, Ordering::AcqRel).then_some(gate)
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(task) = self.task.get() {
+            task.wake_by_ref();
+        }
+    }
 }
 
 /// What the idle watchdog reads. A connection makes progress when a request starts or ends,

@@ -33,7 +33,8 @@ pub(super) async fn handle(
     let start = Instant::now();
     let method = proxy.access_log.then(|| req.method().clone());
     let path = proxy.access_log.then(|| req.uri().path().to_string());
-    let (resp, service) = route_and_forward(&proxy, &client, peer.ip(), req, start).await;
+    let (resp, service) =
+        std::pin::pin!(route_and_forward(&proxy, &client, peer.ip(), req, start)).await;
     if let (Some(method), Some(path)) = (method, path) {
         tracing::info!(
             target: "interlock::access",
@@ -153,7 +154,8 @@ async fn route_and_forward(
         return (error_response(&ProxyError::NoEndpoint), None);
     };
     let service = backend.service.clone();
-    let resp = match forward(proxy, client, &route, backend, req, start).await {
+    let forwarded = std::pin::pin!(forward(proxy, client, &route, backend, req, start)).await;
+    let resp = match forwarded {
         Ok(resp) => resp,
         Err((e, backend)) => {
             if e.is_upstream() {
@@ -195,24 +197,33 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade
         std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
-    // The same host the request was routed by (see `request_host`).
-    let host_value = match (
+    // The same host the request was routed by (see `request_host`); `host_field`: it is
+    // the request's own Host field, which can then stay where it is.
+    let (host_value, host_field) = match (
         absolute_form_authority(parts.version, &parts.uri),
         parts.headers.get(header::HOST),
     ) {
-        (None, Some(h)) => Some(h.clone()),
-        _ => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        (None, Some(h)) => (Some(h.clone()), true),
+        _ => (
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            false,
+        ),
     };
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let stripped = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Setting Host changes nothing when it is already there as the one Host field (no field
+    // removed, and no name with more than one value).
+    let host_in_place = host_field && !stripped && parts.headers.len() == parts.headers.keys_len();
     if let Some(h) = &host_value {
-        parts.headers.insert(header::HOST, h.clone());
+        if !host_in_place {
+            parts.headers.insert(header::HOST, h.clone());
+        }
     }
     headers::add_forwarded(&mut parts.headers, client, host_value);
 }
@@ -236,7 +247,7 @@ async fn forward(
         UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout),
     );
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
-        return forward_h2(proxy, backend, request, start).await;
+        return std::pin::pin!(forward_h2(proxy, backend, request, start)).await;
     }
 
     let mut retried = false;
@@ -244,12 +255,12 @@ async fn forward(
     let (resp, conn) = loop {
         let active = backend.upstream.track();
         let checkout = if fresh {
-            backend.upstream.connect(settings.connect_timeout).await
+            Box::pin(backend.upstream.connect(settings.connect_timeout)).await
         } else {
-            backend
+            std::pin::pin!(backend
                 .upstream
-                .checkout(settings.connect_timeout, settings.pool_idle_timeout)
-                .await
+                .checkout(settings.connect_timeout, settings.pool_idle_timeout))
+            .await
         };
         let conn = match checkout {
             Ok(c) => c,
@@ -276,7 +287,8 @@ async fn forward(
         // Keep what is needed to replay an idempotent request if this stale-prone (reused)
         // connection fails after the request was written.
         let replay = (conn.reused && replayable && !retried).then(|| clone_head(&request));
-        match send(conn, request, settings.upstream_timeout).await {
+        let sent = std::pin::pin!(send(conn, request, settings.upstream_timeout)).await;
+        match sent {
             Ok((resp, conn)) => break (resp, (conn, active)),
             Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
             Err(SendFailure::ClientBody(e)) => return Err((e, backend)),

@@ -33,9 +33,31 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// True for the names [`strip_hop_by_hop`] removes on sight (not counting those a
+/// `Connection` field lists: those need a `Connection` field, which is one of these).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop fields, including those the `Connection` field names. With `upgrade`,
 /// keeps `Upgrade` and sets `Connection: upgrade`. `TE: trailers` survives (gRPC).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// Returns true when it removed or replaced a field (false: the fields are unchanged,
+/// apart from the `Connection: upgrade` it adds with `upgrade`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+    // The usual message has none of them: one pass over its few names instead of a hash
+    // lookup per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return false;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -67,6 +89,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    true
 }
 
 /// What the proxy knows about the client, rendered once per connection.
@@ -128,6 +151,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn fast_path_knows_every_hop_by_hop_name() {
+        for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+            assert!(is_hop_by_hop(name), "{name}");
+            let mut h = map(&[(name.as_str(), "x"), ("x-kept", "yes")]);
+            assert!(strip_hop_by_hop(&mut h, false));
+            assert_eq!(h.len(), 1, "{h:?}");
+        }
+        let mut h = map(&[("host", "a"), ("x-kept", "yes")]);
+        assert!(!strip_hop_by_hop(&mut h, false));
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

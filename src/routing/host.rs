@@ -10,8 +10,8 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         let end = rest.find(']')?;
         &raw[..end + 2]
     } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(colon) if raw[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..colon],
             _ => raw,
         }
     };
@@ -19,13 +19,16 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     if host.is_empty() || host.len() > 253 {
         return None;
     }
-    let valid = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
-    if !valid {
-        return None;
+    // One pass: every byte valid, and whether any is upper case.
+    let mut upper = false;
+    for b in host.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'[' | b']' | b':' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => return None,
+        }
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         Some(Cow::Owned(host.to_ascii_lowercase()))
     } else {
         Some(Cow::Borrowed(host))

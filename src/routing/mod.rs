@@ -117,12 +117,15 @@ impl RoutingTable {
             return Some(v);
         }
         // Most specific wildcard first: a.b.example.com tries b.example.com, then example.com.
-        let mut rest = host;
-        while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(v) = self.wildcard.get(suffix) {
-                return Some(v);
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.bytes().position(|b| b == b'.') {
+                let suffix = &rest[dot + 1..];
+                if let Some(v) = self.wildcard.get(suffix) {
+                    return Some(v);
+                }
+                rest = suffix;
             }
-            rest = suffix;
         }
         self.default.as_ref()
     }
@@ -158,7 +161,10 @@ impl RoutingTable {
                 location: format!("{}{}", r.target, path_and_query),
             };
         }
-        let path = path_and_query.split('?').next().unwrap_or("/");
+        let path = match path_and_query.bytes().position(|b| b == b'?') {
+            Some(q) => &path_and_query[..q],
+            None => path_and_query,
+        };
         match vhost.routes.iter().find(|r| r.matches(path)) {
             Some(route)
                 if route.rewrite && route.context_root != "/" && path == route.context_root =>

@@ -20,6 +20,15 @@ impl Upstream {
                 return Ok((*tx).clone());
             }
         }
+        // Boxed: the connect and handshake futures would otherwise make every request's
+        // future larger, though they run once per connection.
+        Box::pin(self.connect_h2(connect_timeout)).await
+    }
+
+    async fn connect_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
         let addr = self.addr;
         let stream = super::pool::connect_tcp(addr, connect_timeout).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())

@@ -128,7 +128,9 @@ impl Upstream {
                 });
             }
         }
-        self.connect(connect_timeout).await
+        // Boxed: the connect and handshake futures would otherwise make every request's
+        // future larger, though a warm pool rarely connects.
+        Box::pin(self.connect(connect_timeout)).await
     }
 
     /// Opens a new connection (never pooled before).
