@@ -5,67 +5,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::node::{eventually, try_http, Node, BIN};
+use common::node::{eventually, try_http, Node, Scratch};
 use common::{free_port, TestBackend};
-
-/// A scratch directory (certificates, services file), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "interlock-control-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-
-    /// Replaces the services file atomically.
-    fn write_services(&self, text: &str) {
-        let tmp = self.0.join("services.toml.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join("services.toml")).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `interlock certs` for a controller reached as 127.0.0.1 and the given clusters.
-fn issue(dir: &Path, clusters: &[&str]) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["certs", "--out"]).arg(dir).args([
-        "--controller-name",
-        "localhost",
-        "--controller-name",
-        "127.0.0.1",
-    ]);
-    for c in clusters {
-        cmd.args(["--cluster", c]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "interlock certs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn service(name: &str, cluster: &str, host: &str, backend: &TestBackend, extra: &str) -> String {
     let cluster_label = if cluster.is_empty() {
@@ -164,8 +108,8 @@ async fn until_answer(proxy: SocketAddr, host: &str, want: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_get_only_their_own_routes_and_a_broken_dev_label_cannot_touch_prod() {
-    let s = Scratch::new();
-    issue(&s.0, &["prod", "dev"]);
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod", "dev"]);
     let (prod_be, dev_be, plain_be) = (
         TestBackend::named("prod-web").await,
         TestBackend::named("dev-web").await,
@@ -256,8 +200,8 @@ async fn clusters_get_only_their_own_routes_and_a_broken_dev_label_cannot_touch_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_can_read_only_the_cluster_its_certificate_names() {
-    let s = Scratch::new();
-    issue(&s.0, &["prod", "dev"]);
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod", "dev"]);
     let be = TestBackend::named("prod-web").await;
     s.write_services(&service("prod-web", "prod", "web.test", &be, ""));
     let api = free_port();
@@ -326,8 +270,8 @@ async fn a_proxy_can_read_only_the_cluster_its_certificate_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it_returns() {
-    let s = Scratch::new();
-    issue(&s.0, &["prod"]);
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
     let (web, api_be) = (
         TestBackend::named("web").await,
         TestBackend::named("api").await,
@@ -399,8 +343,8 @@ async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_serves_its_saved_snapshot_while_the_controller_is_down() {
-    let s = Scratch::new();
-    issue(&s.0, &["prod"]);
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
     let web = TestBackend::named("web").await;
     s.write_services(&service("web", "prod", "web.test", &web, ""));
     let api = free_port();
@@ -426,8 +370,8 @@ async fn a_restarted_proxy_serves_its_saved_snapshot_while_the_controller_is_dow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
-    let s = Scratch::new();
-    issue(&s.0, &["prod"]);
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
     let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
     s.write_services(&service("svc", "prod", "svc.test", &a, ""));
     let api = free_port();

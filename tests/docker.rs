@@ -12,7 +12,8 @@
 mod common;
 
 use common::engine::{
-    backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image, skip, wait_until,
+    backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image,
+    run_backend_container, skip, wait_until,
 };
 use common::{free_port, Proc};
 use std::collections::{BTreeMap, HashSet};
@@ -606,22 +607,7 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
     let _cleanup = Cleanup(containers.clone());
     let run_backend = |name: &str, host: &str| {
         let full = format!("{id}-{name}");
-        docker_quiet(&["rm", "-f", &full]);
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &full,
-            "-e",
-            &format!("BACKEND_NAME={name}"),
-            "-l",
-            &format!("com.docker.lb.hosts={host}"),
-            "-l",
-            "com.docker.lb.port=9001",
-            BACKEND_IMAGE,
-            "--listen",
-            "0.0.0.0:9001",
-        ]);
+        run_backend_container(&full, BACKEND_IMAGE, name, host, &[]);
         containers.lock().unwrap().push(full);
     };
     let (http, admin) = (free_port(), free_port());

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::engine::{backend_image, docker, docker_quiet, http_get, skip};
+use common::engine::{backend_image, docker_quiet, http_get, run_backend_container, skip};
 use common::free_port;
-use common::node::{eventually, Node, BIN};
+use common::node::{eventually, Node, Scratch};
 
 const BACKEND_IMAGE: &str = "interlock-test/backend:restart";
 
@@ -108,24 +108,7 @@ impl Drop for Guard<'_> {
 
 fn run_backend(id: &str, name: &str, host: &str) -> String {
     let full = format!("{id}-{name}");
-    docker_quiet(&["rm", "-f", &full]);
-    docker(&[
-        "run",
-        "-d",
-        "--restart",
-        "always",
-        "--name",
-        &full,
-        "-e",
-        &format!("BACKEND_NAME={name}"),
-        "-l",
-        &format!("com.docker.lb.hosts={host}"),
-        "-l",
-        "com.docker.lb.port=9001",
-        BACKEND_IMAGE,
-        "--listen",
-        "0.0.0.0:9001",
-    ]);
+    run_backend_container(&full, BACKEND_IMAGE, name, host, &["--restart", "always"]);
     full
 }
 
@@ -141,19 +124,9 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
     }
     backend_image(BACKEND_IMAGE);
     let id = format!("ild{}", std::process::id());
-    let certs = std::env::temp_dir().join(format!("{id}-certs"));
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(&certs)
-        .args(["--controller-name", "127.0.0.1", "--default-cluster"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file = |n: &str| certs.join(n).display().to_string();
+    let certs = Scratch::new("dockerd");
+    certs.issue_certs(&["127.0.0.1"], &[""]);
+    let file = |n: &str| certs.path(n);
     let mut containers = vec![run_backend(&id, "one", "one.test")];
 
     let api = free_port();
@@ -265,5 +238,4 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
     for c in &containers {
         docker_quiet(&["rm", "-f", c]);
     }
-    let _ = std::fs::remove_dir_all(&certs);
 }

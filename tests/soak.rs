@@ -25,9 +25,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +34,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use common::node::{eventually, open_fds, rss_kib, try_http, Node, BIN};
+use common::node::{eventually, open_fds, rss_kib, try_http, Node, Scratch};
 use common::{free_port, TestBackend};
 
 /// Backend names; each [`TestBackend`] answers its name as the body. b0..b5 serve the
@@ -629,39 +627,6 @@ fn pool(i: usize) -> std::ops::Range<usize> {
 fn pick_endpoints(rng: &mut Rng, n: usize, pool: std::ops::Range<usize>) -> Vec<usize> {
     let mut all: Vec<usize> = pool.collect();
     (0..n).map(|_| all.remove(rng.below(all.len()))).collect()
-}
-
-/// A scratch directory (services file, certificates), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "interlock-soak-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-
-    /// Replaces the services file atomically (write a sibling, rename over it).
-    fn write_services(&self, text: &str) {
-        let tmp = self.0.join("services.toml.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join("services.toml")).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1485,7 +1450,7 @@ async fn soak_under_load_while_services_churn() {
 
     // Phase 1: all-in-one `interlock run`.
     let report = {
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("soak");
         let world = World::new(addrs.clone(), None);
         scratch.write_services(&world.render());
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -1514,8 +1479,8 @@ async fn soak_under_load_while_services_churn() {
 
     // Phase 2: `interlock controller` + one `interlock proxy`, same churn, shorter.
     let report = {
-        let scratch = Scratch::new();
-        issue_certs(&scratch, "soak");
+        let scratch = Scratch::new("soak");
+        scratch.issue_certs(&["127.0.0.1"], &["soak"]);
         let world = World::new(addrs.clone(), Some("soak"));
         scratch.write_services(&world.render());
         let api = free_port();
@@ -1579,18 +1544,4 @@ async fn soak_under_load_while_services_churn() {
         report
     };
     report.assert_ok("controller + proxy");
-}
-
-/// `interlock certs` for a controller reached as 127.0.0.1 and one cluster.
-fn issue_certs(scratch: &Scratch, cluster: &str) {
-    let out = Command::new(BIN)
-        .args(["certs", "--out", &scratch.path("")])
-        .args(["--controller-name", "127.0.0.1", "--cluster", cluster])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "interlock certs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

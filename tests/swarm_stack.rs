@@ -19,6 +19,7 @@ use common::engine::{
     backend_image, build_image, docker, docker_quiet, ensure_swarm, http_get, skip, wait_until,
 };
 use common::free_port;
+use common::node::Scratch;
 
 const IMAGE: &str = "interlock-test/interlock:stack";
 const BACKEND_IMAGE: &str = "interlock-test/backend:stack";
@@ -27,7 +28,7 @@ const BACKEND_IMAGE: &str = "interlock-test/backend:stack";
 struct Stack {
     name: String,
     apps_network: String,
-    certs: std::path::PathBuf,
+    certs: Scratch,
     prod: SocketAddr,
     dev: SocketAddr,
     apps: Vec<String>,
@@ -85,32 +86,14 @@ impl Drop for Stack {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let _ = std::fs::remove_dir_all(&self.certs);
     }
 }
 
 impl Stack {
     fn deploy() -> Stack {
         let name = format!("ilst{}", std::process::id());
-        let certs = std::env::temp_dir().join(format!("{name}-certs"));
-        let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
-            .args(["certs", "--out"])
-            .arg(&certs)
-            .args([
-                "--controller-name",
-                "controller",
-                "--cluster",
-                "prod",
-                "--cluster",
-                "dev",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let certs = Scratch::new("stack");
+        certs.issue_certs(&["controller"], &["prod", "dev"]);
         let (prod, dev) = (free_port(), free_port());
         let stack = Stack {
             apps_network: format!("{name}-apps"),
@@ -127,7 +110,7 @@ impl Stack {
             .arg(&file)
             .arg(&stack.name)
             .env("INTERLOCK_IMAGE", IMAGE)
-            .env("INTERLOCK_CERTS", &stack.certs)
+            .env("INTERLOCK_CERTS", &stack.certs.0)
             .env("PROD_HTTP_PORT", prod.to_string())
             .env("DEV_HTTP_PORT", dev.to_string())
             .env("CONTROLLER_PLACEMENT", manager)

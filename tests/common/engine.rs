@@ -197,3 +197,27 @@ pub fn ensure_swarm() {
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
     }
 }
+
+/// Starts container `name` (replacing one of that name) of the example backend `image`,
+/// answering as `backend` and labelled for `host` on port 9001; `extra` goes to `docker run`.
+pub fn run_backend_container(name: &str, image: &str, backend: &str, host: &str, extra: &[&str]) {
+    docker_quiet(&["rm", "-f", name]);
+    let env = format!("BACKEND_NAME={backend}");
+    let hosts = format!("com.docker.lb.hosts={host}");
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--name",
+        name,
+        "-e",
+        &env,
+        "-l",
+        &hosts,
+        "-l",
+        "com.docker.lb.port=9001",
+        image,
+        "--listen",
+        "0.0.0.0:9001",
+    ]);
+    docker(&args);
+}

@@ -3,7 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,4 +198,60 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     None
+}
+
+/// A scratch directory (services file, certificates), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Scratch {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "interlock-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+
+    /// Replaces `services.toml` atomically (write a sibling, rename over it), so a watcher
+    /// never reads half a file.
+    pub fn write_services(&self, text: &str) {
+        let tmp = self.0.join("services.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join("services.toml")).unwrap();
+    }
+
+    /// `interlock certs` into this directory: the controller's certificate for `names`, a
+    /// client certificate per cluster (`""`: the default cluster).
+    pub fn issue_certs(&self, names: &[&str], clusters: &[&str]) {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["certs", "--out"]).arg(&self.0);
+        for n in names {
+            cmd.args(["--controller-name", n]);
+        }
+        for c in clusters {
+            match *c {
+                "" => cmd.arg("--default-cluster"),
+                c => cmd.args(["--cluster", c]),
+            };
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "interlock certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
