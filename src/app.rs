@@ -141,6 +141,21 @@ impl Providers {
     pub fn merged(&self) -> DesiredState {
         merge(&self.sources)
     }
+
+    /// A notification that fires whenever any provider publishes a new state (changes
+    /// that come while nobody waits are folded into one).
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        for mut rx in self.sources.iter().cloned() {
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    changed.notify_one();
+                }
+            });
+        }
+        changed
+    }
 }
 
 /// Starts the providers `cfg` names. The services file must load: there is no last good
@@ -239,14 +254,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         Some(tls)
     };
     let applier = Arc::new(applier);
-    let sources = start_providers(&cfg.providers, &metrics).await?.sources;
-    applier.apply(&merge(&sources));
+    let providers = start_providers(&cfg.providers, &metrics).await?;
+    applier.apply(&providers.merged());
     tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
     tokio::spawn(crate::upstream::reaper::run(
         applier.store.clone(),
         cfg.settings.pool_idle_timeout,
     ));
-    tokio::spawn(follow(applier.clone(), sources));
+    tokio::spawn(follow(applier.clone(), providers));
 
     let (trigger, shutdown) = shutdown::channel();
     let proxy = Proxy::new(
@@ -320,21 +335,13 @@ fn merge(sources: &[watch::Receiver<DesiredState>]) -> DesiredState {
 }
 
 /// Applies the merged state whenever any provider publishes a new one.
-pub async fn follow(applier: Arc<Applier>, sources: Vec<watch::Receiver<DesiredState>>) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    for mut rx in sources.iter().cloned() {
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                changed.notify_one();
-            }
-        });
-    }
+pub async fn follow(applier: Arc<Applier>, providers: Providers) {
+    let changed = providers.changes();
     loop {
         changed.notified().await;
         // Compiling thousands of services takes milliseconds of CPU: off the runtime's
         // threads, so proxying never waits for it.
-        let state = merge(&sources);
+        let state = providers.merged();
         let applier = applier.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || applier.apply(&state)).await {
             tracing::error!(error = %e, "applying a new state failed; the last good table stays");

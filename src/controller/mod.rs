@@ -67,15 +67,7 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
 /// Feeds every provider change to the clusters' snapshots, once all providers reported.
 async fn publish(mut providers: Providers, feeds: Arc<Feeds>, metrics: Arc<Metrics>) {
     providers.synced().await;
-    let changed = Arc::new(tokio::sync::Notify::new());
-    for mut rx in providers.sources.iter().cloned() {
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                changed.notify_one();
-            }
-        });
-    }
+    let changed = providers.changes();
     let mut reported: HashMap<String, Arc<RoutingTable>> = HashMap::new();
     loop {
         let state = providers.merged();
