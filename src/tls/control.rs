@@ -53,14 +53,18 @@ pub fn identity(cluster: &str) -> String {
 }
 
 /// Whether the client certificate `peer` (already verified against the CA by the
-/// handshake) names `cluster`.
+/// handshake) names `cluster`. DNS names match case-insensitively but cluster names do not
+/// (`prod` is not `PROD`), so the name must also be there in exactly this case.
 pub fn authorizes(peer: &CertificateDer<'_>, cluster: &str) -> bool {
-    let Ok(name) = ServerName::try_from(identity(cluster)) else {
+    let want = identity(cluster);
+    let Ok(name) = ServerName::try_from(want.clone()) else {
         return false;
     };
-    webpki::EndEntityCert::try_from(peer)
-        .and_then(|cert| cert.verify_is_valid_for_subject_name(&name))
-        .is_ok()
+    let Ok(cert) = webpki::EndEntityCert::try_from(peer) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+        && cert.valid_dns_names().any(|n| n == want)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -134,4 +138,30 @@ pub fn client_config(files: &ControlTlsFiles) -> Result<Arc<ClientConfig>, Contr
         .map_err(|e| ControlTlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy_cert(cluster: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![identity(cluster)]).unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_certificate_authorizes_exactly_its_own_cluster() {
+        let prod = proxy_cert("prod");
+        assert!(authorizes(&prod, "prod"));
+        assert!(
+            !authorizes(&prod, "PROD"),
+            "cluster names are case-sensitive"
+        );
+        assert!(!authorizes(&prod, "dev"));
+        assert!(!authorizes(&prod, ""), "nor the default cluster");
+        let default = proxy_cert("");
+        assert!(authorizes(&default, ""));
+        assert!(!authorizes(&default, "prod"));
+    }
 }
