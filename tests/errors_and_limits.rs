@@ -390,14 +390,7 @@ async fn idle_h2c_connection_is_closed_despite_keep_alive_pings() {
         ..ProxySettings::default()
     };
     let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut tx, conn) = h2c_connect(proxy.addr).await;
     let req = Request::get("http://app.local/")
         .body(Full::new(Bytes::new()))
         .unwrap();

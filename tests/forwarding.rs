@@ -77,14 +77,7 @@ async fn http1_and_h2c_share_the_listener() {
 
 /// One h2c request whose :authority is `authority`, sent to the proxy's socket.
 async fn h2c_over(proxy: &TestProxy, authority: &str, path: &str) -> Response<Bytes> {
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = h2c_connect(proxy.addr).await;
     let req = Request::get(format!("http://{authority}{path}"))
         .body(full(""))
         .unwrap();

@@ -792,14 +792,7 @@ async fn connect_is_refused_not_tunnelled() {
 async fn h2c_connect_is_refused() {
     let backend = TestBackend::named("app").await;
     let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = h2c_connect(proxy.addr).await;
     let req = http::Request::builder()
         .method("CONNECT")
         .uri("app.local:80")

@@ -524,3 +524,24 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// One raw h2c (prior knowledge) client connection to `addr`: its sender, and the task
+/// driving the connection (it ends when the connection closes).
+pub async fn h2c_connect<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (tx, tokio::spawn(conn))
+}
