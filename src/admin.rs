@@ -47,18 +47,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.wait() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = crate::proxy::accept(&listener, &mut shutdown).await {
         let view = view.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {

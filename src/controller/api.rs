@@ -39,19 +39,8 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let mut stop = shutdown.clone();
-        let (stream, peer) = tokio::select! {
-            _ = stop.wait() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "controller API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let mut stop = shutdown.clone();
+    while let Some((stream, peer)) = crate::proxy::accept(&listener, &mut stop).await {
         let (acceptor, feeds, metrics, shutdown) = (
             acceptor.clone(),
             feeds.clone(),
