@@ -1,29 +1,27 @@
-//! The response body sent to clients: an upstream body streamed through (its connection
-//! returns to the pool once the body ended), or a small body made by the proxy itself.
+//! The response body sent to clients: an upstream body streamed through (an HTTP/1.1
+//! upstream's connection returns to its pool when the body ends, see
+//! [`crate::upstream::h1::ResponseBody`]), or a small body made by the proxy itself.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::{ActiveGuard, PooledConn, Upstream};
+use crate::upstream::h1;
+use crate::upstream::ActiveGuard;
+
+/// Errors of a streamed body, whichever upstream protocol it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body of a response to a client.
 pub enum ProxyBody {
-    Upstream(UpstreamResponse),
+    /// From an HTTP/1.1 upstream; the guard counts the request in flight until the end.
+    H1(h1::ResponseBody, ActiveGuard),
+    /// From an h2c upstream's shared connection.
+    H2(Incoming, ActiveGuard),
     Full(Option<Bytes>),
-}
-
-/// A streamed upstream response and what must happen when it ends.
-pub struct UpstreamResponse {
-    inner: Incoming,
-    conn: Option<PooledConn>,
-    upstream: Arc<Upstream>,
-    ended: bool,
-    _active: ActiveGuard,
 }
 
 impl ProxyBody {
@@ -34,64 +32,35 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Full(None)
     }
-
-    pub fn upstream(
-        inner: Incoming,
-        conn: Option<PooledConn>,
-        upstream: Arc<Upstream>,
-        active: ActiveGuard,
-    ) -> Self {
-        ProxyBody::Upstream(UpstreamResponse {
-            ended: inner.is_end_stream(),
-            inner,
-            conn,
-            upstream,
-            _active: active,
-        })
-    }
-}
-
-impl Drop for UpstreamResponse {
-    fn drop(&mut self) {
-        // Only a connection whose response was read to the end can carry another request.
-        if self.ended || self.inner.is_end_stream() {
-            if let Some(conn) = self.conn.take() {
-                conn.release(&self.upstream);
-            }
-        }
-    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(u) => {
-                let res = Pin::new(&mut u.inner).poll_frame(cx);
-                if let Poll::Ready(None) = res {
-                    u.ended = true;
-                }
-                res
-            }
+            ProxyBody::H1(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::H2(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(u) => u.ended || u.inner.is_end_stream(),
+            ProxyBody::H1(b, _) => b.is_end_stream(),
+            ProxyBody::H2(b, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(u) => u.inner.size_hint(),
+            ProxyBody::H1(b, _) => b.size_hint(),
+            ProxyBody::H2(b, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -23,7 +23,7 @@ pub enum ProxyError {
     #[error("upstream did not answer in time")]
     Timeout,
     #[error("upstream connection failed mid-request")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] super::body::BoxError),
     #[error("upstream refused the protocol upgrade")]
     UpgradeRefused,
     #[error("the request body was malformed or cut short")]

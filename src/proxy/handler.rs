@@ -21,7 +21,8 @@ use super::{upgrade, Proxy};
 use crate::balance::{self, Backend};
 use crate::config::labels::BackendProtocol;
 use crate::routing::{normalize_host, Decision, Route};
-use crate::upstream::{ClientBodyError, PooledConn, UpstreamBody};
+use crate::upstream::h1::{self, ExchangeError, Outcome};
+use crate::upstream::{ClientBodyError, UpstreamBody};
 
 /// Serves one client request. Never fails: errors are answered.
 pub(super) async fn handle(
@@ -241,18 +242,23 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     upstream_parts(&mut parts, route, client, upgrade);
-    let replayable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
-    let mut request = Request::from_parts(
-        parts,
-        UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout),
-    );
+    let end_stream = body.is_end_stream();
+    let replayable = is_idempotent(&parts.method) && end_stream && !upgrade;
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
+        let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
+        let request = Request::from_parts(parts, body);
         return std::pin::pin!(forward_h2(proxy, backend, request, start)).await;
     }
+    let framing = h1::frame_request(&mut parts, end_stream, body.size_hint().exact());
+    // The head is encoded once: a replay sends the same bytes.
+    let head = h1::encode_head(&parts, framing);
+    let head_request = parts.method == Method::HEAD;
+    let mut body = (!end_stream)
+        .then(|| UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout));
 
     let mut retried = false;
     let mut fresh = false;
-    let (resp, conn) = loop {
+    let (outcome, active) = loop {
         let active = backend.upstream.track();
         let checkout = if fresh {
             Box::pin(backend.upstream.connect(settings.connect_timeout)).await
@@ -262,7 +268,7 @@ async fn forward(
                 .checkout(settings.connect_timeout, settings.pool_idle_timeout))
             .await
         };
-        let conn = match checkout {
+        let pooled = match checkout {
             Ok(c) => c,
             Err(e) => {
                 let e = ProxyError::from(e);
@@ -284,51 +290,58 @@ async fn forward(
                 return Err((e, backend));
             }
         };
-        // Keep what is needed to replay an idempotent request if this stale-prone (reused)
-        // connection fails after the request was written.
-        let replay = (conn.reused && replayable && !retried).then(|| clone_head(&request));
-        let sent = std::pin::pin!(send(conn, request, settings.upstream_timeout)).await;
-        match sent {
-            Ok((resp, conn)) => break (resp, (conn, active)),
-            Err(SendFailure::Timeout) => return Err((ProxyError::Timeout, backend)),
-            Err(SendFailure::ClientBody(e)) => return Err((e, backend)),
-            Err(SendFailure::Unsent(e, req)) if !retried && route.backends.budget.withdraw() => {
-                tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
-                retried = true;
-                fresh = true;
-                request = *req;
-            }
-            Err(SendFailure::Unsent(e, _)) | Err(SendFailure::Failed(e))
-                if replay.is_none() || !route.backends.budget.withdraw() =>
+        // A reused connection may have been closed by the upstream just as this request
+        // went out (the keep-alive race): an idempotent request gets one replay.
+        let may_replay = pooled.reused && replayable && !retried;
+        let out = h1::Outgoing {
+            head: head.clone(),
+            body: body.take(),
+            framing,
+            head_request,
+            upgrade,
+        };
+        let exchange = h1::exchange(pooled.conn, out, &backend.upstream);
+        let sent = tokio::time::timeout(settings.upstream_timeout, exchange).await;
+        let e = match sent {
+            Ok(Ok(outcome)) => break (outcome, active),
+            Err(_) => return Err((ProxyError::Timeout, backend)),
+            Ok(Err(ExchangeError::ClientBody(e))) => return Err((client_body(e), backend)),
+            Ok(Err(ExchangeError::Unsent(e, unsent)))
+                if !retried && route.backends.budget.withdraw() =>
             {
-                return Err((ProxyError::Upstream(e), backend))
-            }
-            Err(SendFailure::Failed(e)) | Err(SendFailure::Unsent(e, _)) => {
-                tracing::debug!(upstream = backend.upstream.label(), error = %e, "reused connection failed; retrying idempotent request");
+                tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
+                body = unsent;
                 retried = true;
                 fresh = true;
-                request = replay.unwrap_or_else(|| Request::new(UpstreamBody::Empty));
+                continue;
             }
+            Ok(Err(ExchangeError::Unsent(e, _) | ExchangeError::Failed(e))) => e,
+        };
+        if !may_replay || !route.backends.budget.withdraw() {
+            return Err((ProxyError::Upstream(e.into()), backend));
+        }
+        tracing::debug!(upstream = backend.upstream.label(), error = %e, "reused connection failed; retrying idempotent request");
+        retried = true;
+        fresh = true;
+    };
+    backend.upstream.record_success();
+    let (mut parts, body) = match outcome {
+        Outcome::Response(parts, body) => (parts, body),
+        Outcome::Upgraded(parts, io, leftover) => {
+            backend
+                .metrics
+                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
+            return Ok(match client_upgrade {
+                Some(on) => upgrade::tunnel(proxy, on, parts, io, leftover, &backend),
+                None => error_response(&ProxyError::UpgradeRefused),
+            });
         }
     };
-    let (conn, active) = conn;
-    backend.upstream.record_success();
-    let status = resp.status();
     backend
         .metrics
-        .record(status.as_u16(), start.elapsed().as_secs_f64());
-
-    if let Some(client_upgrade) = client_upgrade {
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(upgrade::tunnel(proxy, client_upgrade, resp, &backend));
-        }
-    }
-    let (mut parts, body) = resp.into_parts();
+        .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, Some(conn), backend.upstream.clone(), active),
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::H1(body, active)))
 }
 
 /// Forwards over the endpoint's shared HTTP/2 connection (h2c backends, gRPC). Trailers
@@ -369,7 +382,7 @@ async fn forward_h2(
                 Ok(client) => Err((client, backend)),
                 Err(e) => {
                     backend.upstream.drop_h2(); // the next request gets a fresh connection
-                    Err((ProxyError::Upstream(e), backend))
+                    Err((ProxyError::Upstream(e.into()), backend))
                 }
             };
         }
@@ -382,30 +395,16 @@ async fn forward_h2(
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, None, backend.upstream.clone(), active),
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::H2(body, active)))
 }
 
-/// A copy of a body-less request, for one replay.
-fn clone_head(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
-    let mut copy = Request::new(UpstreamBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-enum SendFailure {
-    Timeout,
-    /// The client's request body failed (bad chunk framing, cut short, over the limit): not
-    /// the upstream's fault, so neither a 502 nor a passive health failure.
-    ClientBody(ProxyError),
-    /// The connection failed before the request was written; here it is back.
-    Unsent(hyper::Error, Box<Request<UpstreamBody>>),
-    Failed(hyper::Error),
+/// The client's body failed while it was sent upstream: 400, 408 or 413, never a 502.
+fn client_body(e: ClientBodyError) -> ProxyError {
+    match e {
+        ClientBodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+        ClientBodyError::Stalled(after) => ProxyError::BodyStalled(after),
+        ClientBodyError::Broken(e) => ProxyError::ClientBody(e),
+    }
 }
 
 /// hyper reports an error of the request body (ours: [`UpstreamBody`]) as a user error
@@ -420,23 +419,5 @@ fn client_body_error(e: hyper::Error) -> Result<ProxyError, hyper::Error> {
         Some(ClientBodyError::Stalled(after)) => Ok(ProxyError::BodyStalled(*after)),
         Some(ClientBodyError::Broken(_)) => Ok(ProxyError::ClientBody(e)),
         None => Err(e),
-    }
-}
-
-async fn send(
-    mut conn: PooledConn,
-    req: Request<UpstreamBody>,
-    timeout: std::time::Duration,
-) -> Result<(Response<Incoming>, PooledConn), SendFailure> {
-    match tokio::time::timeout(timeout, conn.tx.try_send_request(req)).await {
-        Err(_) => Err(SendFailure::Timeout),
-        Ok(Ok(resp)) => Ok((resp, conn)),
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(SendFailure::Unsent(e.into_error(), Box::new(req))),
-            None => match client_body_error(e.into_error()) {
-                Ok(body) => Err(SendFailure::ClientBody(body)),
-                Err(e) => Err(SendFailure::Failed(e)),
-            },
-        },
     }
 }

@@ -1,31 +1,36 @@
 //! Upgraded connections (websockets and any other `Upgrade`): once the upstream answers
-//! 101, both sides' upgraded streams are joined by a tunnel task. The task holds no
-//! reference to the routing table, so table swaps never touch it; draining waits for it.
+//! 101, the client's upgraded stream and the upstream socket are joined by a tunnel task.
+//! The task holds no reference to the routing table, so table swaps never touch it;
+//! draining waits for it.
 
-use hyper::body::Incoming;
+use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
 use super::Proxy;
 use crate::balance::Backend;
 
-/// Spawns the tunnel and returns the 101 for the client.
+/// Spawns the tunnel and returns the 101 for the client. `early`: bytes the upstream sent
+/// right after its 101 head, owed to the client first.
 pub(super) fn tunnel(
     proxy: &Proxy,
     client: OnUpgrade,
-    mut upstream_resp: Response<Incoming>,
+    parts: http::response::Parts,
+    mut upstream: TcpStream,
+    early: Bytes,
     backend: &Backend,
 ) -> Response<ProxyBody> {
-    let upstream = hyper::upgrade::on(&mut upstream_resp);
     let guard = proxy.tracker.track();
     let gauge = proxy.metrics.open_tunnels.clone();
     let label = backend.upstream.label().to_string();
     tokio::spawn(async move {
         let _guard = guard;
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(upstream = label, error = %e, "upgrade did not complete");
                 return;
@@ -33,20 +38,21 @@ pub(super) fn tunnel(
         };
         gauge.inc();
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            16 * 1024,
-            16 * 1024,
-        )
-        .await
-        {
+        let copied = async {
+            client.write_all(&early).await?;
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                16 * 1024,
+                16 * 1024,
+            )
+            .await
+        };
+        match copied.await {
             Ok((up, down)) => tracing::debug!(upstream = label, up, down, "tunnel closed"),
             Err(e) => tracing::debug!(upstream = label, error = %e, "tunnel closed with an error"),
         }
         gauge.dec();
     });
-    let (parts, _) = upstream_resp.into_parts();
     Response::from_parts(parts, ProxyBody::empty())
 }

@@ -4,6 +4,7 @@
 //! leaves the table it is [retired](Upstream::retire) and its idle connections close.
 
 mod body;
+pub mod h1;
 mod h2;
 mod health;
 mod pool;

@@ -1,7 +1,7 @@
 //! Checkout and return of pooled HTTP/1.1 connections to one [`Upstream`].
 //!
 //! Idle connections sit in a lock-free bounded queue. A connection goes back to the queue
-//! only after its response body was read to the end (see [`PooledConn::release`]); a
+//! only after its response body was read to the end (see [`Upstream::release`]); a
 //! connection dropped mid-response is closed. Checkout skips connections that are closed or
 //! idle longer than the pool's idle timeout.
 
@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use super::{Upstream, UpstreamBody};
+use super::h1::H1Conn;
+use super::Upstream;
 
 /// Idle connections of one endpoint: a lock-free queue that allocates as it fills (an
 /// endpoint that never pools costs nothing), bounded by `max`.
@@ -58,9 +57,9 @@ impl IdleQueue {
     pub(super) fn reap(&self, timeout: Duration) -> usize {
         let mut closed = 0;
         for _ in 0..self.len() {
-            let Some(idle) = self.pop() else { break };
-            if idle.tx.is_closed() || idle.since.elapsed() >= timeout {
-                closed += 1; // dropping the sender ends the connection task: it closes
+            let Some(mut idle) = self.pop() else { break };
+            if idle.since.elapsed() >= timeout || idle.conn.looks_closed() {
+                closed += 1; // dropped: closed
                 continue;
             }
             self.push(idle);
@@ -71,7 +70,7 @@ impl IdleQueue {
 }
 
 pub(super) struct Idle {
-    tx: http1::SendRequest<UpstreamBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -90,26 +89,23 @@ pub enum ConnectError {
 
 /// A connection checked out of an upstream's pool.
 pub struct PooledConn {
-    pub tx: http1::SendRequest<UpstreamBody>,
+    pub conn: H1Conn,
     /// True when the connection served an earlier request (a failure on it may be a stale
     /// keep-alive race, worth one retry of an idempotent request).
     pub reused: bool,
 }
 
-impl PooledConn {
-    /// Returns the connection to its upstream's pool (the response was read completely).
-    pub fn release(self, upstream: &Upstream) {
-        if upstream.is_retired() || self.tx.is_closed() {
-            return;
-        }
-        upstream.idle.push(Idle {
-            tx: self.tx,
-            since: Instant::now(),
-        });
-    }
-}
-
 impl Upstream {
+    /// Returns a connection to the pool (its last response was read completely).
+    pub(super) fn release(&self, conn: H1Conn) {
+        if !self.is_retired() {
+            self.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
     /// A ready connection: a pooled one if any is still good, else a new one.
     pub async fn checkout(
         self: &Arc<Self>,
@@ -117,36 +113,25 @@ impl Upstream {
         idle_timeout: Duration,
     ) -> Result<PooledConn, ConnectError> {
         while let Some(mut idle) = self.idle.pop() {
-            if idle.tx.is_closed() || idle.since.elapsed() >= idle_timeout {
-                continue;
-            }
-            // The previous exchange has ended; the connection task is usually ready at once.
-            if idle.tx.ready().await.is_ok() {
+            if idle.since.elapsed() < idle_timeout && !idle.conn.looks_closed() {
                 return Ok(PooledConn {
-                    tx: idle.tx,
+                    conn: idle.conn,
                     reused: true,
                 });
             }
         }
-        // Boxed: the connect and handshake futures would otherwise make every request's
-        // future larger, though a warm pool rarely connects.
+        // Boxed: the connect future would otherwise make every request's future larger,
+        // though a warm pool rarely connects.
         Box::pin(self.connect(connect_timeout)).await
     }
 
     /// Opens a new connection (never pooled before).
     pub async fn connect(&self, timeout: Duration) -> Result<PooledConn, ConnectError> {
-        let addr = self.addr;
-        let stream = connect_tcp(addr, timeout).await?;
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Handshake(addr, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(PooledConn { tx, reused: false })
+        let stream = connect_tcp(self.addr, timeout).await?;
+        Ok(PooledConn {
+            conn: H1Conn::new(stream),
+            reused: false,
+        })
     }
 }
 

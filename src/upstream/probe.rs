@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{header, Request};
 use tokio::time::Instant;
 
-use super::{Upstream, UpstreamBody};
+use super::{h1, Upstream};
 use crate::routing::TableStore;
 
 impl Upstream {
@@ -35,16 +35,27 @@ impl Upstream {
 }
 
 /// Probes one endpoint once.
-pub async fn probe(upstream: &Upstream, host: &str, path: &str, timeout: Duration) -> bool {
+pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Duration) -> bool {
     let exchange = async {
-        let mut conn = upstream.connect(timeout).await.ok()?;
-        let req = Request::get(path)
+        let (parts, ()) = Request::get(path)
             .header(header::HOST, host)
             .header(header::USER_AGENT, "interlock-health-check")
-            .body(UpstreamBody::Empty)
-            .ok()?;
-        let resp = conn.tx.send_request(req).await.ok()?;
-        Some(resp.status().is_success() || resp.status().is_redirection())
+            .body(())
+            .ok()?
+            .into_parts();
+        let out = h1::Outgoing {
+            head: h1::encode_head(&parts, h1::RequestFraming::Empty),
+            body: None,
+            framing: h1::RequestFraming::Empty,
+            head_request: false,
+            upgrade: false,
+        };
+        let pooled = upstream.connect(timeout).await.ok()?;
+        let status = match h1::exchange(pooled.conn, out, upstream).await.ok()? {
+            h1::Outcome::Response(parts, _) => parts.status,
+            h1::Outcome::Upgraded(..) => return None,
+        };
+        Some(status.is_success() || status.is_redirection())
     };
     matches!(
         tokio::time::timeout(timeout, exchange).await,

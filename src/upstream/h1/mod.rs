@@ -1,0 +1,222 @@
+//! Our own HTTP/1.1 client for upstream connections.
+//!
+//! A connection here is a plain socket plus its read buffer, owned by the request that
+//! uses it: the request writes its head (and body) and reads the answer inside the client
+//! connection's own task, and the response body returns the connection to the pool the
+//! moment its last byte is read. There is no connection task, no channel and no wake-up
+//! between tasks per request, which a general-purpose client (hyper's) needs, and which
+//! costs a small request about as much CPU as everything else user space does for it.
+//!
+//! - [`request`]: the request head and the body's framing, then sending them while the
+//!   answer is watched for (an upstream may answer before the body is sent).
+//! - [`response`]: the response head, parsed without copying, and its framing (RFC 9112
+//!   §6.3).
+//! - [`body`]: the response body (length, chunked or close-delimited) as it streams to
+//!   the client.
+
+mod body;
+mod request;
+mod response;
+
+pub use body::ResponseBody;
+pub use request::{encode_head, frame_request, RequestFraming};
+use request::Sender;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use super::{ClientBodyError, Upstream, UpstreamBody};
+
+/// Most response header fields accepted (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// First read size; reads that fill the buffer double it, up to [`MAX_READ`].
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// What went wrong talking to the upstream.
+#[derive(Debug, Error)]
+pub enum H1Error {
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("the upstream closed the connection in the middle of the response body")]
+    Truncated,
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response head: {0}")]
+    Parse(httparse::Error),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("malformed chunked response body: {0}")]
+    Chunk(&'static str),
+}
+
+/// One HTTP/1.1 connection to an endpoint, between requests or owned by one.
+#[derive(Debug)]
+pub struct H1Conn {
+    io: TcpStream,
+    /// Bytes read and not consumed yet.
+    rbuf: BytesMut,
+    /// How much room the next read asks for.
+    read_size: usize,
+}
+
+/// The end of a successful exchange.
+pub enum Outcome {
+    /// An answer whose body streams from the connection.
+    Response(http::response::Parts, ResponseBody),
+    /// `101 Switching Protocols` to an upgrade request: the socket now belongs to the
+    /// tunnel, with the bytes the upstream sent after its head.
+    Upgraded(http::response::Parts, TcpStream, Bytes),
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Not a byte was written (the connection was found closed): the request, its body
+    /// untouched, may be sent on another connection.
+    Unsent(H1Error, Option<UpstreamBody>),
+    /// The request was (maybe partly) sent and no usable answer came.
+    Failed(H1Error),
+    /// The client's body failed: the client's fault, not the upstream's.
+    ClientBody(ClientBodyError),
+}
+
+/// What is sent: the encoded head, the body (if any) and how it is framed.
+pub struct Outgoing {
+    pub head: Bytes,
+    pub body: Option<UpstreamBody>,
+    pub framing: RequestFraming,
+    /// A HEAD request: the answer has no body whatever its fields say.
+    pub head_request: bool,
+    /// The request asks for a protocol upgrade: a 101 hands the socket over.
+    pub upgrade: bool,
+}
+
+impl H1Conn {
+    pub(super) fn new(io: TcpStream) -> Self {
+        H1Conn {
+            io,
+            rbuf: BytesMut::new(),
+            read_size: FIRST_READ,
+        }
+    }
+
+    /// True when the upstream closed this idle connection, reset it, or sent something
+    /// unasked (none leaves it usable). Costs no system call unless the socket has become
+    /// readable since the last read.
+    pub(super) fn looks_closed(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
+            self.rbuf.reserve(self.read_size);
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Sends one request on `conn` and reads the answer's head. The body, if any, is sent
+/// while the answer is watched for, and goes on being sent while the answer's body is read
+/// if the answer came first.
+pub async fn exchange(
+    mut conn: H1Conn,
+    out: Outgoing,
+    upstream: &Arc<Upstream>,
+) -> Result<Outcome, ExchangeError> {
+    let mut sender = Sender::new(out.head, out.body, out.framing);
+    let mut sent = false;
+    let mut write_error: Option<io::Error> = None;
+    let head = poll_fn(|cx| {
+        if !sent {
+            match sender.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => sent = true,
+                Poll::Ready(Err(request::SendError::Client(e))) => {
+                    return Poll::Ready(Err(ExchangeError::ClientBody(e)))
+                }
+                Poll::Ready(Err(request::SendError::Io(e))) => {
+                    if sender.written() == 0 && sender.body_untouched() {
+                        return Poll::Ready(Err(ExchangeError::Unsent(
+                            H1Error::Io(e),
+                            sender.take_body(),
+                        )));
+                    }
+                    // The upstream may have answered (an early 413, say) before closing:
+                    // read on, and report the write's error only if no answer comes.
+                    write_error = Some(e);
+                    sent = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let head = match ready!(response::poll_head(&mut conn, cx, out.head_request)) {
+                Ok(head) => head,
+                Err(e) => {
+                    let e = match (write_error.take(), e) {
+                        (Some(w), H1Error::Closed | H1Error::Io(_)) => H1Error::Io(w),
+                        (_, e) => e,
+                    };
+                    return Poll::Ready(Err(ExchangeError::Failed(e)));
+                }
+            };
+            let status = head.parts.status.as_u16();
+            if status == 101 {
+                if !out.upgrade {
+                    return Poll::Ready(Err(ExchangeError::Failed(H1Error::Invalid(
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    ))));
+                }
+                return Poll::Ready(Ok(head));
+            }
+            // 100 Continue, 103 Early Hints: interim answers, the final one follows.
+            if (100..200).contains(&status) {
+                continue;
+            }
+            return Poll::Ready(Ok(head));
+        }
+    })
+    .await?;
+    if head.parts.status.as_u16() == 101 {
+        let leftover = conn.rbuf.split().freeze();
+        return Ok(Outcome::Upgraded(head.parts, conn.io, leftover));
+    }
+    // An answer may come before the whole body was sent (a backend that streams its
+    // answer while it reads): the rest of the body is sent as the answer is read.
+    let sending = (!sent).then_some(sender);
+    let reusable = head.keep_alive && write_error.is_none();
+    let body = ResponseBody::new(conn, head.framing, reusable, sending, upstream.clone());
+    Ok(Outcome::Response(head.parts, body))
+}

@@ -1,0 +1,333 @@
+//! The response head: parsed with httparse, its field values sliced out of the read buffer
+//! without copying, and the body's framing decided by RFC 9112 §6.3.
+
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::body::Framing;
+use super::{H1Conn, H1Error, MAX_HEADERS, MAX_HEAD_BYTES};
+
+/// A parsed response head.
+pub(super) struct Head {
+    pub(super) parts: http::response::Parts,
+    pub(super) framing: Framing,
+    /// The connection may carry another request once this body is read.
+    pub(super) keep_alive: bool,
+}
+
+/// Reads until a whole head is in the buffer, then parses it.
+pub(super) fn poll_head(
+    conn: &mut H1Conn,
+    cx: &mut Context<'_>,
+    head_request: bool,
+) -> Poll<Result<Head, H1Error>> {
+    loop {
+        if !conn.rbuf.is_empty() {
+            if let Some(head) = parse(conn, head_request)? {
+                return Poll::Ready(Ok(head));
+            }
+            if conn.rbuf.len() >= MAX_HEAD_BYTES {
+                return Poll::Ready(Err(H1Error::HeadTooLarge));
+            }
+        }
+        let had = conn.rbuf.len();
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) if had == 0 => return Poll::Ready(Err(H1Error::Closed)),
+            Ok(0) => {
+                return Poll::Ready(Err(H1Error::Invalid(
+                    "the upstream closed the connection in the middle of the response head",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(H1Error::Io(e))),
+        }
+    }
+}
+
+/// Where one field's name and value lie in the head.
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Parses a complete head off the front of the buffer (`None`: not complete yet).
+fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error> {
+    let mut fields = [FieldAt::default(); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut raw);
+        let base = conn.rbuf.as_ptr() as usize;
+        let len = match resp.parse(&conn.rbuf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(H1Error::Parse(e)),
+        };
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            (start, start + s.len())
+        };
+        for (slot, h) in fields.iter_mut().zip(resp.headers.iter()) {
+            *slot = FieldAt {
+                name: at(h.name.as_bytes()),
+                value: at(h.value),
+            };
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let raw = conn.rbuf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = Fields::default();
+    for f in &fields[..count] {
+        let name = HeaderName::from_bytes(&raw[f.name.0..f.name.1])
+            .map_err(|_| H1Error::Invalid("field name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.0..f.value.1))
+            .map_err(|_| H1Error::Invalid("field value"))?;
+        framing.note(&name, &value)?;
+        headers.append(name, value);
+    }
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    let (framing, keep_alive) = framing.decide(status, minor, head_request);
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// What the fields say about framing and the connection.
+#[derive(Default)]
+struct Fields {
+    content_length: Option<u64>,
+    /// `Transfer-Encoding` present; whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Fields {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), H1Error> {
+        if *name == header::CONTENT_LENGTH {
+            // A list of equal values is one length (RFC 9110 §8.6); anything else is an
+            // invalid message, never a guess.
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(trim(part)).ok_or(H1Error::Invalid("Content-Length"))?;
+                if self.content_length.is_some_and(|m| m != n) {
+                    return Err(H1Error::Invalid("differing Content-Length values"));
+                }
+                self.content_length = Some(n);
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            let last = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or(b"");
+            self.transfer_encoding = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = trim(token);
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// The body's framing (RFC 9112 §6.3) and whether the connection stays open after it.
+    fn decide(self, status: StatusCode, minor: u8, head_request: bool) -> (Framing, bool) {
+        let mut keep_alive = if minor == 0 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        };
+        let code = status.as_u16();
+        if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
+            return (Framing::Length(0), keep_alive);
+        }
+        let framing = match (self.transfer_encoding, self.content_length) {
+            (Some(chunked), length) => {
+                // Both fields: Transfer-Encoding wins, and the connection must close after
+                // (RFC 9112 §6.3, item 3).
+                if length.is_some() || !chunked {
+                    keep_alive = false;
+                }
+                if chunked {
+                    Framing::chunked()
+                } else {
+                    Framing::Close
+                }
+            }
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => {
+                keep_alive = false;
+                Framing::Close
+            }
+        };
+        (framing, keep_alive)
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+/// Digits only, at most 19 of them (no sign, no overflow).
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// Response trailers (chunked body), as a field map.
+pub(super) fn trailers(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, H1Error> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| H1Error::Chunk("trailer field name"))?;
+        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(f.value))
+            .map_err(|_| H1Error::Chunk("trailer field value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trim_strips_optional_whitespace() {
+        assert_eq!(trim(b" \tchunked \t"), b"chunked");
+        assert_eq!(trim(b"   "), b"");
+        assert_eq!(trim(b""), b"");
+    }
+
+    fn decide(fields: &[(&str, &str)], status: u16, minor: u8, head: bool) -> (Framing, bool) {
+        let mut f = Fields::default();
+        for (n, v) in fields {
+            f.note(
+                &HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                &HeaderValue::from_str(v).unwrap(),
+            )
+            .unwrap();
+        }
+        f.decide(StatusCode::from_u16(status).unwrap(), minor, head)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            decide(&[("content-length", "5")], 200, 1, false),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            decide(&[("content-length", "5, 5")], 200, 1, false),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            decide(&[("content-length", "5")], 200, 1, true),
+            (Framing::Length(0), true)
+        );
+        assert_eq!(decide(&[], 204, 1, false), (Framing::Length(0), true));
+        assert_eq!(decide(&[], 304, 1, false), (Framing::Length(0), true));
+        assert_eq!(decide(&[], 200, 1, false), (Framing::Close, false));
+        assert_eq!(
+            decide(&[("transfer-encoding", "gzip, chunked")], 200, 1, false),
+            (Framing::chunked(), true)
+        );
+        assert_eq!(
+            decide(
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                200,
+                1,
+                false
+            ),
+            (Framing::chunked(), false)
+        );
+        assert_eq!(
+            decide(&[("transfer-encoding", "gzip")], 200, 1, false),
+            (Framing::Close, false)
+        );
+        assert_eq!(
+            decide(
+                &[("content-length", "5"), ("connection", "close")],
+                200,
+                1,
+                false
+            ),
+            (Framing::Length(5), false)
+        );
+        assert_eq!(
+            decide(&[("content-length", "5")], 200, 0, false),
+            (Framing::Length(5), false)
+        );
+        assert_eq!(
+            decide(
+                &[("content-length", "5"), ("connection", "Keep-Alive")],
+                200,
+                0,
+                false
+            ),
+            (Framing::Length(5), true)
+        );
+    }
+
+    #[test]
+    fn conflicting_lengths_are_refused() {
+        let mut f = Fields::default();
+        let name = header::CONTENT_LENGTH;
+        assert!(f.note(&name, &HeaderValue::from_static("5, 6")).is_err());
+        let mut f = Fields::default();
+        f.note(&name, &HeaderValue::from_static("5")).unwrap();
+        assert!(f.note(&name, &HeaderValue::from_static("6")).is_err());
+        assert!(Fields::default()
+            .note(&name, &HeaderValue::from_static("-1"))
+            .is_err());
+    }
+}
