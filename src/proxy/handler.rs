@@ -186,21 +186,10 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// Builds the upstream request in place: origin-form target (context root rewritten),
-/// HTTP/1.1, hop-by-hop fields removed, forwarding fields added, Host preserved.
-fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade: bool) {
-    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let target = route.upstream_path(pq);
-    // A rewrite may borrow a suffix of the original target: only the same length means
-    // "unchanged".
-    let new_pq = match target {
-        std::borrow::Cow::Borrowed(t) if t.len() == pq.len() => parts.uri.path_and_query().cloned(),
-        std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
-        std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
-    };
-    // The same host the request was routed by (see `request_host`); `host_field`: it is
-    // the request's own Host field, which can then stay where it is.
-    let (host_value, host_field) = match (
+/// The host sent upstream: the one the request was routed by (see `request_host`). The
+/// bool says it is the request's own Host field.
+fn upstream_host(parts: &Parts) -> (Option<HeaderValue>, bool) {
+    match (
         absolute_form_authority(parts.version, &parts.uri),
         parts.headers.get(header::HOST),
     ) {
@@ -212,12 +201,27 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo, upgrade
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
             false,
         ),
+    }
+}
+
+/// Builds the upstream request in place (h2c endpoints): origin-form target (context root
+/// rewritten), hop-by-hop fields removed, forwarding fields added, Host preserved.
+fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let target = route.upstream_path(pq);
+    // A rewrite may borrow a suffix of the original target: only the same length means
+    // "unchanged".
+    let new_pq = match target {
+        std::borrow::Cow::Borrowed(t) if t.len() == pq.len() => parts.uri.path_and_query().cloned(),
+        std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
+        std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
+    let (host_value, host_field) = upstream_host(parts);
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let stripped = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let stripped = headers::strip_hop_by_hop(&mut parts.headers, false);
     // Setting Host changes nothing when it is already there as the one Host field (no field
     // removed, and no name with more than one value).
     let host_in_place = host_field && !stripped && parts.headers.len() == parts.headers.keys_len();
@@ -241,17 +245,23 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    upstream_parts(&mut parts, route, client, upgrade);
     let end_stream = body.is_end_stream();
-    let replayable = is_idempotent(&parts.method) && end_stream && !upgrade;
     if route.backends.protocol == BackendProtocol::H2c && !upgrade {
+        upstream_parts(&mut parts, route, client);
         let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
         let request = Request::from_parts(parts, body);
         return std::pin::pin!(forward_h2(proxy, backend, request, start)).await;
     }
-    let framing = h1::frame_request(&mut parts, end_stream, body.size_hint().exact());
-    // The head is encoded once: a replay sends the same bytes.
-    let head = h1::encode_head(&parts, framing);
+    let replayable = is_idempotent(&parts.method) && end_stream && !upgrade;
+    let framing = h1::RequestFraming::of(end_stream, body.size_hint().exact());
+    // The head is written once, straight from the client's fields: a replay sends the
+    // same bytes.
+    let head = {
+        let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let target = route.upstream_path(pq);
+        let (host, _) = upstream_host(&parts);
+        headers::upstream_head(&parts, &target, host.as_ref(), client, upgrade, framing)
+    };
     let head_request = parts.method == Method::HEAD;
     let mut body = (!end_stream)
         .then(|| UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout));

@@ -3,6 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::h1::{HeadWriter, RequestFraming};
+
 /// Fields that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
@@ -121,6 +123,98 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<
     }
 }
 
+/// The head of a request to an HTTP/1.1 endpoint, written straight from the client's
+/// fields in one pass (no field map is rebuilt): the same rules as [`strip_hop_by_hop`]
+/// and [`add_forwarded`] on a map. `host`: the Host the request was routed by, sent first;
+/// `upgrade`: keep the `Upgrade` pair.
+pub fn upstream_head(
+    parts: &http::request::Parts,
+    target: &str,
+    host: Option<&HeaderValue>,
+    client: &ClientInfo,
+    upgrade: bool,
+    framing: RequestFraming,
+) -> bytes::Bytes {
+    let headers = &parts.headers;
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut w = HeadWriter::new(&parts.method, target, fields + 160);
+    if let Some(h) = host {
+        w.field(b"host", h.as_bytes());
+    }
+    // Tokens of the Connection field name more hop-by-hop fields (rare beyond keep-alive).
+    let connection = headers.get_all(header::CONNECTION);
+    let listed = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let mut prior_xff: Option<&HeaderValue> = None;
+    let mut had_length = false;
+    for (name, value) in headers {
+        if is_hop_by_hop(name) {
+            let keep = (*name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+                || (upgrade && *name == header::UPGRADE);
+            if keep {
+                w.field(name.as_str().as_bytes(), value.as_bytes());
+            }
+            continue;
+        }
+        if *name == header::HOST || *name == header::CONTENT_LENGTH {
+            had_length |= *name == header::CONTENT_LENGTH;
+            continue;
+        }
+        if has_connection && listed(name) {
+            continue;
+        }
+        if *name == X_FORWARDED_FOR {
+            prior_xff.get_or_insert(value);
+            continue;
+        }
+        if *name == X_REAL_IP
+            || *name == X_FORWARDED_PROTO
+            || (*name == X_FORWARDED_HOST && host.is_some())
+        {
+            continue;
+        }
+        w.field(name.as_str().as_bytes(), value.as_bytes());
+    }
+    match prior_xff {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.ip.as_bytes());
+            w.field(X_FORWARDED_FOR.as_str().as_bytes(), &v);
+        }
+        None => w.field(X_FORWARDED_FOR.as_str().as_bytes(), client.ip.as_bytes()),
+    }
+    w.field(X_REAL_IP.as_str().as_bytes(), client.ip.as_bytes());
+    w.field(
+        X_FORWARDED_PROTO.as_str().as_bytes(),
+        client.proto.as_bytes(),
+    );
+    if let Some(h) = host {
+        w.field(X_FORWARDED_HOST.as_str().as_bytes(), h.as_bytes());
+    }
+    if upgrade {
+        w.field(b"connection", b"upgrade");
+    }
+    // An empty body is declared as such where the client did, or where the method
+    // usually carries one (as hyper and curl do).
+    let declared_empty = had_length
+        || matches!(
+            parts.method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        );
+    w.finish(framing, declared_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +286,85 @@ mod tests {
         assert_eq!(h["x-real-ip"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.local");
+    }
+
+    fn head_of(
+        req: http::Request<()>,
+        host: Option<&str>,
+        upgrade: bool,
+        framing: RequestFraming,
+    ) -> String {
+        let client = ClientInfo {
+            ip: HeaderValue::from_static("10.0.0.9"),
+            proto: HeaderValue::from_static("http"),
+        };
+        let (parts, ()) = req.into_parts();
+        let host = host.map(|h| HeaderValue::from_str(h).unwrap());
+        let target = parts.uri.path_and_query().unwrap().as_str().to_string();
+        let head = upstream_head(&parts, &target, host.as_ref(), &client, upgrade, framing);
+        String::from_utf8(head.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn upstream_head_follows_the_map_rules() {
+        let req = http::Request::get("/a?b=1")
+            .header("host", "app.local")
+            .header("connection", "keep-alive, x-secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-secret", "1")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-for", "5.6.7.8")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("content-length", "0")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let head = head_of(req, Some("app.local"), false, RequestFraming::Empty);
+        assert_eq!(
+            head,
+            "GET /a?b=1 HTTP/1.1\r\nhost: app.local\r\nte: trailers\r\naccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-real-ip: 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: app.local\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upstream_head_frames_bodies_and_upgrades() {
+        let post = || {
+            http::Request::post("/up")
+                .header("transfer-encoding", "chunked")
+                .body(())
+                .unwrap()
+        };
+        let head = head_of(post(), None, false, RequestFraming::Chunked);
+        assert!(
+            head.ends_with("x-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("chunked").count(), 1, "{head}");
+        let head = head_of(post(), None, false, RequestFraming::Length(42));
+        assert!(
+            head.ends_with("content-length: 42\r\n\r\n") && !head.contains("chunked"),
+            "{head}"
+        );
+        let head = head_of(post(), None, false, RequestFraming::Empty);
+        assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
+        let ws = http::Request::get("/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "k")
+            .body(())
+            .unwrap();
+        let head = head_of(ws, Some("a"), true, RequestFraming::Empty);
+        assert!(
+            head.contains("upgrade: websocket\r\n") && head.contains("connection: upgrade\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("sec-websocket-key: k\r\n") && !head.contains("content-length"),
+            "{head}"
+        );
     }
 }

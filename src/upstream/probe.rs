@@ -37,14 +37,18 @@ impl Upstream {
 /// Probes one endpoint once.
 pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Duration) -> bool {
     let exchange = async {
+        // Validated as a request target and a field value, as any request's.
         let (parts, ()) = Request::get(path)
             .header(header::HOST, host)
-            .header(header::USER_AGENT, "interlock-health-check")
             .body(())
             .ok()?
             .into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = h1::HeadWriter::new(&parts.method, target, 64);
+        head.field(b"host", parts.headers[header::HOST].as_bytes());
+        head.field(b"user-agent", b"interlock-health-check");
         let out = h1::Outgoing {
-            head: h1::encode_head(&parts, h1::RequestFraming::Empty),
+            head: head.finish(h1::RequestFraming::Empty, false),
             body: None,
             framing: h1::RequestFraming::Empty,
             head_request: false,

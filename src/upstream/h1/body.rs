@@ -158,8 +158,9 @@ pub struct ResponseBody {
     conn: Option<H1Conn>,
     framing: Framing,
     reusable: bool,
-    /// The rest of the request body, when the answer came before it was all sent.
-    sending: Option<Sender>,
+    /// The rest of the request body, when the answer came before it was all sent (boxed:
+    /// rare, and large).
+    sending: Option<Box<Sender>>,
     upstream: Arc<Upstream>,
 }
 
@@ -168,7 +169,7 @@ impl ResponseBody {
         conn: H1Conn,
         framing: Framing,
         reusable: bool,
-        sending: Option<Sender>,
+        sending: Option<Box<Sender>>,
         upstream: Arc<Upstream>,
     ) -> Self {
         let mut body = ResponseBody {

@@ -7,8 +7,8 @@
 //! between tasks per request, which a general-purpose client (hyper's) needs, and which
 //! costs a small request about as much CPU as everything else user space does for it.
 //!
-//! - [`request`]: the request head and the body's framing, then sending them while the
-//!   answer is watched for (an upstream may answer before the body is sent).
+//! - [`request`]: the request head's wire form and the body's framing, then sending them
+//!   while the answer is watched for (an upstream may answer before the body is sent).
 //! - [`response`]: the response head, parsed without copying, and its framing (RFC 9112
 //!   §6.3).
 //! - [`body`]: the response body (length, chunked or close-delimited) as it streams to
@@ -19,8 +19,8 @@ mod request;
 mod response;
 
 pub use body::ResponseBody;
-pub use request::{encode_head, frame_request, RequestFraming};
 use request::Sender;
+pub use request::{HeadWriter, RequestFraming};
 
 use std::future::poll_fn;
 use std::io;
@@ -215,7 +215,7 @@ pub async fn exchange(
     }
     // An answer may come before the whole body was sent (a backend that streams its
     // answer while it reads): the rest of the body is sent as the answer is read.
-    let sending = (!sent).then_some(sender);
+    let sending = (!sent).then(|| Box::new(sender));
     let reusable = head.keep_alive && write_error.is_none();
     let body = ResponseBody::new(conn, head.framing, reusable, sending, upstream.clone());
     Ok(Outcome::Response(head.parts, body))

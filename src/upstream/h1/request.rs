@@ -1,13 +1,12 @@
 //! The request side: the head as bytes (kept, so that a replay sends the same bytes), the
 //! body's framing, and the sender that writes head and body frames with vectored writes.
 
+use std::fmt::Write as _;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderValue};
-use http::request::Parts;
 use http::Method;
 use http_body::Body;
 use tokio::io::AsyncWrite;
@@ -21,71 +20,65 @@ pub enum RequestFraming {
     /// No body.
     Empty,
     /// `Content-Length` bytes, sent as they come.
-    Length,
+    Length(u64),
     /// `Transfer-Encoding: chunked` (the length is not known up front).
     Chunked,
 }
 
-/// Decides the framing of a body (`end_stream`: known to be empty; `exact`: its length
-/// when known) and makes the fields say so. `Transfer-Encoding` was removed as a hop-by-hop
-/// field already; a chunked body never keeps a `Content-Length` beside it (that pair is the
-/// classic request-smuggling confusion).
-pub fn frame_request(parts: &mut Parts, end_stream: bool, exact: Option<u64>) -> RequestFraming {
-    if end_stream {
-        // A method that usually carries a body says it has none (as hyper and curl do).
-        let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-        if expects_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        }
-        return RequestFraming::Empty;
-    }
-    match exact {
-        Some(n) => {
-            if parts.headers.get(header::CONTENT_LENGTH).is_none() {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            RequestFraming::Length
-        }
-        None => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            RequestFraming::Chunked
+impl RequestFraming {
+    /// The framing of a body known to be empty (`end_stream`), or of this exact length,
+    /// or of a length not known up front.
+    pub fn of(end_stream: bool, exact: Option<u64>) -> Self {
+        match (end_stream, exact) {
+            (true, _) => RequestFraming::Empty,
+            (false, Some(n)) => RequestFraming::Length(n),
+            (false, None) => RequestFraming::Chunked,
         }
     }
 }
 
-/// The request line and fields, as sent: `METHOD target HTTP/1.1`, the fields in order,
-/// `Transfer-Encoding: chunked` when the body is chunked. Values were validated by `http`
-/// (no CR or LF), so nothing in a request can add a line.
-pub fn encode_head(parts: &Parts, framing: RequestFraming) -> Bytes {
-    const CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let fields: usize = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut buf = BytesMut::with_capacity(
-        parts.method.as_str().len() + target.len() + 12 + fields + CHUNKED.len() + 2,
-    );
-    buf.extend_from_slice(parts.method.as_str().as_bytes());
-    buf.extend_from_slice(b" ");
-    buf.extend_from_slice(target.as_bytes());
-    buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+/// Writes a request head as sent: `METHOD target HTTP/1.1`, the fields, then the framing
+/// field. Names and values come from `http` types (validated: no CR or LF), so nothing in
+/// a request can add a line. The caller decides which fields go (see
+/// `proxy::headers::upstream_head`); the framing fields are this writer's alone, so a
+/// chunked body never travels with a `Content-Length` (the classic smuggling confusion).
+pub struct HeadWriter {
+    buf: BytesMut,
+}
+
+impl HeadWriter {
+    /// Starts a head; `fields` is about how many bytes the fields will take.
+    pub fn new(method: &Method, target: &str, fields: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(method.as_str().len() + target.len() + fields + 64);
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.extend_from_slice(b" ");
+        buf.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadWriter { buf }
     }
-    if framing == RequestFraming::Chunked {
-        buf.extend_from_slice(CHUNKED);
+
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.buf.extend_from_slice(name);
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(b"\r\n");
     }
-    buf.extend_from_slice(b"\r\n");
-    buf.freeze()
+
+    /// Ends the head with the body's framing field. `declared_empty`: say `Content-Length:
+    /// 0` for an empty body (the client did, or the method usually carries a body).
+    pub fn finish(mut self, framing: RequestFraming, declared_empty: bool) -> Bytes {
+        match framing {
+            RequestFraming::Empty if declared_empty => self.field(b"content-length", b"0"),
+            RequestFraming::Empty => {}
+            RequestFraming::Length(n) => {
+                // BytesMut's fmt::Write cannot fail.
+                let _ = write!(self.buf, "content-length: {n}\r\n");
+            }
+            RequestFraming::Chunked => self.field(b"transfer-encoding", b"chunked"),
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        self.buf.freeze()
+    }
 }
 
 pub(super) enum SendError {

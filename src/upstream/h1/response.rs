@@ -1,6 +1,7 @@
 //! The response head: parsed with httparse, its field values sliced out of the read buffer
 //! without copying, and the body's framing decided by RFC 9112 §6.3.
 
+use std::mem::MaybeUninit;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -47,34 +48,32 @@ pub(super) fn poll_head(
     }
 }
 
-/// Where one field's name and value lie in the head.
-#[derive(Clone, Copy, Default)]
-struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
-}
+/// Where one field's name and value lie in the head: `[name start, name end, value start,
+/// value end]` (a head is at most [`MAX_HEAD_BYTES`], so `u32` is plenty).
+type FieldAt = [u32; 4];
 
 /// Parses a complete head off the front of the buffer (`None`: not complete yet).
 fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error> {
-    let mut fields = [FieldAt::default(); MAX_HEADERS];
+    let mut fields: [FieldAt; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
     let (len, code, minor, count) = {
-        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut raw);
+        // Uninitialised: httparse writes the slots it fills (no 3 KiB memset per answer).
+        let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
         let base = conn.rbuf.as_ptr() as usize;
-        let len = match resp.parse(&conn.rbuf) {
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &conn.rbuf, &mut raw);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(H1Error::Parse(e)),
         };
         let at = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            (start, start + s.len())
+            let start = (s.as_ptr() as usize - base) as u32;
+            (start, start + s.len() as u32)
         };
         for (slot, h) in fields.iter_mut().zip(resp.headers.iter()) {
-            *slot = FieldAt {
-                name: at(h.name.as_bytes()),
-                value: at(h.value),
-            };
+            let (name, value) = (at(h.name.as_bytes()), at(h.value));
+            *slot = [name.0, name.1, value.0, value.1];
         }
         (
             len,
@@ -87,10 +86,10 @@ fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error>
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = Fields::default();
-    for f in &fields[..count] {
-        let name = HeaderName::from_bytes(&raw[f.name.0..f.name.1])
+    for &[ns, ne, vs, ve] in &fields[..count] {
+        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
             .map_err(|_| H1Error::Invalid("field name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.0..f.value.1))
+        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
             .map_err(|_| H1Error::Invalid("field value"))?;
         framing.note(&name, &value)?;
         headers.append(name, value);
