@@ -136,24 +136,26 @@ pub fn upstream_head(
     framing: RequestFraming,
 ) -> bytes::Bytes {
     let headers = &parts.headers;
-    let fields: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    // One pass for the size, and whether a Connection field names more fields to drop
+    // (no hash lookup).
+    let mut fields = 0;
+    let mut has_connection = false;
+    for (name, value) in headers {
+        fields += name.as_str().len() + value.len() + 4;
+        has_connection |= *name == header::CONNECTION;
+    }
     let mut w = HeadWriter::new(&parts.method, target, fields + 160);
     if let Some(h) = host {
         w.field(b"host", h.as_bytes());
     }
-    // Tokens of the Connection field name more hop-by-hop fields (rare beyond keep-alive).
-    let connection = headers.get_all(header::CONNECTION);
     let listed = |name: &HeaderName| {
-        connection
+        headers
+            .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
     };
-    let has_connection = headers.contains_key(header::CONNECTION);
     let mut prior_xff: Option<&HeaderValue> = None;
     let mut had_length = false;
     for (name, value) in headers {
