@@ -97,6 +97,11 @@ fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error>
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = Version::HTTP_11;
+    // Transfer-Encoding overrides Content-Length, and the length must not travel on
+    // (RFC 9112 §6.3): the client would wait for bytes that never come.
+    if framing.transfer_encoding.is_some() && framing.content_length.is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     parts.headers = headers;
     let (framing, keep_alive) = framing.decide(status, minor, head_request);
     Ok(Some(Head {
