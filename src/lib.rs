@@ -8,7 +8,7 @@
 //! providers (file, docker) -> config::DesiredState -> compile -> routing::RoutingTable
 //!                                                               |  arc-swap (table::TableStore)
 //!                                                               v
-//!                                      proxy (hyper data plane) -> balance -> upstream (pools)
+//!                      proxy (hyper server) -> balance -> upstream (pools, own HTTP/1.1 client; h2c via hyper)
 //! ```
 //!
 //! Split roles put a wire between the providers and the compile: the `controller` (the only
@@ -23,7 +23,7 @@
 //! | `compile`   | desired state -> immutable routing table, validated per service |
 //! | `routing`   | the routing table and its host/path lookup; the swappable store |
 //! | `balance`   | choosing an endpoint of a route (round robin, least connections) |
-//! | `upstream`  | one backend endpoint: its connection pool and live counters |
+//! | `upstream`  | one backend endpoint: its connection pool and live counters; `upstream::h1`, the HTTP/1.1 client that runs inside the client connection's task |
 //! | `proxy`     | the data plane: listeners, connections, forwarding, upgrades, errors |
 //! | `admin`     | the admin listener: `/metrics`, `/healthz`, `/routes` |
 //! | `metrics`   | Prometheus metric families and per-route handles |

@@ -3,9 +3,10 @@
 //! or a clean close, the proxy keeps serving normal requests afterwards, and the backend
 //! never receives an ambiguous or smuggled request.
 //!
-//! The HTTP/1 parsing is hyper's (1.12, with httparse 1.10); the comments say which layer
-//! answers each case. hyper only ever forwards what it parsed, re-framed by its own client,
-//! so the backend sees the proxy's framing, never the client's.
+//! The client side's HTTP/1 parsing is hyper's (1.12, with httparse 1.10); the comments say
+//! which layer answers each case. Only what hyper parsed is forwarded, re-framed by
+//! interlock's own upstream client (src/upstream/h1), so the backend sees the proxy's
+//! framing, never the client's.
 
 mod common;
 

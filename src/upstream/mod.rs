@@ -1,5 +1,6 @@
-//! One backend endpoint (`ip:port`): its pool of idle HTTP/1.1 connections and the live
-//! counters balancing reads. An [`Upstream`] is shared by every table generation that
+//! One backend endpoint (`ip:port`): its pool of idle HTTP/1.1 connections (spoken by our
+//! own client, [`h1`]; h2c endpoints use hyper's HTTP/2 client) and the live counters
+//! balancing reads. An [`Upstream`] is shared by every table generation that
 //! routes to the same address, so pools and counters survive table swaps; when the address
 //! leaves the table it is [retired](Upstream::retire) and its idle connections close.
 

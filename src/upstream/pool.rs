@@ -97,8 +97,9 @@ pub struct PooledConn {
 
 impl Upstream {
     /// Returns a connection to the pool (its last response was read completely).
-    pub(super) fn release(&self, conn: H1Conn) {
+    pub(super) fn release(&self, mut conn: H1Conn) {
         if !self.is_retired() {
+            conn.shrink_idle_buffer();
             self.idle.push(Idle {
                 conn,
                 since: Instant::now(),

@@ -130,6 +130,15 @@ impl H1Conn {
         }
     }
 
+    /// Before the connection idles in a pool: a read buffer grown for large bodies is let
+    /// go (hundreds of idle connections would each keep up to [`MAX_READ`]); the read size
+    /// stays, so the next large body is read in large reads again.
+    pub(super) fn shrink_idle_buffer(&mut self) {
+        if self.read_size > FIRST_READ {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
