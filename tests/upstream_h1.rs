@@ -38,6 +38,18 @@ async fn scripted(answer: &'static [u8], close_after: bool) -> RawBackend {
     .await
 }
 
+/// Appends what the socket has to `buf`; false when the peer closed.
+async fn read_more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
 async fn get_app(proxy: &TestProxy) -> Fetched {
     bounded("request", 5, get(&client(), proxy, "app.local", "/")).await
 }
@@ -149,10 +161,8 @@ async fn an_answer_before_the_body_reaches_the_client_and_blames_no_one() {
     let backend = RawBackend::start(|mut s, _| async move {
         let mut head = Vec::new();
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 1024];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut s, &mut head).await {
+                return;
             }
         }
         let _ = s
@@ -315,10 +325,8 @@ async fn request_bodies_are_framed_by_the_proxy() {
                     if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         break i + 4;
                     }
-                    let mut chunk = [0u8; 8192];
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut s, &mut buf).await {
+                        return;
                     }
                 };
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -336,10 +344,8 @@ async fn request_bodies_are_framed_by_the_proxy() {
                     }
                 };
                 while !done(&buf) {
-                    let mut chunk = [0u8; 8192];
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut s, &mut buf).await {
+                        return;
                     }
                 }
                 seen.lock().unwrap().push((head, std::mem::take(&mut buf)));
@@ -351,30 +357,18 @@ async fn request_bodies_are_framed_by_the_proxy() {
     })
     .await;
     let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
-    // Chunked from the client, length unknown: chunked upstream.
-    let out = raw(
-        proxy.addr,
+    let requests: [&[u8]; 3] = [
+        // Chunked from the client, length unknown: chunked upstream.
         b"POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        Duration::from_millis(500),
-    )
-    .await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    // A Content-Length body: the same length upstream.
-    let out = raw(
-        proxy.addr,
+        // A Content-Length body: the same length upstream.
         b"POST /b HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello",
-        Duration::from_millis(500),
-    )
-    .await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    // An empty POST says so.
-    let out = raw(
-        proxy.addr,
+        // An empty POST says so.
         b"POST /c HTTP/1.1\r\nHost: app.local\r\n\r\n",
-        Duration::from_millis(500),
-    )
-    .await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    ];
+    for request in requests {
+        let out = raw(proxy.addr, request, Duration::from_millis(500)).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 3, "{heads:?}");
     let (a, a_body) = &heads[0];
