@@ -489,9 +489,10 @@ const SLOW_HEAD: &[u8] =
 
 #[tokio::test]
 async fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
-    // hyper's header read timer starts with the first byte of a head and is not reset by
-    // later bytes: a client dripping one byte per second is closed after the header read
-    // timeout (no 408, hyper just closes), while a normal client is served at once.
+    // The head timer (the connection watchdog's) starts with the first byte of a head and
+    // is not reset by later bytes: a client dripping one byte per second is closed after
+    // the header read timeout (no 408, just a close), while a normal client is served at
+    // once.
     let backend = TestBackend::named("app").await;
     let settings = ProxySettings {
         header_read_timeout: Duration::from_millis(1500),

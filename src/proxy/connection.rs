@@ -1,5 +1,11 @@
-//! One client connection: HTTP/1.1 or h2c on the same socket, an idle watchdog, and
-//! graceful close on shutdown.
+//! One client connection: HTTP/1.1 or h2c on the same socket, a watchdog for idle
+//! connections and slow request heads, and graceful close on shutdown.
+//!
+//! The request-head timeout is the watchdog's, not hyper's: hyper's HTTP/1 header timer
+//! also runs while a keep-alive connection waits for its next request, so it closed idle
+//! keep-alive connections after `--header-read-timeout` instead of `--idle-timeout`
+//! (hyperium/hyper#3828), and it costs a timer per request. The watchdog starts the head
+//! clock when the first byte of a head arrives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +44,7 @@ pub(super) async fn serve<S>(
     let io = TokioIo::new(Monitored {
         inner: stream,
         activity: activity.clone(),
+        first_read: true,
     });
     let client = Arc::new(ClientInfo {
         ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -67,10 +74,16 @@ pub(super) async fn serve<S>(
     tokio::pin!(conn);
 
     let idle_timeout = proxy.settings.idle_timeout;
-    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    let head_timeout = proxy.settings.header_read_timeout;
+    // A quarter of the shorter timeout: each is enforced within 1.25x of its length.
+    let period = (idle_timeout.min(head_timeout) / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = 0;
     let mut quiet_since = Instant::now();
+    // Head bytes counted at the last request boundary, and since when a head is pending.
+    let mut heads_seen = 0;
+    let mut head_since: Option<Instant> = None;
     let mut closing = false;
     let shutdown_wait = shutdown.wait();
     tokio::pin!(shutdown_wait);
@@ -115,10 +128,27 @@ pub(super) async fn serve<S>(
             }
             Event::Tick(now) => {
                 let current = activity.progress.load(Ordering::Relaxed);
+                let heads = activity.head_reads.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
                     quiet_since = now;
-                } else if now.duration_since(quiet_since) >= idle_timeout {
+                    heads_seen = heads;
+                    head_since = None;
+                    continue;
+                }
+                // Bytes of a request head arrived and no request started since: a head is
+                // being sent. HTTP/2 frames between requests (pings, settings) are not heads.
+                let head_pending = heads != heads_seen
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && !activity.h2.load(Ordering::Relaxed);
+                if head_pending
+                    && now.duration_since(*head_since.get_or_insert(now)) >= head_timeout
+                {
+                    // No request is in flight by definition: nothing to drain.
+                    tracing::debug!(%peer, "closing client connection: request head too slow");
+                    break;
+                }
+                if now.duration_since(quiet_since) >= idle_timeout {
                     tracing::debug!(%peer, "closing idle client connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -185,6 +215,10 @@ impl Wake for Gate {
 struct Activity {
     progress: AtomicU64,
     in_flight: AtomicUsize,
+    /// Reads that brought bytes while no request was in flight: the start of a head.
+    head_reads: AtomicU64,
+    /// The client spoke HTTP/2 (its preface), whose frames between requests are no heads.
+    h2: AtomicBool,
 }
 
 /// Marks one request in flight on its connection until dropped.
@@ -235,12 +269,32 @@ impl Body for Tracked {
 struct Monitored<S> {
     inner: S,
     activity: Arc<Activity>,
+    first_read: bool,
 }
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> Monitored<S> {
     fn touch(&self) {
         if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
             self.activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A read brought `bytes`: progress of a request in flight, or part of a next head.
+    fn read(&mut self, bytes: &[u8]) {
+        if self.first_read {
+            self.first_read = false;
+            let n = bytes.len().min(H2_PREFACE.len());
+            if bytes[..n] == H2_PREFACE[..n] {
+                self.activity.h2.store(true, Ordering::Relaxed);
+            }
+        }
+        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
+            self.activity.progress.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.activity.head_reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -251,9 +305,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Monitored<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if res.is_ready() {
-            self.touch();
+        if let Poll::Ready(Ok(())) = res {
+            let filled = &buf.filled()[before..];
+            if !filled.is_empty() {
+                self.read(filled);
+            }
         }
         res
     }

@@ -80,7 +80,8 @@ impl Proxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            // The connection's watchdog times request heads (see connection.rs).
+            .header_read_timeout(None::<Duration>)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers)
             .keep_alive(true);
