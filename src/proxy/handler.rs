@@ -186,26 +186,22 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The host sent upstream: the one the request was routed by (see `request_host`). The
-/// bool says it is the request's own Host field.
-fn upstream_host(parts: &Parts) -> (Option<HeaderValue>, bool) {
+/// The host sent upstream: the one the request was routed by (see `request_host`).
+fn upstream_host(parts: &Parts) -> Option<HeaderValue> {
     match (
         absolute_form_authority(parts.version, &parts.uri),
         parts.headers.get(header::HOST),
     ) {
-        (None, Some(h)) => (Some(h.clone()), true),
-        _ => (
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-            false,
-        ),
+        (None, Some(h)) => Some(h.clone()),
+        _ => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
 }
 
 /// Builds the upstream request in place (h2c endpoints): origin-form target (context root
-/// rewritten), hop-by-hop fields removed, forwarding fields added, Host preserved.
+/// rewritten), the fields of [`headers::upstream_fields`].
 fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
     let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let target = route.upstream_path(pq);
@@ -216,21 +212,16 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
         std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
-    let (host_value, host_field) = upstream_host(parts);
+    let host = upstream_host(parts);
+    let mut fields = http::HeaderMap::with_capacity(parts.headers.len() + 4);
+    headers::upstream_fields(parts, host.as_ref(), client, false, |n, v| {
+        fields.append(n.clone(), v.clone());
+    });
+    parts.headers = fields;
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let stripped = headers::strip_hop_by_hop(&mut parts.headers, false);
-    // Setting Host changes nothing when it is already there as the one Host field (no field
-    // removed, and no name with more than one value).
-    let host_in_place = host_field && !stripped && parts.headers.len() == parts.headers.keys_len();
-    if let Some(h) = &host_value {
-        if !host_in_place {
-            parts.headers.insert(header::HOST, h.clone());
-        }
-    }
-    headers::add_forwarded(&mut parts.headers, client, host_value);
 }
 
 async fn forward(
@@ -259,7 +250,7 @@ async fn forward(
     let head = {
         let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let target = route.upstream_path(pq);
-        let (host, _) = upstream_host(&parts);
+        let host = upstream_host(&parts);
         headers::upstream_head(&parts, &target, host.as_ref(), client, upgrade, framing)
     };
     let head_request = parts.method == Method::HEAD;
@@ -350,7 +341,7 @@ async fn forward(
     backend
         .metrics
         .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::H1(body, active)))
 }
 
@@ -403,7 +394,7 @@ async fn forward_h2(
         .metrics
         .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ProxyBody::H2(body, active)))
 }

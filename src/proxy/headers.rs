@@ -1,5 +1,6 @@
 //! Header rules of a forwarding proxy: hop-by-hop fields are removed in both directions
-//! (RFC 9110 §7.6.1), and the request gains `X-Forwarded-For/-Host/-Proto` and `X-Real-IP`.
+//! (RFC 9110 §7.6.1), and the request gains `X-Forwarded-For/-Host/-Proto` and `X-Real-IP`
+//! ([`upstream_fields`], for both upstream protocols).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -47,18 +48,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == PROXY_CONNECTION
 }
 
-/// Removes hop-by-hop fields, including those the `Connection` field names. With `upgrade`,
-/// keeps `Upgrade` and sets `Connection: upgrade`. `TE: trailers` survives (gRPC).
-/// Returns true when it removed or replaced a field (false: the fields are unchanged,
-/// apart from the `Connection: upgrade` it adds with `upgrade`).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+/// Removes a response's hop-by-hop fields, including those its `Connection` field names.
+/// (A request's fields go through [`upstream_fields`], which applies the same rules.)
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The usual message has none of them: one pass over its few names instead of a hash
     // lookup per hop-by-hop name.
     if !headers.keys().any(is_hop_by_hop) {
-        if upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        return false;
+        return;
     }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -69,29 +65,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            if !(upgrade && name == header::UPGRADE) && name != header::TE {
-                headers.remove(&name);
-            }
+            headers.remove(&name);
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &HOP_BY_HOP {
-        if upgrade && *name == header::UPGRADE {
-            continue;
-        }
-        if te_trailers && *name == header::TE {
-            continue;
-        }
+    for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
         headers.remove(name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    true
 }
 
 /// What the proxy knows about the client, rendered once per connection.
@@ -103,51 +82,26 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
 }
 
-/// Adds the forwarding fields. `host` is the Host the client asked for.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.ip.clone())
-        }
-        None => client.ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_REAL_IP.clone(), client.ip.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), h);
-    }
-}
-
-/// The head of a request to an HTTP/1.1 endpoint, written straight from the client's
-/// fields in one pass (no field map is rebuilt): the same rules as [`strip_hop_by_hop`]
-/// and [`add_forwarded`] on a map. `host`: the Host the request was routed by, sent first;
-/// `upgrade`: keep the `Upgrade` pair.
-pub fn upstream_head(
+/// The fields a request carries upstream, in order, handed to `field`: Host (the one the
+/// request was routed by), the client's fields without the hop-by-hop ones (RFC 9110
+/// §7.6.1: also those the Connection field names; `TE: trailers` stays for gRPC, the
+/// `Upgrade` pair with `upgrade`) and without Content-Length (framing is the sender's),
+/// then `X-Forwarded-For` (the client's chain plus its address), `X-Real-IP`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`. One pass, no field map built: the HTTP/1.1
+/// path writes the fields as bytes, the h2c path collects them. Returns whether the client
+/// sent a Content-Length.
+pub fn upstream_fields(
     parts: &http::request::Parts,
-    target: &str,
     host: Option<&HeaderValue>,
     client: &ClientInfo,
     upgrade: bool,
-    framing: RequestFraming,
-) -> bytes::Bytes {
+    mut field: impl FnMut(&HeaderName, &HeaderValue),
+) -> bool {
     let headers = &parts.headers;
-    // One pass for the size, and whether a Connection field names more fields to drop
-    // (no hash lookup).
-    let mut fields = 0;
-    let mut has_connection = false;
-    for (name, value) in headers {
-        fields += name.as_str().len() + value.len() + 4;
-        has_connection |= *name == header::CONNECTION;
-    }
-    let mut w = HeadWriter::new(&parts.method, target, fields + 160);
     if let Some(h) = host {
-        w.field(b"host", h.as_bytes());
+        field(&header::HOST, h);
     }
+    let has_connection = headers.keys().any(|n| *n == header::CONNECTION);
     let listed = |name: &HeaderName| {
         headers
             .get_all(header::CONNECTION)
@@ -163,7 +117,7 @@ pub fn upstream_head(
             let keep = (*name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers"))
                 || (upgrade && *name == header::UPGRADE);
             if keep {
-                w.field(name.as_str().as_bytes(), value.as_bytes());
+                field(name, value);
             }
             continue;
         }
@@ -184,29 +138,46 @@ pub fn upstream_head(
         {
             continue;
         }
-        w.field(name.as_str().as_bytes(), value.as_bytes());
+        field(name, value);
     }
-    match prior_xff {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.ip.as_bytes());
-            w.field(X_FORWARDED_FOR.as_str().as_bytes(), &v);
-        }
-        None => w.field(X_FORWARDED_FOR.as_str().as_bytes(), client.ip.as_bytes()),
-    }
-    w.field(X_REAL_IP.as_str().as_bytes(), client.ip.as_bytes());
-    w.field(
-        X_FORWARDED_PROTO.as_str().as_bytes(),
-        client.proto.as_bytes(),
-    );
+    let chain = prior_xff.and_then(|prev| {
+        let mut v = Vec::with_capacity(prev.len() + 2 + client.ip.len());
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(client.ip.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    });
+    field(&X_FORWARDED_FOR, chain.as_ref().unwrap_or(&client.ip));
+    field(&X_REAL_IP, &client.ip);
+    field(&X_FORWARDED_PROTO, &client.proto);
     if let Some(h) = host {
-        w.field(X_FORWARDED_HOST.as_str().as_bytes(), h.as_bytes());
+        field(&X_FORWARDED_HOST, h);
     }
     if upgrade {
-        w.field(b"connection", b"upgrade");
+        field(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
     }
+    had_length
+}
+
+/// The head of a request to an HTTP/1.1 endpoint: [`upstream_fields`] written straight
+/// into the head, then the body's framing.
+pub fn upstream_head(
+    parts: &http::request::Parts,
+    target: &str,
+    host: Option<&HeaderValue>,
+    client: &ClientInfo,
+    upgrade: bool,
+    framing: RequestFraming,
+) -> bytes::Bytes {
+    let size: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut w = HeadWriter::new(&parts.method, target, size + 160);
+    let had_length = upstream_fields(parts, host, client, upgrade, |n, v| {
+        w.field(n.as_str().as_bytes(), v.as_bytes())
+    });
     // An empty body is declared as such where the client did, or where the method
     // usually carries one (as hyper and curl do).
     let declared_empty = had_length
@@ -244,7 +215,7 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
@@ -254,26 +225,22 @@ mod tests {
         for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
             assert!(is_hop_by_hop(name), "{name}");
             let mut h = map(&[(name.as_str(), "x"), ("x-kept", "yes")]);
-            assert!(strip_hop_by_hop(&mut h, false));
+            strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{h:?}");
         }
         let mut h = map(&[("host", "a"), ("x-kept", "yes")]);
-        assert!(!strip_hop_by_hop(&mut h, false));
+        strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2);
     }
 
     #[test]
-    fn upgrade_keeps_upgrade_pair_and_te_trailers_survives() {
-        let mut h = map(&[
-            ("connection", "Upgrade"),
+    fn upgrade_requests_are_recognised() {
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
-            ("te", "trailers"),
-        ]);
-        assert!(is_upgrade_request(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["te"], "trailers");
+        ])));
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
     }
 
     #[test]
@@ -282,12 +249,25 @@ mod tests {
             ip: HeaderValue::from_static("10.0.0.9"),
             proto: HeaderValue::from_static("http"),
         };
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        add_forwarded(&mut h, &client, Some(HeaderValue::from_static("app.local")));
+        let (parts, ()) = http::Request::get("/")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-host", "spoofed")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("app.local");
+        upstream_fields(&parts, Some(&host), &client, false, |n, v| {
+            h.append(n.clone(), v.clone());
+        });
+        assert_eq!(h["host"], "app.local");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-real-ip"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "app.local");
+        assert_eq!(
+            h.get_all("x-forwarded-host").iter().collect::<Vec<_>>(),
+            ["app.local"]
+        );
     }
 
     fn head_of(
