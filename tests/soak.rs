@@ -681,6 +681,45 @@ impl LoadStats {
                 .push(format!("t={:.3}s {e}", t0.elapsed().as_secs_f64()));
         }
     }
+
+    /// Counts one request's outcome: a 200 must come from one of `backends`; a 503 counts
+    /// as unavailable where `unavailable_ok` (churning hosts), as a bad status otherwise.
+    /// True when the connection failed (the caller backs off a little).
+    fn record(
+        &mut self,
+        t0: Instant,
+        target: &str,
+        outcome: Outcome,
+        backends: &[&str],
+        unavailable_ok: bool,
+    ) -> bool {
+        self.requests += 1;
+        match outcome {
+            Outcome::Answer(200, body) if backends.contains(&body.as_str()) => self.ok += 1,
+            Outcome::Answer(200, body) => {
+                self.wrong_backend += 1;
+                self.example(
+                    t0,
+                    format!("{target}: 200 from {body:?}, expected {backends:?}"),
+                );
+            }
+            Outcome::Answer(503, _) if unavailable_ok => self.unavailable += 1,
+            Outcome::Answer(status, body) => {
+                *self.bad_status.entry(status).or_default() += 1;
+                self.example(t0, format!("{target}: {status} {body:?}"));
+            }
+            Outcome::Failed(e) => {
+                self.conn_errors += 1;
+                self.example(t0, format!("{target}: {e}"));
+                return true;
+            }
+            Outcome::TimedOut => {
+                self.timeouts += 1;
+                self.example(t0, format!("{target}: no answer in {REQUEST_TIMEOUT:?}"));
+            }
+        }
+        false
+    }
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -758,32 +797,8 @@ async fn stable_client(proxy: SocketAddr, k: usize, until: Instant, t0: Instant)
         let started = Instant::now();
         let outcome = request(proxy, &mut sender, host, path).await;
         st.max_latency = st.max_latency.max(started.elapsed());
-        st.requests += 1;
-        match outcome {
-            Outcome::Answer(200, body) if bodies.contains(&body.as_str()) => st.ok += 1,
-            Outcome::Answer(200, body) => {
-                st.wrong_backend += 1;
-                st.example(
-                    t0,
-                    format!("{host}{path}: 200 from {body:?}, expected {bodies:?}"),
-                );
-            }
-            Outcome::Answer(status, body) => {
-                *st.bad_status.entry(status).or_default() += 1;
-                st.example(t0, format!("{host}{path}: {status} {body:?}"));
-            }
-            Outcome::Failed(e) => {
-                st.conn_errors += 1;
-                st.example(t0, format!("{host}{path}: {e}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Outcome::TimedOut => {
-                st.timeouts += 1;
-                st.example(
-                    t0,
-                    format!("{host}{path}: no answer in {REQUEST_TIMEOUT:?}"),
-                );
-            }
+        if st.record(t0, &format!("{host}{path}"), outcome, bodies, false) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     st
@@ -809,30 +824,8 @@ async fn churn_client(
         let started = Instant::now();
         let outcome = request(proxy, &mut sender, &host, &path).await;
         st.max_latency = st.max_latency.max(started.elapsed());
-        st.requests += 1;
-        match outcome {
-            Outcome::Answer(200, body) if NAMES.contains(&body.as_str()) => st.ok += 1,
-            Outcome::Answer(200, body) => {
-                st.wrong_backend += 1;
-                st.example(t0, format!("{host}{path}: 200 {body:?}"));
-            }
-            Outcome::Answer(503, _) => st.unavailable += 1,
-            Outcome::Answer(status, body) => {
-                *st.bad_status.entry(status).or_default() += 1;
-                st.example(t0, format!("{host}{path}: {status} {body:?}"));
-            }
-            Outcome::Failed(e) => {
-                st.conn_errors += 1;
-                st.example(t0, format!("{host}{path}: {e}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Outcome::TimedOut => {
-                st.timeouts += 1;
-                st.example(
-                    t0,
-                    format!("{host}{path}: no answer in {REQUEST_TIMEOUT:?}"),
-                );
-            }
+        if st.record(t0, &format!("{host}{path}"), outcome, &NAMES, true) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     st
