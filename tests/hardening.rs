@@ -987,15 +987,16 @@ async fn upstream_closing_mid_chunked_body_truncates_the_client_response() {
     recovers(&proxy, &backend).await;
 }
 
-#[tokio::test]
-async fn upstream_closing_before_answering_is_502() {
-    let backend = breaks_first(|mut s| async move {
+/// A POST whose first upstream connection ends without an answer (`end` closes or resets
+/// it after reading the request) gets 502 (a POST is never retried), and the proxy recovers.
+async fn post_unanswered_is_502(end: fn(TcpStream)) {
+    let backend = breaks_first(move |mut s| async move {
         let mut buf = Vec::new();
         read_request(&mut s, &mut buf).await;
+        end(s);
     })
     .await;
     let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
-    // POST: not retried (GET on a fresh connection is not retried either).
     let out = exchange(
         &proxy,
         b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
@@ -1003,6 +1004,11 @@ async fn upstream_closing_before_answering_is_502() {
     .await;
     assert_eq!(status_of(&out), 502, "{out}");
     recovers(&proxy, &backend).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_before_answering_is_502() {
+    post_unanswered_is_502(drop).await;
 }
 
 #[tokio::test]
@@ -1043,20 +1049,7 @@ fn reset(s: TcpStream) {
 
 #[tokio::test]
 async fn upstream_reset_is_502() {
-    let backend = breaks_first(|mut s| async move {
-        let mut buf = Vec::new();
-        read_request(&mut s, &mut buf).await;
-        reset(s);
-    })
-    .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
-    let out = exchange(
-        &proxy,
-        b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-    )
-    .await;
-    assert_eq!(status_of(&out), 502, "{out}");
-    recovers(&proxy, &backend).await;
+    post_unanswered_is_502(reset).await;
 }
 
 #[tokio::test]
