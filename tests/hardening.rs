@@ -424,10 +424,7 @@ async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
         .await;
         assert!(status_of(&out) == 400 || out.is_empty(), "{out}");
     }
-    assert_eq!(
-        metric(&proxy, r#"interlock_upstream_errors_total{service="app"}"#).unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(upstream_errors(&proxy, "app"), 0.0);
     // Still routed to the same (only) endpoint.
     still_serves(&proxy).await;
 }
@@ -564,10 +561,7 @@ async fn a_stalled_body_gets_408_and_never_blames_the_backend() {
     assert_eq!(status_of(&out), 408, "{out}");
     // The backend never got a complete (so never a truncated-but-"complete") request.
     assert!(rec.requests().is_empty(), "{:?}", rec.requests());
-    assert_eq!(
-        metric(&proxy, "interlock_upstream_errors_total{service=\"app\"}").unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(upstream_errors(&proxy, "app"), 0.0);
     // A body that trickles but never stops for the timeout passes.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(
@@ -731,10 +725,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
     )
     .await;
     assert_eq!(status_of(&out), 413, "{out}");
-    assert_eq!(
-        metric(&proxy, "interlock_upstream_errors_total{service=\"app\"}").unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(upstream_errors(&proxy, "app"), 0.0);
     still_serves(&proxy).await;
 }
 

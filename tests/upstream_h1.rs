@@ -203,10 +203,7 @@ async fn an_answer_before_the_body_reaches_the_client_and_blames_no_one() {
         .to_bytes();
     assert_eq!(text, "too big\n");
     feeder.abort();
-    assert_eq!(
-        metric(&proxy, "interlock_upstream_errors_total{service=\"app\"}").unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(upstream_errors(&proxy, "app"), 0.0);
 }
 
 #[tokio::test]

@@ -487,6 +487,15 @@ pub fn metric(proxy: &TestProxy, series: &str) -> Option<f64> {
     })
 }
 
+/// How many upstream errors the proxy counted for `service` (0 before the first).
+pub fn upstream_errors(proxy: &TestProxy, service: &str) -> f64 {
+    metric(
+        proxy,
+        &format!("interlock_upstream_errors_total{{service=\"{service}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
 /// A free port on 127.0.0.1 with nothing listening (bound, then released).
 pub fn dead_endpoint() -> EndpointSpec {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
