@@ -49,3 +49,4 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod wire;

@@ -5,8 +5,6 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, COOKIE};
-
 use crate::upstream::Upstream;
 
 /// What pins a route's requests to an endpoint.
@@ -21,20 +19,24 @@ pub enum Sticky {
 }
 
 /// The affinity key of a request, if its route is sticky and the request carries one.
-pub fn affinity_key(sticky: &Sticky, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+/// `cookies`: the values of the request's Cookie fields.
+pub fn affinity_key<'c>(
+    sticky: &Sticky,
+    cookies: impl IntoIterator<Item = &'c [u8]>,
+    client: IpAddr,
+) -> Option<u64> {
     match sticky {
         Sticky::None => None,
         Sticky::ClientIp => Some(hash(&client)),
-        Sticky::Cookie(name) => cookie(headers, name).map(|v| hash(&v)),
+        Sticky::Cookie(name) => cookie(cookies, name).map(|v| hash(&v)),
     }
 }
 
 /// The value of cookie `name` in the request's Cookie fields.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+fn cookie<'c>(cookies: impl IntoIterator<Item = &'c [u8]>, name: &str) -> Option<&'c [u8]> {
+    cookies
+        .into_iter()
+        .flat_map(|v| v.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
@@ -60,13 +62,12 @@ mod tests {
 
     #[test]
     fn finds_the_named_cookie_among_others() {
-        let mut h = HeaderMap::new();
-        h.append(COOKIE, "a=1; session=abc ; b=2".parse().unwrap());
+        let h: [&[u8]; 2] = [b"x=0", b"a=1; session=abc ; b=2"];
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let k = affinity_key(&Sticky::Cookie("session".into()), &h, ip);
+        let k = affinity_key(&Sticky::Cookie("session".into()), h, ip);
         assert_eq!(k, Some(hash(b"abc".as_slice())));
-        assert_eq!(affinity_key(&Sticky::Cookie("other".into()), &h, ip), None);
-        assert_eq!(affinity_key(&Sticky::None, &h, ip), None);
-        assert_eq!(affinity_key(&Sticky::ClientIp, &h, ip), Some(hash(&ip)));
+        assert_eq!(affinity_key(&Sticky::Cookie("other".into()), h, ip), None);
+        assert_eq!(affinity_key(&Sticky::None, h, ip), None);
+        assert_eq!(affinity_key(&Sticky::ClientIp, h, ip), Some(hash(&ip)));
     }
 }

@@ -25,7 +25,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::body::BoxError;
 use super::headers::ClientInfo;
+use super::rewind::Rewind;
+use super::server::End;
 use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
 
@@ -41,11 +44,11 @@ pub(super) async fn serve<S>(
 {
     proxy.metrics.open_connections.inc();
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Monitored {
+    let io = Monitored {
         inner: stream,
         activity: activity.clone(),
         first_read: true,
-    });
+    };
     let client = Arc::new(ClientInfo {
         ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown")),
@@ -54,6 +57,7 @@ pub(super) async fn serve<S>(
     let svc = {
         let proxy = proxy.clone();
         let activity = activity.clone();
+        let client = client.clone();
         service_fn(move |req| {
             // In flight from the request head until the response body is dropped (sent,
             // or abandoned with the connection).
@@ -70,7 +74,26 @@ pub(super) async fn serve<S>(
             }
         })
     };
-    let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
+    // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper (which
+    // also detects HTTP/2).
+    let conn = async {
+        let (io, read) = match super::server::serve(&proxy, &client, peer, &activity, io).await {
+            End::Closed => return Ok::<(), BoxError>(()),
+            End::Handoff(io, read) => (io, read),
+        };
+        let io = TokioIo::new(Rewind::new(read.freeze(), io));
+        let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        let mut shutting_down = false;
+        std::future::poll_fn(|cx| {
+            if !shutting_down && activity.closing.load(Ordering::Relaxed) {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await
+    };
     tokio::pin!(conn);
 
     let idle_timeout = proxy.settings.idle_timeout;
@@ -124,7 +147,7 @@ pub(super) async fn serve<S>(
             }
             Event::Shutdown => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                activity.closing.store(true, Ordering::Relaxed);
             }
             Event::Tick(now) => {
                 let current = activity.progress.load(Ordering::Relaxed);
@@ -151,7 +174,7 @@ pub(super) async fn serve<S>(
                 if now.duration_since(quiet_since) >= idle_timeout {
                     tracing::debug!(%peer, "closing idle client connection");
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    activity.closing.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -212,20 +235,22 @@ impl Wake for Gate {
 /// flight is not progress: otherwise the HTTP/2 keep-alive pings (every 20 s) would keep an
 /// idle h2 connection open forever.
 #[derive(Default)]
-struct Activity {
+pub(super) struct Activity {
     progress: AtomicU64,
     in_flight: AtomicUsize,
     /// Reads that brought bytes while no request was in flight: the start of a head.
     head_reads: AtomicU64,
     /// The client spoke HTTP/2 (its preface), whose frames between requests are no heads.
     h2: AtomicBool,
+    /// Shutting down or idle too long: finish what is in flight, start nothing new.
+    pub(super) closing: AtomicBool,
 }
 
 /// Marks one request in flight on its connection until dropped.
-struct InFlight(Arc<Activity>);
+pub(super) struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn start(activity: Arc<Activity>) -> Self {
+    pub(super) fn start(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.progress.fetch_add(1, Ordering::Relaxed);
         InFlight(activity)

@@ -37,17 +37,29 @@ pub(super) async fn handle(
     let (resp, service) =
         std::pin::pin!(route_and_forward(&proxy, &client, peer.ip(), req, start)).await;
     if let (Some(method), Some(path)) = (method, path) {
-        tracing::info!(
-            target: "interlock::access",
-            client = %peer,
-            %method,
-            path,
-            status = resp.status().as_u16(),
-            service = service.as_deref().unwrap_or("-"),
-            duration_us = start.elapsed().as_micros() as u64,
-        );
+        log_access(peer, method.as_str(), &path, resp.status(), service.as_deref(), start);
     }
     Ok(resp)
+}
+
+/// One `interlock::access` event.
+pub(super) fn log_access(
+    peer: SocketAddr,
+    method: &str,
+    path: &str,
+    status: StatusCode,
+    service: Option<&str>,
+    start: Instant,
+) {
+    tracing::info!(
+        target: "interlock::access",
+        client = %peer,
+        method,
+        path,
+        status = status.as_u16(),
+        service = service.unwrap_or("-"),
+        duration_us = start.elapsed().as_micros() as u64,
+    );
 }
 
 fn simple(status: StatusCode, body: String) -> Response<ProxyBody> {
@@ -60,7 +72,7 @@ fn simple(status: StatusCode, body: String) -> Response<ProxyBody> {
     resp
 }
 
-fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+pub(super) fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     let mut resp = simple(e.status(), e.body());
     if e.closes_connection() {
         resp.headers_mut()
@@ -69,7 +81,7 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     resp
 }
 
-fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
+pub(super) fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     match HeaderValue::from_str(location) {
         Ok(loc) => {
@@ -114,7 +126,6 @@ async fn route_and_forward(
     req: Request<Incoming>,
     start: Instant,
 ) -> (Response<ProxyBody>, Option<Arc<str>>) {
-    let scheme = proxy.settings.scheme.as_str();
     // A reverse proxy is no tunnel to arbitrary hosts: CONNECT is answered here, never
     // forwarded (forwarded, a 2xx from a backend would turn the connection into a tunnel).
     // TRACE would echo the request, cookies and credentials included, back to a script
@@ -133,56 +144,87 @@ async fn route_and_forward(
     if let Some(e) = refused {
         return (error_response(&e), None);
     }
-    let Some(host) = request_host(&req).and_then(normalize_host) else {
-        return (error_response(&ProxyError::BadHost), None);
-    };
     let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-    // The one table load of this request; the guard is dropped before any await.
-    let route = {
-        let table = proxy.table.load();
-        match table.route(scheme, &host, pq) {
-            Decision::Forward(route) => route.clone(),
-            Decision::Redirect { status, location } => return (redirect(status, &location), None),
-            Decision::NotFound => {
-                proxy.metrics.no_route.inc();
-                return (error_response(&ProxyError::NoRoute), None);
-            }
-        }
+    let route = match resolve(proxy, request_host(&req), pq) {
+        Ok(route) => route,
+        Err(answer) => return (answer, None),
     };
-    route.backends.budget.deposit();
-    let key = balance::affinity_key(&route.backends.sticky, req.headers(), peer_ip);
-    let Some(backend) = route.backends.pick(key, None).cloned() else {
+    let cookies = req.headers().get_all(header::COOKIE);
+    let Some(backend) = pick(&route, cookies.iter().map(HeaderValue::as_bytes), peer_ip) else {
         return (error_response(&ProxyError::NoEndpoint), None);
     };
     let service = backend.service.clone();
     let forwarded = std::pin::pin!(forward(proxy, client, &route, backend, req, start)).await;
     let resp = match forwarded {
         Ok(resp) => resp,
-        Err((e, backend)) => {
-            if e.is_upstream() {
-                backend.metrics.upstream_error();
-                if backend.upstream.record_failure(&route.backends.health) {
-                    tracing::warn!(
-                        upstream = backend.upstream.label(),
-                        "endpoint taken out by passive health checks"
-                    );
-                }
-                tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, cause = ?std::error::Error::source(&e), "upstream failure");
-            }
-            backend
-                .metrics
-                .record(e.status().as_u16(), start.elapsed().as_secs_f64());
-            error_response(&e)
-        }
+        Err((e, backend)) => failed(&route, &backend, &e, start),
     };
     (resp, Some(service))
 }
 
+/// The endpoint for one request on `route` (its sticky key read from the request's Cookie
+/// fields or the client's address); deposits in the route's retry budget.
+pub(super) fn pick<'c>(
+    route: &Route,
+    cookies: impl Iterator<Item = &'c [u8]>,
+    peer_ip: IpAddr,
+) -> Option<Backend> {
+    route.backends.budget.deposit();
+    let key = balance::affinity_key(&route.backends.sticky, cookies, peer_ip);
+    route.backends.pick(key, None).cloned()
+}
+
+/// The answer to a forward that failed with `e`; an upstream's fault counts against the
+/// endpoint (passive health checks).
+pub(super) fn failed(
+    route: &Route,
+    backend: &Backend,
+    e: &ProxyError,
+    start: Instant,
+) -> Response<ProxyBody> {
+    if e.is_upstream() {
+        backend.metrics.upstream_error();
+        if backend.upstream.record_failure(&route.backends.health) {
+            tracing::warn!(
+                upstream = backend.upstream.label(),
+                "endpoint taken out by passive health checks"
+            );
+        }
+        tracing::warn!(route = %route.id, upstream = backend.upstream.label(), error = %e, cause = ?std::error::Error::source(e), "upstream failure");
+    }
+    backend
+        .metrics
+        .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+    error_response(e)
+}
+
+/// The route of a request for `host` (as the client sent it) and `pq` (its target), or
+/// the answer when it has none: 400 for a missing or malformed host, a redirect, 503. The
+/// one table load of a request; the guard is dropped before any await.
+pub(super) fn resolve(
+    proxy: &Proxy,
+    host: Option<&str>,
+    pq: &str,
+) -> Result<Arc<Route>, Response<ProxyBody>> {
+    let Some(host) = host.and_then(normalize_host) else {
+        return Err(error_response(&ProxyError::BadHost));
+    };
+    let table = proxy.table.load();
+    match table.route(proxy.settings.scheme.as_str(), &host, pq) {
+        Decision::Forward(route) => Ok(route.clone()),
+        Decision::Redirect { status, location } => Err(redirect(status, &location)),
+        Decision::NotFound => {
+            proxy.metrics.no_route.inc();
+            Err(error_response(&ProxyError::NoRoute))
+        }
+    }
+}
+
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
-fn is_idempotent(m: &Method) -> bool {
+pub(super) fn is_idempotent(method: &str) -> bool {
     matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
 }
 
@@ -214,9 +256,7 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
     };
     let host = upstream_host(parts);
     let mut fields = http::HeaderMap::with_capacity(parts.headers.len() + 4);
-    headers::upstream_fields(parts, host.as_ref(), client, false, |n, v| {
-        fields.append(n.clone(), v.clone());
-    });
+    headers::upstream_fields(|| parts.headers.iter(), host.as_ref(), client, false, &mut fields);
     parts.headers = fields;
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
@@ -228,7 +268,7 @@ async fn forward(
     proxy: &Proxy,
     client: &ClientInfo,
     route: &Route,
-    mut backend: Backend,
+    backend: Backend,
     mut req: Request<Incoming>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
@@ -243,7 +283,6 @@ async fn forward(
         let request = Request::from_parts(parts, body);
         return std::pin::pin!(forward_h2(proxy, backend, request, start)).await;
     }
-    let replayable = is_idempotent(&parts.method) && end_stream && !upgrade;
     let framing = h1::RequestFraming::of(end_stream, body.size_hint().exact());
     // The head is written once, straight from the client's fields: a replay sends the
     // same bytes.
@@ -251,15 +290,98 @@ async fn forward(
         let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let target = route.upstream_path(pq);
         let host = upstream_host(&parts);
-        headers::upstream_head(&parts, &target, host.as_ref(), client, upgrade, framing)
+        let fields_len = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        headers::upstream_head(
+            parts.method.as_str(),
+            &target,
+            || parts.headers.iter(),
+            fields_len,
+            host.as_ref(),
+            client,
+            upgrade,
+            framing,
+        )
     };
-    let head_request = parts.method == Method::HEAD;
-    let mut body = (!end_stream)
-        .then(|| UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout));
+    let out = H1Request {
+        head,
+        body: (!end_stream).then(|| {
+            UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout)
+        }),
+        framing,
+        replayable: is_idempotent(parts.method.as_str()) && end_stream && !upgrade,
+        head_request: parts.method == Method::HEAD,
+        upgrade,
+    };
+    let (outcome, active, backend) =
+        std::pin::pin!(forward_h1(proxy, route, backend, out)).await?;
+    Ok(match outcome {
+        Outcome::Response(parts, body) => h1_response(&backend, parts, body, active, start),
+        Outcome::Upgraded(parts, io, leftover) => {
+            backend
+                .metrics
+                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
+            match client_upgrade {
+                Some(on) => upgrade::tunnel(proxy, on, parts, io, leftover, &backend),
+                None => error_response(&ProxyError::UpgradeRefused),
+            }
+        }
+    })
+}
 
+/// A request on its way to an HTTP/1.1 endpoint: the head already encoded, the body.
+pub(super) struct H1Request {
+    pub head: bytes::Bytes,
+    pub body: Option<UpstreamBody>,
+    pub framing: h1::RequestFraming,
+    /// Idempotent with no body: may be sent again when a reused connection failed.
+    pub replayable: bool,
+    pub head_request: bool,
+    pub upgrade: bool,
+}
+
+/// The answer of an HTTP/1.1 endpoint as sent to the client: counted, without its
+/// hop-by-hop fields, its body streaming from the endpoint's connection.
+pub(super) fn h1_response(
+    backend: &Backend,
+    mut parts: http::response::Parts,
+    body: h1::ResponseBody,
+    active: crate::upstream::ActiveGuard,
+    start: Instant,
+) -> Response<ProxyBody> {
+    backend
+        .metrics
+        .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ProxyBody::H1(body, active))
+}
+
+/// Sends `req` to an HTTP/1.1 endpoint through its pool and reads the answer's head. A
+/// refused connect moves to another endpoint; a connection that turns out closed before
+/// the request went out gets a fresh one; an idempotent request whose reused connection
+/// failed is sent once more (each within the route's retry budget). Returns the endpoint
+/// that answered.
+pub(super) async fn forward_h1(
+    proxy: &Proxy,
+    route: &Route,
+    mut backend: Backend,
+    req: H1Request,
+) -> Result<(Outcome, crate::upstream::ActiveGuard, Backend), (ProxyError, Backend)> {
+    let settings = &proxy.settings;
+    let H1Request {
+        head,
+        mut body,
+        framing,
+        replayable,
+        head_request,
+        upgrade,
+    } = req;
     let mut retried = false;
     let mut fresh = false;
-    let (outcome, active) = loop {
+    loop {
         let active = backend.upstream.track();
         let checkout = if fresh {
             Box::pin(backend.upstream.connect(settings.connect_timeout)).await
@@ -304,7 +426,10 @@ async fn forward(
         let exchange = h1::exchange(pooled.conn, out, &backend.upstream);
         let sent = tokio::time::timeout(settings.upstream_timeout, exchange).await;
         let e = match sent {
-            Ok(Ok(outcome)) => break (outcome, active),
+            Ok(Ok(outcome)) => {
+                backend.upstream.record_success();
+                return Ok((outcome, active, backend));
+            }
             Err(_) => return Err((ProxyError::Timeout, backend)),
             Ok(Err(ExchangeError::ClientBody(e))) => return Err((client_body(e), backend)),
             Ok(Err(ExchangeError::Unsent(e, unsent)))
@@ -324,25 +449,7 @@ async fn forward(
         tracing::debug!(upstream = backend.upstream.label(), error = %e, "reused connection failed; retrying idempotent request");
         retried = true;
         fresh = true;
-    };
-    backend.upstream.record_success();
-    let (mut parts, body) = match outcome {
-        Outcome::Response(parts, body) => (parts, body),
-        Outcome::Upgraded(parts, io, leftover) => {
-            backend
-                .metrics
-                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
-            return Ok(match client_upgrade {
-                Some(on) => upgrade::tunnel(proxy, on, parts, io, leftover, &backend),
-                None => error_response(&ProxyError::UpgradeRefused),
-            });
-        }
-    };
-    backend
-        .metrics
-        .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, ProxyBody::H1(body, active)))
+    }
 }
 
 /// Forwards over the endpoint's shared HTTP/2 connection (h2c backends, gRPC). Trailers

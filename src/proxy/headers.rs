@@ -82,109 +82,185 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
 }
 
-/// The fields a request carries upstream, in order, handed to `field`: Host (the one the
+/// What [`upstream_fields`] hands its fields to.
+pub trait FieldSink<N, V> {
+    /// One of the client's fields, passed on as it came.
+    fn pass(&mut self, name: N, value: V);
+    /// The routed host, under `Host` first and `X-Forwarded-Host` last.
+    fn host(&mut self, name: &'static HeaderName, value: V);
+    /// A field the proxy made (`X-Forwarded-For`, `X-Real-IP`, ...).
+    fn add(&mut self, name: &'static HeaderName, value: &HeaderValue);
+}
+
+/// The request fields the forwarding rules care about, told apart by name (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Connection,
+    /// Hop-by-hop fields other than `Connection`, `TE` and `Upgrade`.
+    HopByHop,
+    Te,
+    Upgrade,
+    Host,
+    ContentLength,
+    ForwardedFor,
+    ForwardedHost,
+    /// `X-Real-IP` and `X-Forwarded-Proto`: the proxy's to set.
+    Replaced,
+    Other,
+}
+
+/// The kind of a field name: its length picks the few names it could be.
+fn kind(name: &[u8]) -> Kind {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::Te,
+        4 if is("host") => Kind::Host,
+        7 if is("upgrade") => Kind::Upgrade,
+        9 if is("x-real-ip") => Kind::Replaced,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::HopByHop,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::ForwardedFor,
+        16 if is("proxy-connection") => Kind::HopByHop,
+        16 if is("x-forwarded-host") => Kind::ForwardedHost,
+        17 if is("transfer-encoding") => Kind::HopByHop,
+        17 if is("x-forwarded-proto") => Kind::Replaced,
+        18 if is("proxy-authenticate") => Kind::HopByHop,
+        _ => Kind::Other,
+    }
+}
+
+/// The fields a request carries upstream, in order, handed to `sink`: Host (the one the
 /// request was routed by), the client's fields without the hop-by-hop ones (RFC 9110
 /// §7.6.1: also those the Connection field names; `TE: trailers` stays for gRPC, the
 /// `Upgrade` pair with `upgrade`) and without Content-Length (framing is the sender's),
 /// then `X-Forwarded-For` (the client's chain plus its address), `X-Real-IP`,
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`. One pass, no field map built: the HTTP/1.1
-/// path writes the fields as bytes, the h2c path collects them. Returns whether the client
-/// sent a Content-Length.
-pub fn upstream_fields(
-    parts: &http::request::Parts,
-    host: Option<&HeaderValue>,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`. One pass, no field map built: the same
+/// rules serve a parsed field map (hyper's requests, the h2c path) and raw fields (the
+/// HTTP/1.1 fast path, [`super::server`]). Returns whether the client sent a
+/// Content-Length.
+pub fn upstream_fields<N, V, I>(
+    fields: impl Fn() -> I,
+    host: Option<V>,
     client: &ClientInfo,
     upgrade: bool,
-    mut field: impl FnMut(&HeaderName, &HeaderValue),
-) -> bool {
-    let headers = &parts.headers;
+    sink: &mut impl FieldSink<N, V>,
+) -> bool
+where
+    N: AsRef<[u8]> + Copy,
+    V: AsRef<[u8]> + Copy,
+    I: Iterator<Item = (N, V)>,
+{
     if let Some(h) = host {
-        field(&header::HOST, h);
+        sink.host(&header::HOST, h);
     }
-    let has_connection = headers.keys().any(|n| *n == header::CONNECTION);
-    let listed = |name: &HeaderName| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    let connection = || fields().filter(|(n, _)| kind(n.as_ref()) == Kind::Connection);
+    let has_connection = connection().next().is_some();
+    let listed = |name: &[u8]| {
+        connection().any(|(_, v)| {
+            v.as_ref()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        })
     };
-    let mut prior_xff: Option<&HeaderValue> = None;
+    let mut prior_xff: Option<V> = None;
     let mut had_length = false;
-    for (name, value) in headers {
-        if is_hop_by_hop(name) {
-            let keep = (*name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers"))
-                || (upgrade && *name == header::UPGRADE);
-            if keep {
-                field(name, value);
+    for (name, value) in fields() {
+        let keep = match kind(name.as_ref()) {
+            Kind::Connection | Kind::HopByHop => false,
+            Kind::Te => value.as_ref().eq_ignore_ascii_case(b"trailers"),
+            Kind::Upgrade => upgrade,
+            Kind::Host => false,
+            Kind::ContentLength => {
+                had_length = true;
+                false
             }
-            continue;
+            Kind::ForwardedFor => {
+                if !(has_connection && listed(name.as_ref())) {
+                    prior_xff.get_or_insert(value);
+                }
+                false
+            }
+            Kind::ForwardedHost => host.is_none() && !(has_connection && listed(name.as_ref())),
+            Kind::Replaced => false,
+            Kind::Other => !(has_connection && listed(name.as_ref())),
+        };
+        if keep {
+            sink.pass(name, value);
         }
-        if *name == header::HOST || *name == header::CONTENT_LENGTH {
-            had_length |= *name == header::CONTENT_LENGTH;
-            continue;
-        }
-        if has_connection && listed(name) {
-            continue;
-        }
-        if *name == X_FORWARDED_FOR {
-            prior_xff.get_or_insert(value);
-            continue;
-        }
-        if *name == X_REAL_IP
-            || *name == X_FORWARDED_PROTO
-            || (*name == X_FORWARDED_HOST && host.is_some())
-        {
-            continue;
-        }
-        field(name, value);
     }
     let chain = prior_xff.and_then(|prev| {
+        let prev = prev.as_ref();
         let mut v = Vec::with_capacity(prev.len() + 2 + client.ip.len());
-        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(prev);
         v.extend_from_slice(b", ");
         v.extend_from_slice(client.ip.as_bytes());
         HeaderValue::from_bytes(&v).ok()
     });
-    field(&X_FORWARDED_FOR, chain.as_ref().unwrap_or(&client.ip));
-    field(&X_REAL_IP, &client.ip);
-    field(&X_FORWARDED_PROTO, &client.proto);
+    sink.add(&X_FORWARDED_FOR, chain.as_ref().unwrap_or(&client.ip));
+    sink.add(&X_REAL_IP, &client.ip);
+    sink.add(&X_FORWARDED_PROTO, &client.proto);
     if let Some(h) = host {
-        field(&X_FORWARDED_HOST, h);
+        sink.host(&X_FORWARDED_HOST, h);
     }
     if upgrade {
-        field(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
+        sink.add(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
     }
     had_length
 }
 
+impl<N: AsRef<[u8]>, V: AsRef<[u8]>> FieldSink<N, V> for HeadWriter {
+    fn pass(&mut self, name: N, value: V) {
+        self.field(name.as_ref(), value.as_ref());
+    }
+
+    fn host(&mut self, name: &'static HeaderName, value: V) {
+        self.field(name.as_str().as_bytes(), value.as_ref());
+    }
+
+    fn add(&mut self, name: &'static HeaderName, value: &HeaderValue) {
+        self.field(name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+impl<'a> FieldSink<&'a HeaderName, &'a HeaderValue> for HeaderMap {
+    fn pass(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+
+    fn host(&mut self, name: &'static HeaderName, value: &'a HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+
+    fn add(&mut self, name: &'static HeaderName, value: &HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+}
+
 /// The head of a request to an HTTP/1.1 endpoint: [`upstream_fields`] written straight
-/// into the head, then the body's framing.
-pub fn upstream_head(
-    parts: &http::request::Parts,
+/// into the head, then the body's framing. `fields_len` is about how many bytes the
+/// client's fields take.
+#[allow(clippy::too_many_arguments)]
+pub fn upstream_head<N, V, I>(
+    method: &str,
     target: &str,
-    host: Option<&HeaderValue>,
+    fields: impl Fn() -> I,
+    fields_len: usize,
+    host: Option<V>,
     client: &ClientInfo,
     upgrade: bool,
     framing: RequestFraming,
-) -> bytes::Bytes {
-    let size: usize = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut w = HeadWriter::new(&parts.method, target, size + 160);
-    let had_length = upstream_fields(parts, host, client, upgrade, |n, v| {
-        w.field(n.as_str().as_bytes(), v.as_bytes())
-    });
+) -> bytes::Bytes
+where
+    N: AsRef<[u8]> + Copy,
+    V: AsRef<[u8]> + Copy,
+    I: Iterator<Item = (N, V)>,
+{
+    let mut w = HeadWriter::new(method, target, fields_len + 160);
+    let had_length = upstream_fields(fields, host, client, upgrade, &mut w);
     // An empty body is declared as such where the client did, or where the method
     // usually carries one (as hyper and curl do).
-    let declared_empty = had_length
-        || matches!(
-            parts.method,
-            http::Method::POST | http::Method::PUT | http::Method::PATCH
-        );
+    let declared_empty = had_length || matches!(method, "POST" | "PUT" | "PATCH");
     w.finish(framing, declared_empty)
 }
 
@@ -257,9 +333,7 @@ mod tests {
             .into_parts();
         let mut h = HeaderMap::new();
         let host = HeaderValue::from_static("app.local");
-        upstream_fields(&parts, Some(&host), &client, false, |n, v| {
-            h.append(n.clone(), v.clone());
-        });
+        upstream_fields(|| parts.headers.iter(), Some(&host), &client, false, &mut h);
         assert_eq!(h["host"], "app.local");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-real-ip"], "10.0.0.9");
@@ -283,7 +357,17 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
         let target = parts.uri.path_and_query().unwrap().as_str().to_string();
-        let head = upstream_head(&parts, &target, host.as_ref(), &client, upgrade, framing);
+        let len = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let head = upstream_head(
+            parts.method.as_str(),
+            &target,
+            || parts.headers.iter(),
+            len,
+            host.as_ref(),
+            &client,
+            upgrade,
+            framing,
+        );
         String::from_utf8(head.to_vec()).unwrap()
     }
 

@@ -12,6 +12,8 @@ mod connection;
 pub mod error;
 mod handler;
 pub mod headers;
+mod rewind;
+mod server;
 mod tls;
 mod upgrade;
 

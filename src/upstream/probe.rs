@@ -44,7 +44,7 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
             .ok()?
             .into_parts();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut head = h1::HeadWriter::new(&parts.method, target, 64);
+        let mut head = h1::HeadWriter::new(parts.method.as_str(), target, 64);
         head.field(b"host", parts.headers[header::HOST].as_bytes());
         head.field(b"user-agent", b"interlock-health-check");
         let out = h1::Outgoing {

@@ -11,7 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use super::{response, H1Conn, H1Error, Sender, MAX_HEADERS};
+use super::{response, H1Conn, H1Error, MAX_HEADERS};
+use crate::upstream::UpstreamBody;
+use crate::wire::{SendError, Sender};
 use crate::upstream::Upstream;
 
 /// Longest chunk-size line (size plus extensions) accepted.
@@ -160,7 +162,7 @@ pub struct ResponseBody {
     reusable: bool,
     /// The rest of the request body, when the answer came before it was all sent (boxed:
     /// rare, and large).
-    sending: Option<Box<Sender>>,
+    sending: Option<Box<Sender<UpstreamBody>>>,
     upstream: Arc<Upstream>,
 }
 
@@ -169,7 +171,7 @@ impl ResponseBody {
         conn: H1Conn,
         framing: Framing,
         reusable: bool,
-        sending: Option<Box<Sender>>,
+        sending: Option<Box<Sender<UpstreamBody>>>,
         upstream: Arc<Upstream>,
     ) -> Self {
         let mut body = ResponseBody {
@@ -219,8 +221,8 @@ impl Body for ResponseBody {
                     // The answer is under way: it is read to its end all the same, and the
                     // connection is not reused.
                     let e: &dyn std::fmt::Debug = match &e {
-                        super::request::SendError::Io(e) => e,
-                        super::request::SendError::Client(e) => e,
+                        SendError::Io(e) => e,
+                        SendError::Body(e) => e,
                     };
                     tracing::debug!(error = ?e, "the rest of the request body could not be sent");
                     this.sending = None;

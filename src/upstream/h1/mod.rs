@@ -19,7 +19,6 @@ mod request;
 mod response;
 
 pub use body::ResponseBody;
-use request::Sender;
 pub use request::{HeadWriter, RequestFraming};
 
 use std::future::poll_fn;
@@ -33,6 +32,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use super::{ClientBodyError, Upstream, UpstreamBody};
+use crate::wire::{SendError, Sender};
 
 /// Most response header fields accepted (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -165,17 +165,18 @@ pub async fn exchange(
     out: Outgoing,
     upstream: &Arc<Upstream>,
 ) -> Result<Outcome, ExchangeError> {
-    let mut sender = Sender::new(out.head, out.body, out.framing);
+    let body = out.body.filter(|_| out.framing != RequestFraming::Empty);
+    let mut sender = Sender::new(out.head, body, out.framing == RequestFraming::Chunked);
     let mut sent = false;
     let mut write_error: Option<io::Error> = None;
     let head = poll_fn(|cx| {
         if !sent {
             match sender.poll_send(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => sent = true,
-                Poll::Ready(Err(request::SendError::Client(e))) => {
+                Poll::Ready(Err(SendError::Body(e))) => {
                     return Poll::Ready(Err(ExchangeError::ClientBody(e)))
                 }
-                Poll::Ready(Err(request::SendError::Io(e))) => {
+                Poll::Ready(Err(SendError::Io(e))) => {
                     if sender.written() == 0 && sender.body_untouched() {
                         return Poll::Ready(Err(ExchangeError::Unsent(
                             H1Error::Io(e),

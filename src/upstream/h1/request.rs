@@ -1,18 +1,9 @@
-//! The request side: the head as bytes (kept, so that a replay sends the same bytes), the
-//! body's framing, and the sender that writes head and body frames with vectored writes.
+//! The request side: the head as bytes (kept, so that a replay sends the same bytes) and
+//! the body's framing. [`crate::wire::Sender`] writes them.
 
 use std::fmt::Write as _;
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::Method;
-use http_body::Body;
-use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
-
-use crate::upstream::{ClientBodyError, UpstreamBody};
+use bytes::{Bytes, BytesMut};
 
 /// How the request body travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +39,9 @@ pub struct HeadWriter {
 
 impl HeadWriter {
     /// Starts a head; `fields` is about how many bytes the fields will take.
-    pub fn new(method: &Method, target: &str, fields: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(method.as_str().len() + target.len() + fields + 64);
-        buf.extend_from_slice(method.as_str().as_bytes());
+    pub fn new(method: &str, target: &str, fields: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(method.len() + target.len() + fields + 64);
+        buf.extend_from_slice(method.as_bytes());
         buf.extend_from_slice(b" ");
         buf.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\n");
@@ -81,164 +72,3 @@ impl HeadWriter {
     }
 }
 
-pub(super) enum SendError {
-    Io(io::Error),
-    Client(ClientBodyError),
-}
-
-/// Bytes queued for one vectored write: at most a head, a chunk line, data and CRLF.
-struct Queue {
-    bufs: [Bytes; 4],
-    len: usize,
-}
-
-impl Queue {
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.bufs[self.len] = b;
-            self.len += 1;
-        }
-    }
-
-    fn room(&self) -> usize {
-        self.bufs.len() - self.len
-    }
-
-    /// Drops `n` written bytes from the front.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.len > 0 {
-            let first = &mut self.bufs[0];
-            let take = n.min(first.len());
-            first.advance(take);
-            n -= take;
-            if first.is_empty() {
-                self.bufs[..self.len].rotate_left(1);
-                self.len -= 1;
-                self.bufs[self.len] = Bytes::new();
-            }
-        }
-    }
-}
-
-/// Writes the head, then the body's frames as they come.
-pub(super) struct Sender {
-    queue: Queue,
-    body: Option<UpstreamBody>,
-    chunked: bool,
-    written: usize,
-    /// A frame was taken from the body: it can no longer be sent elsewhere whole.
-    took_frame: bool,
-}
-
-impl Sender {
-    pub(super) fn new(head: Bytes, body: Option<UpstreamBody>, framing: RequestFraming) -> Self {
-        let mut queue = Queue {
-            bufs: Default::default(),
-            len: 0,
-        };
-        queue.push(head);
-        Sender {
-            queue,
-            body: body.filter(|_| framing != RequestFraming::Empty),
-            chunked: framing == RequestFraming::Chunked,
-            written: 0,
-            took_frame: false,
-        }
-    }
-
-    /// Bytes written so far.
-    pub(super) fn written(&self) -> usize {
-        self.written
-    }
-
-    /// True until a frame is taken from the body (or the body ended).
-    pub(super) fn body_untouched(&self) -> bool {
-        !self.took_frame
-    }
-
-    /// The body, if no frame of it was taken yet.
-    pub(super) fn take_body(&mut self) -> Option<UpstreamBody> {
-        self.body.take().filter(|_| !self.took_frame)
-    }
-
-    /// Ready when everything was written.
-    pub(super) fn poll_send(
-        &mut self,
-        io: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SendError>> {
-        loop {
-            // Take what the body has ready (the first frame rides with the head).
-            let mut body_pending = false;
-            if let Some(body) = &mut self.body {
-                if self.queue.room() >= 3 {
-                    match Pin::new(body).poll_frame(cx) {
-                        Poll::Pending => body_pending = true,
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Client(e))),
-                        Poll::Ready(Some(Ok(frame))) => {
-                            self.took_frame = true;
-                            self.queue_frame(frame);
-                            continue;
-                        }
-                        Poll::Ready(None) => {
-                            self.took_frame = true;
-                            self.body = None;
-                            if self.chunked {
-                                self.queue.push(Bytes::from_static(b"0\r\n\r\n"));
-                            }
-                            continue;
-                        }
-                    }
-                }
-            }
-            if self.queue.len == 0 {
-                return if body_pending || self.body.is_some() {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(Ok(()))
-                };
-            }
-            let slices: [IoSlice<'_>; 4] =
-                std::array::from_fn(|i| IoSlice::new(&self.queue.bufs[i]));
-            let n =
-                match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..self.queue.len]))
-                {
-                    Ok(0) => {
-                        return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())))
-                    }
-                    Ok(n) => n,
-                    Err(e) => return Poll::Ready(Err(SendError::Io(e))),
-                };
-            self.written += n;
-            self.queue.advance(n);
-        }
-    }
-
-    fn queue_frame(&mut self, frame: http_body::Frame<Bytes>) {
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) if self.chunked => {
-                self.queue
-                    .push(Bytes::from(format!("{:x}\r\n", data.len())));
-                self.queue.push(data);
-                self.queue.push(Bytes::from_static(b"\r\n"));
-            }
-            Ok(data) => self.queue.push(data),
-            Err(frame) => {
-                // Trailers: only a chunked body can carry them; they end it.
-                if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
-                    let mut end = BytesMut::from(&b"0\r\n"[..]);
-                    for (name, value) in &trailers {
-                        end.extend_from_slice(name.as_str().as_bytes());
-                        end.extend_from_slice(b": ");
-                        end.extend_from_slice(value.as_bytes());
-                        end.extend_from_slice(b"\r\n");
-                    }
-                    end.extend_from_slice(b"\r\n");
-                    self.queue.push(end.freeze());
-                    self.chunked = false; // the terminator is queued: none at the end
-                }
-            }
-        }
-    }
-}

@@ -1,0 +1,209 @@
+//! A client's request head as the fast path reads it: parsed in place by httparse, kept as
+//! offsets into the connection's read buffer (nothing copied, no field map), and sorted
+//! into "plain" (ours) or anything else (hyper's).
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+/// Most fields a head may have on the fast path (more go to hyper, which applies the
+/// configured limit).
+pub(super) const MAX_FIELDS: usize = 128;
+
+/// A plain request head: HTTP/1.1, origin-form target, one Host field, no body, no upgrade,
+/// no `Expect`. Everything else (bodies, HTTP/1.0, upgrades, malformed or oversized heads,
+/// HTTP/2) is hyper's.
+#[derive(Default)]
+pub(super) struct Head {
+    /// Length of the head in the buffer.
+    pub len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    pub host: Range<usize>,
+    /// Name and value of each field, in order.
+    pub fields: Vec<(Range<usize>, Range<usize>)>,
+    /// Bytes the fields take (for sizing what is written from them).
+    pub fields_len: usize,
+    /// The client asked to close after this request (`Connection: close`).
+    pub close: bool,
+    /// The client takes trailers (`TE: trailers`).
+    pub trailers: bool,
+    /// The client declared `Content-Length: 0`.
+    pub declared_empty: bool,
+}
+
+/// What the buffer holds.
+pub(super) enum Parsed {
+    /// A plain head, read whole.
+    Plain,
+    /// Not all of a head yet.
+    Partial,
+    /// A head (or bytes) for hyper.
+    Other,
+}
+
+impl Head {
+    /// Parses the head at the start of `buf` into `self` (its field list reused).
+    pub(super) fn parse(&mut self, buf: &[u8], max_fields: usize) -> Parsed {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots[..max_fields.min(MAX_FIELDS)])
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::Other;
+        };
+        if !plain_method(method) || !origin_form(target.as_bytes()) {
+            return Parsed::Other;
+        }
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+            start..start + s.len()
+        };
+        self.len = len;
+        self.method = at(method.as_bytes());
+        self.target = at(target.as_bytes());
+        self.fields.clear();
+        self.fields_len = 0;
+        self.close = false;
+        self.trailers = false;
+        self.declared_empty = false;
+        let mut hosts = 0;
+        for field in req.headers.iter() {
+            let (name, value) = (field.name.as_bytes(), field.value);
+            match name.len() {
+                2 if name.eq_ignore_ascii_case(b"te") => {
+                    self.trailers = value.eq_ignore_ascii_case(b"trailers");
+                }
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    hosts += 1;
+                    self.host = at(value);
+                }
+                6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            self.close = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            return Parsed::Other;
+                        }
+                    }
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    if value != b"0" || self.declared_empty {
+                        return Parsed::Other;
+                    }
+                    self.declared_empty = true;
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
+                _ => {}
+            }
+            self.fields_len += name.len() + value.len() + 4;
+            self.fields.push((at(name), at(value)));
+        }
+        if hosts != 1 {
+            return Parsed::Other;
+        }
+        Parsed::Plain
+    }
+}
+
+/// Longest request target hyper takes (it answers 414 past it): the same limit here.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+
+/// Methods answered on the fast path: CONNECT and TRACE are refused, by hyper's path.
+fn plain_method(method: &str) -> bool {
+    !matches!(method, "CONNECT" | "TRACE")
+}
+
+/// An origin-form target (`/path?query`) of bytes any URI parser takes (those the `http`
+/// crate accepts in a path, without `#`): anything else is hyper's to judge.
+fn origin_form(target: &[u8]) -> bool {
+    target.first() == Some(&b'/')
+        && target.len() <= MAX_TARGET
+        && target.iter().all(|&b| {
+            matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
+                || b == b'"'
+                || b == b'{'
+                || b == b'}'
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> (Parsed, Head) {
+        let mut head = Head::default();
+        let parsed = head.parse(raw.as_bytes(), 100);
+        (parsed, head)
+    }
+
+    #[test]
+    fn a_plain_get_is_read_in_place() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\nTE: trailers\r\nx-a: 1\r\n\r\nNEXT";
+        let (parsed, head) = parse(raw);
+        assert!(matches!(parsed, Parsed::Plain));
+        assert_eq!(head.len, raw.len() - 4);
+        assert_eq!(&raw[head.method.clone()], "GET");
+        assert_eq!(&raw[head.target.clone()], "/a?b=1");
+        assert_eq!(&raw[head.host.clone()], "app.local");
+        assert!(head.close && head.trailers && !head.declared_empty);
+        assert_eq!(head.fields.len(), 4);
+        let (n, v) = head.fields[3].clone();
+        assert_eq!((&raw[n], &raw[v]), ("x-a", "1"));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\n").0, Parsed::Partial));
+        assert!(matches!(parse("PRI * HTT").0, Parsed::Partial));
+    }
+
+    #[test]
+    fn everything_else_is_hyper_s() {
+        for raw in [
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /#f HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nx-a: 1\r\n  folded\r\n\r\n",
+        ] {
+            assert!(matches!(parse(raw).0, Parsed::Other), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_declared_body_stays_plain() {
+        let (parsed, head) = parse("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert!(matches!(parsed, Parsed::Plain));
+        assert!(head.declared_empty);
+    }
+
+    #[test]
+    fn too_many_fields_are_hyper_s() {
+        let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..10 {
+            raw.push_str(&format!("x-{i}: v\r\n"));
+        }
+        raw.push_str("\r\n");
+        let mut head = Head::default();
+        assert!(matches!(head.parse(raw.as_bytes(), 5), Parsed::Other));
+        assert!(matches!(head.parse(raw.as_bytes(), 11), Parsed::Plain));
+    }
+}
