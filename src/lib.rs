@@ -8,7 +8,7 @@
 //! providers (file, docker) -> config::DesiredState -> compile -> routing::RoutingTable
 //!                                                               |  arc-swap (table::TableStore)
 //!                                                               v
-//!                      proxy (hyper server) -> balance -> upstream (pools, own HTTP/1.1 client; h2c via hyper)
+//!   proxy (own HTTP/1.1 server for plain requests; hyper for the rest) -> balance -> upstream (pools, own HTTP/1.1 client; h2c via hyper)
 //! ```
 //!
 //! Split roles put a wire between the providers and the compile: the `controller` (the only
@@ -24,7 +24,8 @@
 //! | `routing`   | the routing table and its host/path lookup; the swappable store |
 //! | `balance`   | choosing an endpoint of a route (round robin, least connections) |
 //! | `upstream`  | one backend endpoint: its connection pool and live counters; `upstream::h1`, the HTTP/1.1 client that runs inside the client connection's task |
-//! | `proxy`     | the data plane: listeners, connections, forwarding, upgrades, errors |
+//! | `proxy`     | the data plane: listeners, connections, forwarding, upgrades, errors; `proxy::server`, the HTTP/1.1 fast path for plain requests (hyper serves the rest) |
+//! | `wire`      | writing an HTTP/1.1 head and body with vectored writes, both directions |
 //! | `admin`     | the admin listener: `/metrics`, `/healthz`, `/routes` |
 //! | `metrics`   | Prometheus metric families and per-route handles |
 //! | `app`       | wiring of one running instance: provider -> compile -> swap, shutdown |

@@ -1,5 +1,7 @@
-//! One client connection: HTTP/1.1 or h2c on the same socket, a watchdog for idle
-//! connections and slow request heads, and graceful close on shutdown.
+//! One client connection: plain HTTP/1.1 requests on our fast path (`server/`), then, from
+//! the first other request on, hyper (HTTP/1.1 or h2c on the same socket); a watchdog for
+//! idle connections and slow request heads, and graceful close on shutdown (both paths
+//! read `Activity::closing`).
 //!
 //! The request-head timeout is the watchdog's, not hyper's: hyper's HTTP/1 header timer
 //! also runs while a keep-alive connection waits for its next request, so it closed idle

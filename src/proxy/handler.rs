@@ -37,7 +37,14 @@ pub(super) async fn handle(
     let (resp, service) =
         std::pin::pin!(route_and_forward(&proxy, &client, peer.ip(), req, start)).await;
     if let (Some(method), Some(path)) = (method, path) {
-        log_access(peer, method.as_str(), &path, resp.status(), service.as_deref(), start);
+        log_access(
+            peer,
+            method.as_str(),
+            &path,
+            resp.status(),
+            service.as_deref(),
+            start,
+        );
     }
     Ok(resp)
 }
@@ -147,7 +154,7 @@ async fn route_and_forward(
     let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     let route = match resolve(proxy, request_host(&req), pq) {
         Ok(route) => route,
-        Err(answer) => return (answer, None),
+        Err(answer) => return (*answer, None),
     };
     let cookies = req.headers().get_all(header::COOKIE);
     let Some(backend) = pick(&route, cookies.iter().map(HeaderValue::as_bytes), peer_ip) else {
@@ -205,17 +212,17 @@ pub(super) fn resolve(
     proxy: &Proxy,
     host: Option<&str>,
     pq: &str,
-) -> Result<Arc<Route>, Response<ProxyBody>> {
+) -> Result<Arc<Route>, Box<Response<ProxyBody>>> {
     let Some(host) = host.and_then(normalize_host) else {
-        return Err(error_response(&ProxyError::BadHost));
+        return Err(Box::new(error_response(&ProxyError::BadHost)));
     };
     let table = proxy.table.load();
     match table.route(proxy.settings.scheme.as_str(), &host, pq) {
         Decision::Forward(route) => Ok(route.clone()),
-        Decision::Redirect { status, location } => Err(redirect(status, &location)),
+        Decision::Redirect { status, location } => Err(Box::new(redirect(status, &location))),
         Decision::NotFound => {
             proxy.metrics.no_route.inc();
-            Err(error_response(&ProxyError::NoRoute))
+            Err(Box::new(error_response(&ProxyError::NoRoute)))
         }
     }
 }
@@ -256,7 +263,13 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
     };
     let host = upstream_host(parts);
     let mut fields = http::HeaderMap::with_capacity(parts.headers.len() + 4);
-    headers::upstream_fields(|| parts.headers.iter(), host.as_ref(), client, false, &mut fields);
+    headers::upstream_fields(
+        || parts.headers.iter(),
+        host.as_ref(),
+        client,
+        false,
+        &mut fields,
+    );
     parts.headers = fields;
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(new_pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
@@ -316,10 +329,11 @@ async fn forward(
         head_request: parts.method == Method::HEAD,
         upgrade,
     };
-    let (outcome, active, backend) =
-        std::pin::pin!(forward_h1(proxy, route, backend, out)).await?;
+    let (outcome, active, backend) = std::pin::pin!(forward_h1(proxy, route, backend, out)).await?;
     Ok(match outcome {
-        Outcome::Response(parts, body) => h1_response(&backend, parts, body, active, start),
+        Outcome::Response(head, body) => {
+            h1_response(&backend, head.into_parts(), body, active, start)
+        }
         Outcome::Upgraded(parts, io, leftover) => {
             backend
                 .metrics

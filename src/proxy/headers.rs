@@ -73,6 +73,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A response's fields without the hop-by-hop ones, including those its `Connection`
+/// field names: [`strip_hop_by_hop`] for fields as bytes (the HTTP/1.1 fast path relays an
+/// upstream's fields without building a field map).
+pub fn end_to_end<'f>(
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+) -> impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone {
+    let connection = fields.clone().filter(|(n, _)| kind(n) == Kind::Connection);
+    let has_connection = connection.clone().next().is_some();
+    fields.filter(move |&(name, _)| {
+        let hop = matches!(
+            kind(name),
+            Kind::Connection | Kind::HopByHop | Kind::Te | Kind::Upgrade
+        );
+        let listed = || {
+            connection.clone().any(|(_, v)| {
+                v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+            })
+        };
+        !(hop || has_connection && listed())
+    })
+}
+
 /// What the proxy knows about the client, rendered once per connection.
 #[derive(Clone)]
 pub struct ClientInfo {
@@ -310,6 +333,23 @@ mod tests {
     }
 
     #[test]
+    fn raw_response_fields_lose_the_same_hop_by_hop_fields() {
+        let fields: [(&[u8], &[u8]); 7] = [
+            (b"Connection", b"keep-alive, X-Secret"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"x-secret", b"1"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Proxy-Connection", b"keep-alive"),
+            (b"Content-Type", b"text/plain"),
+            (b"X-Kept", b"yes"),
+        ];
+        let kept: Vec<_> = end_to_end(fields.into_iter()).map(|(n, _)| n).collect();
+        assert_eq!(kept, [&b"Content-Type"[..], b"X-Kept"]);
+        let plain: [(&[u8], &[u8]); 1] = [(b"x-secret", b"1")];
+        assert_eq!(end_to_end(plain.into_iter()).count(), 1);
+    }
+
+    #[test]
     fn upgrade_requests_are_recognised() {
         assert!(is_upgrade_request(&map(&[
             ("connection", "keep-alive, Upgrade"),
@@ -357,7 +397,11 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
         let target = parts.uri.path_and_query().unwrap().as_str().to_string();
-        let len = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let len = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
         let head = upstream_head(
             parts.method.as_str(),
             &target,

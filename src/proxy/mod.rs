@@ -1,8 +1,10 @@
 //! The data plane: accepting client connections and forwarding their requests.
 //!
-//! Lifecycle of a client connection (see `connection.rs`): accept -> serve HTTP/1.1 or h2c
-//! (auto-detected) -> for each request, `handler.rs` loads the live table once, resolves a
-//! route and an endpoint, forwards through the endpoint's pool and streams the answer back
+//! Lifecycle of a client connection (see `connection.rs`): accept -> plain HTTP/1.1
+//! requests on our own server (`server/`), until the first request that is not plain
+//! hands the connection to hyper (HTTP/1.1 and h2c, auto-detected) -> for each request,
+//! `handler.rs` loads the live table once, resolves a route and an endpoint, forwards
+//! through the endpoint's pool and streams the answer back
 //! -> an upgrade (websocket) becomes a tunnel task (`upgrade.rs`) that outlives the HTTP
 //! connection and every table swap -> idle timeout or shutdown closes the connection
 //! gracefully, letting in-flight requests finish.

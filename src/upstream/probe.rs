@@ -56,7 +56,7 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
         };
         let pooled = upstream.connect(timeout).await.ok()?;
         let status = match h1::exchange(pooled.conn, out, upstream).await.ok()? {
-            h1::Outcome::Response(parts, _) => parts.status,
+            h1::Outcome::Response(head, _) => head.status,
             h1::Outcome::Upgraded(..) => return None,
         };
         Some(status.is_success() || status.is_redirection())

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-use http::header;
+use http::{header, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -33,7 +33,7 @@ use super::handler::{self, H1Request};
 use super::headers::{self, ClientInfo};
 use super::{Proxy, ProxyBody};
 use crate::config::labels::BackendProtocol;
-use crate::upstream::h1::{Outcome, RequestFraming};
+use crate::upstream::h1::{Outcome, RequestFraming, ResponseHead};
 use crate::wire::Sender;
 use request::{Head, Parsed};
 use response::Framing;
@@ -52,7 +52,11 @@ pub(super) enum End<S> {
 /// What one plain request turned out to need.
 enum Plan {
     /// Forward to an HTTP/1.1 endpoint of `route`.
-    Forward(Arc<crate::routing::Route>, crate::balance::Backend, H1Request),
+    Forward(
+        Arc<crate::routing::Route>,
+        crate::balance::Backend,
+        H1Request,
+    ),
     /// Answer at once (redirect, no route, bad host, no endpoint).
     Answer(http::Response<ProxyBody>),
     /// Not ours after all (an h2c endpoint).
@@ -103,21 +107,25 @@ where
         let in_flight = InFlight::start(activity.clone());
         let start = Instant::now();
         let access = proxy.access_log.then(|| {
-            let text = |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
+            let text =
+                |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
             let target = &buf[head.target.clone()];
             let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-            (text(&head.method), String::from_utf8_lossy(path).into_owned())
+            (
+                text(&head.method),
+                String::from_utf8_lossy(path).into_owned(),
+            )
         });
         let head_request = &buf[head.method.clone()] == b"HEAD";
         let mut service = None;
-        let resp = match plan(proxy, client, peer, &head, &buf) {
+        let (reply, body) = match plan(proxy, client, peer, &head, &buf) {
             Plan::Handoff => {
                 drop(in_flight);
                 return End::Handoff(io, buf);
             }
             Plan::Answer(resp) => {
                 buf.advance(head.len);
-                resp
+                made(resp)
             }
             Plan::Forward(route, backend, req) => {
                 buf.advance(head.len);
@@ -125,23 +133,36 @@ where
                     service = Some(backend.service.clone());
                 }
                 match std::pin::pin!(handler::forward_h1(proxy, &route, backend, req)).await {
-                    Ok((Outcome::Response(parts, body), active, backend)) => {
-                        handler::h1_response(&backend, parts, body, active, start)
+                    Ok((Outcome::Response(head, body), active, backend)) => {
+                        let elapsed = start.elapsed().as_secs_f64();
+                        backend.metrics.record(head.status.as_u16(), elapsed);
+                        (Reply::Relayed(head), ProxyBody::H1(body, active))
                     }
                     // Not asked for: the client refuses an unasked 101.
                     Ok((Outcome::Upgraded(..), _, _)) => {
-                        handler::error_response(&ProxyError::UpgradeRefused)
+                        made(handler::error_response(&ProxyError::UpgradeRefused))
                     }
-                    Err((e, backend)) => handler::failed(&route, &backend, &e, start),
+                    Err((e, backend)) => made(handler::failed(&route, &backend, &e, start)),
                 }
             }
         };
-        let (parts, body) = resp.into_parts();
+        let status = reply.status();
         let close = head.close
             || activity.closing.load(Ordering::Relaxed)
-            || parts.headers.contains_key(header::CONNECTION);
-        let framing = Framing::of(parts.status, head_request, body.size_hint().exact());
-        response::encode(&mut wbuf, parts.status, &parts.headers, framing, close);
+            || matches!(&reply, Reply::Made(parts) if parts.headers.contains_key(header::CONNECTION));
+        let framing = Framing::of(status, head_request, body.size_hint().exact());
+        match &reply {
+            Reply::Made(parts) => {
+                let fields = parts.headers.iter();
+                let fields = fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                response::encode(&mut wbuf, status, fields, framing, close);
+            }
+            Reply::Relayed(head) => {
+                let fields = headers::end_to_end(head.fields());
+                response::encode(&mut wbuf, status, fields, framing, close);
+            }
+        }
+        drop(reply);
         let body = (framing != Framing::None).then_some(body);
         let mut sender = Sender::new(wbuf.split().freeze(), body, framing == Framing::Chunked);
         if !head.trailers {
@@ -150,7 +171,7 @@ where
         let sent = poll_fn(|cx| sender.poll_send(&mut io, cx)).await;
         drop(sender);
         if let Some((method, path)) = access {
-            handler::log_access(peer, &method, &path, parts.status, service.as_deref(), start);
+            handler::log_access(peer, &method, &path, status, service.as_deref(), start);
         }
         drop(in_flight);
         if let Err(e) = sent {
@@ -162,6 +183,28 @@ where
             return End::Closed;
         }
     }
+}
+
+/// The head of an answer.
+enum Reply {
+    /// Made by the proxy (redirects, errors).
+    Made(http::response::Parts),
+    /// From an upstream, its fields as they came.
+    Relayed(ResponseHead),
+}
+
+impl Reply {
+    fn status(&self) -> StatusCode {
+        match self {
+            Reply::Made(parts) => parts.status,
+            Reply::Relayed(head) => head.status,
+        }
+    }
+}
+
+fn made(resp: http::Response<ProxyBody>) -> (Reply, ProxyBody) {
+    let (parts, body) = resp.into_parts();
+    (Reply::Made(parts), body)
 }
 
 /// Routes a plain request and encodes its upstream head; no await, one table load.
@@ -179,7 +222,7 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
     };
     let route = match handler::resolve(proxy, host, target) {
         Ok(route) => route,
-        Err(answer) => return Plan::Answer(answer),
+        Err(answer) => return Plan::Answer(*answer),
     };
     if route.backends.protocol == BackendProtocol::H2c {
         return Plan::Handoff;

@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_for_more() {
-        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\n").0, Parsed::Partial));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\n").0,
+            Parsed::Partial
+        ));
         assert!(matches!(parse("PRI * HTT").0, Parsed::Partial));
     }
 

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap};
 use http::StatusCode;
 
 /// How the body follows the head.
@@ -35,19 +34,17 @@ impl Framing {
     }
 }
 
-/// Writes the head into `w`.
-pub(super) fn encode(
+/// Writes the head into `w`: `fields` (end-to-end ones: the hop-by-hop fields were taken
+/// out before) but those of framing and `Connection`, which are this writer's.
+pub(super) fn encode<'f>(
     w: &mut BytesMut,
     status: StatusCode,
-    fields: &HeaderMap,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
     framing: Framing,
     close: bool,
 ) {
-    let size: usize = fields
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    w.reserve(size + 128);
+    // Most heads fit; a larger one grows the buffer as it is written.
+    w.reserve(1024);
     if status == StatusCode::OK {
         w.put_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -61,18 +58,19 @@ pub(super) fn encode(
     for (name, value) in fields {
         // The framing fields are this writer's (a 204 has neither); the rest of the
         // hop-by-hop fields were taken out before.
-        if framing != Framing::None || status == StatusCode::NO_CONTENT {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
-            }
-        }
-        if name == header::CONNECTION {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if (framing != Framing::None || status == StatusCode::NO_CONTENT)
+            && (is("content-length") || is("transfer-encoding"))
+        {
             continue;
         }
-        has_date |= name == header::DATE;
-        w.put_slice(name.as_str().as_bytes());
+        if is("connection") {
+            continue;
+        }
+        has_date |= is("date");
+        w.put_slice(name);
         w.put_slice(b": ");
-        w.put_slice(value.as_bytes());
+        w.put_slice(value);
         w.put_slice(b"\r\n");
     }
     if !has_date {
@@ -130,7 +128,7 @@ fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn head(status: u16, fields: &[(&str, &str)], framing: Framing, close: bool) -> String {
         let mut map = HeaderMap::new();
@@ -141,7 +139,16 @@ mod tests {
             );
         }
         let mut w = BytesMut::new();
-        encode(&mut w, StatusCode::from_u16(status).unwrap(), &map, framing, close);
+        let fields = map
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        encode(
+            &mut w,
+            StatusCode::from_u16(status).unwrap(),
+            fields,
+            framing,
+            close,
+        );
         String::from_utf8(w.to_vec()).unwrap()
     }
 
@@ -151,8 +158,14 @@ mod tests {
         assert_eq!(Framing::of(ok, false, Some(5)), Framing::Length(5));
         assert_eq!(Framing::of(ok, false, None), Framing::Chunked);
         assert_eq!(Framing::of(ok, true, Some(5)), Framing::None);
-        assert_eq!(Framing::of(StatusCode::NOT_MODIFIED, false, None), Framing::None);
-        assert_eq!(Framing::of(StatusCode::NO_CONTENT, false, Some(0)), Framing::None);
+        assert_eq!(
+            Framing::of(StatusCode::NOT_MODIFIED, false, None),
+            Framing::None
+        );
+        assert_eq!(
+            Framing::of(StatusCode::NO_CONTENT, false, Some(0)),
+            Framing::None
+        );
     }
 
     #[test]
@@ -168,15 +181,34 @@ mod tests {
             "HTTP/1.1 200 OK\r\ndate: x\r\nx-a: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
         );
         let h = head(502, &[("x-a", "1")], Framing::Chunked, false);
-        assert!(h.starts_with("HTTP/1.1 502 Bad Gateway\r\nx-a: 1\r\ndate: "), "{h}");
-        assert!(h.ends_with(" GMT\r\ntransfer-encoding: chunked\r\n\r\n"), "{h}");
+        assert!(
+            h.starts_with("HTTP/1.1 502 Bad Gateway\r\nx-a: 1\r\ndate: "),
+            "{h}"
+        );
+        assert!(
+            h.ends_with(" GMT\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{h}"
+        );
     }
 
     #[test]
     fn heads_without_a_body_keep_their_declared_length() {
-        let h = head(200, &[("content-length", "1000"), ("date", "x")], Framing::None, false);
-        assert_eq!(h, "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ndate: x\r\n\r\n");
-        let h = head(204, &[("content-length", "0"), ("date", "x")], Framing::None, false);
+        let h = head(
+            200,
+            &[("content-length", "1000"), ("date", "x")],
+            Framing::None,
+            false,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ndate: x\r\n\r\n"
+        );
+        let h = head(
+            204,
+            &[("content-length", "0"), ("date", "x")],
+            Framing::None,
+            false,
+        );
         assert_eq!(h, "HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");
     }
 }

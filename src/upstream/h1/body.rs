@@ -12,9 +12,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::{response, H1Conn, H1Error, MAX_HEADERS};
+use crate::upstream::Upstream;
 use crate::upstream::UpstreamBody;
 use crate::wire::{SendError, Sender};
-use crate::upstream::Upstream;
 
 /// Longest chunk-size line (size plus extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;

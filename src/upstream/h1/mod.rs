@@ -20,6 +20,7 @@ mod response;
 
 pub use body::ResponseBody;
 pub use request::{HeadWriter, RequestFraming};
+pub use response::ResponseHead;
 
 use std::future::poll_fn;
 use std::io;
@@ -74,7 +75,7 @@ pub struct H1Conn {
 /// The end of a successful exchange.
 pub enum Outcome {
     /// An answer whose body streams from the connection.
-    Response(http::response::Parts, ResponseBody),
+    Response(ResponseHead, ResponseBody),
     /// `101 Switching Protocols` to an upgrade request: the socket now belongs to the
     /// tunnel, with the bytes the upstream sent after its head.
     Upgraded(http::response::Parts, TcpStream, Bytes),
@@ -202,7 +203,7 @@ pub async fn exchange(
                     return Poll::Ready(Err(ExchangeError::Failed(e)));
                 }
             };
-            let status = head.parts.status.as_u16();
+            let status = head.head.status.as_u16();
             if status == 101 {
                 if !out.upgrade {
                     return Poll::Ready(Err(ExchangeError::Failed(H1Error::Invalid(
@@ -219,14 +220,14 @@ pub async fn exchange(
         }
     })
     .await?;
-    if head.parts.status.as_u16() == 101 {
+    if head.head.status.as_u16() == 101 {
         let leftover = conn.rbuf.split().freeze();
-        return Ok(Outcome::Upgraded(head.parts, conn.io, leftover));
+        return Ok(Outcome::Upgraded(head.head.into_parts(), conn.io, leftover));
     }
     // An answer may come before the whole body was sent (a backend that streams its
     // answer while it reads): the rest of the body is sent as the answer is read.
     let sending = (!sent).then(|| Box::new(sender));
     let reusable = head.keep_alive && write_error.is_none();
     let body = ResponseBody::new(conn, head.framing, reusable, sending, upstream.clone());
-    Ok(Outcome::Response(head.parts, body))
+    Ok(Outcome::Response(head.head, body))
 }

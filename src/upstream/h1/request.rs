@@ -71,4 +71,3 @@ impl HeadWriter {
         self.buf.freeze()
     }
 }
-

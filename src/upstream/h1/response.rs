@@ -13,10 +13,56 @@ use super::{H1Conn, H1Error, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// A parsed response head.
 pub(super) struct Head {
-    pub(super) parts: http::response::Parts,
+    pub(super) head: ResponseHead,
     pub(super) framing: Framing,
     /// The connection may carry another request once this body is read.
     pub(super) keep_alive: bool,
+}
+
+/// A response head as it came from the upstream: status, and the fields as slices of the
+/// head's bytes (validated by httparse as `http`'s types would be). The HTTP/1.1 fast path
+/// writes them on as they are; [`ResponseHead::into_parts`] builds a field map for the
+/// rest.
+pub struct ResponseHead {
+    pub status: StatusCode,
+    raw: Bytes,
+    fields: Vec<FieldAt>,
+    /// Transfer-Encoding and Content-Length both came: the length must not travel on
+    /// (RFC 9112 §6.3), the client would wait for bytes that never come.
+    drop_length: bool,
+}
+
+impl ResponseHead {
+    /// The fields, in order, as (name, value) bytes; a Content-Length that must not
+    /// travel on is left out.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields.iter().filter_map(|&[ns, ne, vs, ve]| {
+            let name = &self.raw[ns as usize..ne as usize];
+            let drop = self.drop_length && name.eq_ignore_ascii_case(b"content-length");
+            (!drop).then(|| (name, &self.raw[vs as usize..ve as usize]))
+        })
+    }
+
+    /// The head as `http`'s parts: names lowercased, values sharing the head's bytes.
+    pub fn into_parts(self) -> http::response::Parts {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for &[ns, ne, vs, ve] in &self.fields {
+            let name = HeaderName::from_bytes(&self.raw[ns as usize..ne as usize]);
+            let value = HeaderValue::from_maybe_shared(self.raw.slice(vs as usize..ve as usize));
+            // Both were validated by httparse with the same rules.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        if self.drop_length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = self.status;
+        parts.version = Version::HTTP_11;
+        parts.headers = headers;
+        parts
+    }
 }
 
 /// Reads until a whole head is in the buffer, then parses it.
@@ -84,28 +130,22 @@ fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error>
     };
     let raw = conn.rbuf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
     let mut framing = Fields::default();
     for &[ns, ne, vs, ve] in &fields[..count] {
-        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
-            .map_err(|_| H1Error::Invalid("field name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
-            .map_err(|_| H1Error::Invalid("field value"))?;
-        framing.note(&name, &value)?;
-        headers.append(name, value);
+        framing.note(
+            &raw[ns as usize..ne as usize],
+            &raw[vs as usize..ve as usize],
+        )?;
     }
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = Version::HTTP_11;
-    // Transfer-Encoding overrides Content-Length, and the length must not travel on
-    // (RFC 9112 §6.3): the client would wait for bytes that never come.
-    if framing.transfer_encoding.is_some() && framing.content_length.is_some() {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    parts.headers = headers;
+    let head = ResponseHead {
+        status,
+        raw,
+        fields: fields[..count].to_vec(),
+        drop_length: framing.transfer_encoding.is_some() && framing.content_length.is_some(),
+    };
     let (framing, keep_alive) = framing.decide(status, minor, head_request);
     Ok(Some(Head {
-        parts,
+        head,
         framing,
         keep_alive,
     }))
@@ -122,26 +162,22 @@ struct Fields {
 }
 
 impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), H1Error> {
-        if *name == header::CONTENT_LENGTH {
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), H1Error> {
+        if name.eq_ignore_ascii_case(b"content-length") {
             // A list of equal values is one length (RFC 9110 §8.6); anything else is an
             // invalid message, never a guess.
-            for part in value.as_bytes().split(|&b| b == b',') {
+            for part in value.split(|&b| b == b',') {
                 let n = parse_length(trim(part)).ok_or(H1Error::Invalid("Content-Length"))?;
                 if self.content_length.is_some_and(|m| m != n) {
                     return Err(H1Error::Invalid("differing Content-Length values"));
                 }
                 self.content_length = Some(n);
             }
-        } else if *name == header::TRANSFER_ENCODING {
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"");
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             self.transfer_encoding = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
-        } else if *name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
                 let token = trim(token);
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -255,11 +291,7 @@ mod tests {
     fn decide(fields: &[(&str, &str)], status: u16, minor: u8, head: bool) -> (Framing, bool) {
         let mut f = Fields::default();
         for (n, v) in fields {
-            f.note(
-                &HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                &HeaderValue::from_str(v).unwrap(),
-            )
-            .unwrap();
+            f.note(n.as_bytes(), v.as_bytes()).unwrap();
         }
         f.decide(StatusCode::from_u16(status).unwrap(), minor, head)
     }
@@ -325,13 +357,11 @@ mod tests {
     #[test]
     fn conflicting_lengths_are_refused() {
         let mut f = Fields::default();
-        let name = header::CONTENT_LENGTH;
-        assert!(f.note(&name, &HeaderValue::from_static("5, 6")).is_err());
+        let name = b"Content-Length";
+        assert!(f.note(name, b"5, 6").is_err());
         let mut f = Fields::default();
-        f.note(&name, &HeaderValue::from_static("5")).unwrap();
-        assert!(f.note(&name, &HeaderValue::from_static("6")).is_err());
-        assert!(Fields::default()
-            .note(&name, &HeaderValue::from_static("-1"))
-            .is_err());
+        f.note(name, b"5").unwrap();
+        assert!(f.note(name, b"6").is_err());
+        assert!(Fields::default().note(name, b"-1").is_err());
     }
 }
