@@ -106,8 +106,7 @@ pub(super) async fn serve<S>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = 0;
     let mut quiet_since = Instant::now();
-    // Head bytes counted at the last request boundary, and since when a head is pending.
-    let mut heads_seen = 0;
+    // Since when a request head is pending.
     let mut head_since: Option<Instant> = None;
     let mut closing = false;
     let shutdown_wait = shutdown.wait();
@@ -152,23 +151,23 @@ pub(super) async fn serve<S>(
                 activity.closing.store(true, Ordering::Relaxed);
             }
             Event::Tick(now) => {
+                // Bytes of a request head arrived since the last request started or ended,
+                // and none is in flight: a head is being sent. HTTP/2 frames between
+                // requests (pings, settings) are not heads.
+                let head_pending = activity.head_reads.load(Ordering::Relaxed)
+                    != activity.heads_at_boundary.load(Ordering::Relaxed)
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && !activity.h2.load(Ordering::Relaxed);
                 let current = activity.progress.load(Ordering::Relaxed);
-                let heads = activity.head_reads.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
                     quiet_since = now;
-                    heads_seen = heads;
-                    head_since = None;
+                    head_since = head_pending.then_some(now);
                     continue;
                 }
-                // Bytes of a request head arrived and no request started since: a head is
-                // being sent. HTTP/2 frames between requests (pings, settings) are not heads.
-                let head_pending = heads != heads_seen
-                    && activity.in_flight.load(Ordering::Relaxed) == 0
-                    && !activity.h2.load(Ordering::Relaxed);
-                if head_pending
-                    && now.duration_since(*head_since.get_or_insert(now)) >= head_timeout
-                {
+                if !head_pending {
+                    head_since = None;
+                } else if now.duration_since(*head_since.get_or_insert(now)) >= head_timeout {
                     // No request is in flight by definition: nothing to drain.
                     tracing::debug!(%peer, "closing client connection: request head too slow");
                     break;
@@ -242,10 +241,19 @@ pub(super) struct Activity {
     in_flight: AtomicUsize,
     /// Reads that brought bytes while no request was in flight: the start of a head.
     head_reads: AtomicU64,
+    /// `head_reads` when a request last started or ended: more since is a pending head.
+    heads_at_boundary: AtomicU64,
     /// The client spoke HTTP/2 (its preface), whose frames between requests are no heads.
     h2: AtomicBool,
     /// Shutting down or idle too long: finish what is in flight, start nothing new.
     pub(super) closing: AtomicBool,
+}
+
+impl Activity {
+    fn mark_boundary(&self) {
+        let heads = self.head_reads.load(Ordering::Relaxed);
+        self.heads_at_boundary.store(heads, Ordering::Relaxed);
+    }
 }
 
 /// Marks one request in flight on its connection until dropped.
@@ -255,6 +263,7 @@ impl InFlight {
     pub(super) fn start(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.progress.fetch_add(1, Ordering::Relaxed);
+        activity.mark_boundary();
         InFlight(activity)
     }
 }
@@ -263,6 +272,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.progress.fetch_add(1, Ordering::Relaxed);
+        self.0.mark_boundary();
     }
 }
 

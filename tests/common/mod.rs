@@ -387,11 +387,19 @@ impl RawRequest {
 
     /// The first value of a header field (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
+        fields(&self.head, name).first().copied()
+    }
+}
+
+/// The values of the fields named `name` (any case) in a raw head, in order.
+fn fields<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
-    }
+        .collect()
 }
 
 /// Reads one request (head and a `Content-Length` body) from `s`, keeping bytes that
@@ -429,6 +437,143 @@ pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> O
     }
     let body = buf.drain(..len).collect();
     Some(RawRequest { body, ..req })
+}
+
+/// One response read off a raw client socket by [`read_response`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// Status line and header fields, without the final blank line.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// The trailer field lines of a chunked body.
+    pub trailers: Vec<String>,
+    /// The whole response as it came on the wire.
+    pub wire: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn status(&self) -> u16 {
+        self.head
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The first value of a header field (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        fields(&self.head, name).first().copied()
+    }
+
+    /// Every value of a header field (case-insensitive name).
+    pub fn headers(&self, name: &str) -> Vec<&str> {
+        fields(&self.head, name)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one HTTP/1.1 response from `s` as a client would frame it (no body after HEAD,
+/// 1xx, 204 and 304; then chunked, Content-Length, or until the close), keeping bytes of
+/// the next response in `buf`. `None` when the peer closed before the response was whole;
+/// a broken chunked framing panics with what came.
+pub async fn read_response(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> Option<RawResponse> {
+    async fn take(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usize) -> Option<Vec<u8>> {
+        while buf.len() < n {
+            fill(s, buf).await?;
+        }
+        Some(buf.drain(..n).collect())
+    }
+    async fn line(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                return Some(buf.drain(..i + 2).collect());
+            }
+            fill(s, buf).await?;
+        }
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        fill(s, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let wire = buf.drain(..end + 4).collect();
+    let mut r = RawResponse {
+        head,
+        body: Vec::new(),
+        trailers: Vec::new(),
+        wire,
+    };
+    let status = r.status();
+    let chunked = r
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+    let length = r
+        .header("content-length")
+        .map(|v| v.parse::<usize>().unwrap());
+    if head_request || status < 200 || status == 204 || status == 304 {
+    } else if chunked {
+        loop {
+            let size_line = line(s, buf).await?;
+            r.wire.extend_from_slice(&size_line);
+            let text = String::from_utf8_lossy(&size_line);
+            let size = text.trim_end().split(';').next().unwrap_or("");
+            let Ok(size) = usize::from_str_radix(size, 16) else {
+                panic!(
+                    "bad chunk size line {text:?} after {:?}",
+                    String::from_utf8_lossy(&r.wire)
+                );
+            };
+            if size == 0 {
+                loop {
+                    let t = line(s, buf).await?;
+                    r.wire.extend_from_slice(&t);
+                    if t == b"\r\n" {
+                        return Some(r);
+                    }
+                    r.trailers
+                        .push(String::from_utf8_lossy(&t).trim_end().to_string());
+                }
+            }
+            let data = take(s, buf, size + 2).await?;
+            r.wire.extend_from_slice(&data);
+            assert!(
+                data.ends_with(b"\r\n"),
+                "chunk not ended by CRLF: {:?}",
+                String::from_utf8_lossy(&r.wire)
+            );
+            r.body.extend_from_slice(&data[..size]);
+        }
+    } else if let Some(n) = length {
+        r.body = take(s, buf, n).await?;
+        r.wire.extend_from_slice(&r.body);
+    } else {
+        while fill(s, buf).await.is_some() {}
+        r.body = std::mem::take(buf);
+        r.wire.extend_from_slice(&r.body);
+    }
+    Some(r)
+}
+
+/// Appends what `s` has to `buf`; `None` when the peer closed (or reset).
+async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8192];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
 }
 
 /// Writes a `200 OK` keep-alive response with `body`.
