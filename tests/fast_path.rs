@@ -192,8 +192,9 @@ impl Conn {
     }
 }
 
-/// The fast path writes its heads with lowercase names and decides the framing: exactly
-/// one framing field, never both.
+/// The fast path writes its own fields in lowercase (the scripted backend's are too: it
+/// relays an upstream's names as they came) and decides the framing: exactly one framing
+/// field, never both.
 fn assert_fast_head(r: &RawResponse) {
     for line in r.head.lines().skip(1) {
         let name = line.split_once(':').map_or(line, |(n, _)| n);
@@ -256,6 +257,24 @@ async fn a_post_with_a_body_then_plain_gets_are_served_on_one_connection() {
     let seen = be.requests();
     assert_eq!(seen[0].body, b"hello");
     assert!(seen.iter().all(|r| !fast(r)), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
+    // A head that comes in pieces is parsed again only once an empty line may have come:
+    // every split of the final CRLF CRLF must still end the head.
+    let backend = Scripted::start().await;
+    let proxy = TestProxy::start(&app(&[backend.backend.endpoint()])).await;
+    let mut c = Conn::open(&proxy).await;
+    for round in 0..2 {
+        for b in get_req("/length").bytes() {
+            c.send([b]).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ok(&c.read().await, "hello");
+        assert_eq!(backend.requests().len(), round + 1);
+    }
+    assert!(backend.requests().iter().all(fast));
 }
 
 #[tokio::test]

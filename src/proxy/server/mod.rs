@@ -79,14 +79,22 @@ where
     let mut wbuf = BytesMut::new();
     let mut head = Head::default();
     loop {
-        // The next head, whole.
+        // The next head, whole. A head that came in pieces is parsed again only once its
+        // end may have arrived: a client dripping a large head byte by byte costs one
+        // scan of it, not one parse per byte.
+        let mut scanned: Option<usize> = None;
         loop {
-            if !buf.is_empty() {
+            let may_be_whole = scanned.is_none_or(|from| request::may_end_head(&buf, from));
+            if !buf.is_empty() && may_be_whole {
                 match head.parse(&buf, settings.max_headers) {
                     Parsed::Plain if head.len <= settings.max_header_bytes => break,
-                    Parsed::Partial if buf.len() < settings.max_header_bytes => {}
+                    Parsed::Partial => {}
                     _ => return End::Handoff(io, buf),
                 }
+                scanned = Some(buf.len());
+            }
+            if buf.len() >= settings.max_header_bytes {
+                return End::Handoff(io, buf);
             }
             if buf.capacity() - buf.len() < READ_SIZE / 8 {
                 buf.reserve(READ_SIZE);

@@ -111,6 +111,21 @@ impl Head {
     }
 }
 
+/// True when `buf`, scanned before up to `from`, may now hold the end of a head: an empty
+/// line (`\n\n` or `\n\r\n`, as httparse accepts) in the bytes that came since.
+pub(super) fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..).unwrap_or_default();
+    tail.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match tail.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
+}
+
 /// Longest request target hyper takes (it answers 414 past it): the same limit here.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -155,6 +170,19 @@ mod tests {
         assert_eq!(head.fields.len(), 4);
         let (n, v) = head.fields[3].clone();
         assert_eq!((&raw[n], &raw[v]), ("x-a", "1"));
+    }
+
+    #[test]
+    fn only_an_empty_line_may_end_a_head() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n";
+        assert!(!may_end_head(head, 0));
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // The end straddles what was scanned and what came after.
+        for from in 0..whole.len() {
+            assert!(may_end_head(whole, from), "{from}");
+        }
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\nX: \r", 0));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! A response's head as the fast path writes it: status line, the fields (names as the
-//! `http` crate holds them, lowercase), `Date` when the answer has none, the body's
+//! A response's head as the fast path writes it: status line, the fields (an upstream's as
+//! they came, the proxy's own in lowercase), `Date` when the answer has none, the body's
 //! framing and `Connection: close` when the connection ends after it.
 
 use std::cell::RefCell;
