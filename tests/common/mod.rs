@@ -564,7 +564,7 @@ pub async fn read_response(
 }
 
 /// Appends what `s` has to `buf`; `None` when the peer closed (or reset).
-async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+pub async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     use tokio::io::AsyncReadExt;
     let mut chunk = [0u8; 8192];
     match s.read(&mut chunk).await {
