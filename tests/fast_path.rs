@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -26,46 +26,9 @@ fn app(endpoints: &[EndpointSpec]) -> DesiredState {
 // A scripted backend that records what it gets, and a raw client connection.
 // ---------------------------------------------------------------------------------------
 
-/// Every request a [`Scripted`] backend received, in order, as it came.
-type Log = Arc<Mutex<Vec<RawRequest>>>;
-
 /// A raw backend that records each request and answers by path (see [`answer`]).
-struct Scripted {
-    backend: RawBackend,
-    log: Log,
-}
-
-impl Scripted {
-    async fn start() -> Scripted {
-        let log: Log = Arc::default();
-        let l = log.clone();
-        let backend = RawBackend::start(move |mut s, _| {
-            let log = l.clone();
-            async move {
-                let mut buf = Vec::new();
-                while let Some(req) = read_request(&mut s, &mut buf).await {
-                    let (bytes, close) = answer(&req);
-                    log.lock().unwrap().push(req);
-                    if s.write_all(&bytes).await.is_err() || close {
-                        return;
-                    }
-                }
-            }
-        })
-        .await;
-        Scripted { backend, log }
-    }
-
-    fn requests(&self) -> Vec<RawRequest> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .map(|r| r.line().to_string())
-            .collect()
-    }
+async fn scripted() -> Recorder {
+    Recorder::start(Framing::Lenient, answer).await
 }
 
 /// What the scripted backend answers (raw bytes), and whether it closes after.
@@ -214,7 +177,7 @@ fn ok(r: &RawResponse, body: &str) {
 
 #[tokio::test]
 async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connection() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/one")).await;
@@ -240,7 +203,7 @@ async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connec
 
 #[tokio::test]
 async fn a_post_with_a_body_then_plain_gets_are_served_on_one_connection() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     ok(&c.request(post_req("/one", "hello")).await, "/one:hello");
@@ -263,7 +226,7 @@ async fn a_post_with_a_body_then_plain_gets_are_served_on_one_connection() {
 async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
     // A head that comes in pieces is parsed again only once an empty line may have come:
     // every split of the final CRLF CRLF must still end the head.
-    let backend = Scripted::start().await;
+    let backend = scripted().await;
     let proxy = TestProxy::start(&app(&[backend.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     for round in 0..2 {
@@ -279,7 +242,7 @@ async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
 
 #[tokio::test]
 async fn plain_gets_pipelined_in_one_write_are_answered_in_order() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let paths = ["/p0", "/p1", "/p2", "/p3", "/p4"];
@@ -299,7 +262,7 @@ async fn plain_gets_pipelined_in_one_write_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_to_hyper() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     // All of it in one write: the GET is ours, the POST (head and body) was read with it
@@ -354,7 +317,7 @@ async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_
 
 #[tokio::test]
 async fn an_upstream_length_body_reaches_the_client_with_its_length() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
@@ -375,7 +338,7 @@ async fn an_upstream_length_body_reaches_the_client_with_its_length() {
 
 #[tokio::test]
 async fn an_upstream_chunked_body_reaches_the_client_chunked() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
@@ -395,7 +358,7 @@ async fn an_upstream_chunked_body_reaches_the_client_chunked() {
 
 #[tokio::test]
 async fn a_close_delimited_upstream_body_is_chunked_to_the_client_and_the_connection_stays() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
@@ -412,7 +375,7 @@ async fn a_close_delimited_upstream_body_is_chunked_to_the_client_and_the_connec
 
 #[tokio::test]
 async fn a_head_answer_keeps_its_length_sends_no_body_and_the_connection_stays() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     // Pipelined: any body byte after the HEAD answer would garble the GET's answer.
@@ -432,7 +395,7 @@ async fn a_head_answer_keeps_its_length_sends_no_body_and_the_connection_stays()
 
 #[tokio::test]
 async fn no_content_and_not_modified_answers_have_no_body() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     c.send(get_req("/204") + &get_req("/304") + &get_req("/next"))
@@ -457,7 +420,7 @@ async fn no_content_and_not_modified_answers_have_no_body() {
 
 #[tokio::test]
 async fn trailers_reach_a_client_that_sent_te_trailers() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c
@@ -472,7 +435,7 @@ async fn trailers_reach_a_client_that_sent_te_trailers() {
 
 #[tokio::test]
 async fn trailers_are_dropped_for_a_client_without_te_trailers_and_the_body_still_ends() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/trailers")).await;
@@ -488,7 +451,7 @@ async fn trailers_are_dropped_for_a_client_without_te_trailers_and_the_body_stil
 
 #[tokio::test]
 async fn date_is_added_when_the_upstream_sent_none_and_never_doubled() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/length")).await;
@@ -514,7 +477,7 @@ async fn date_is_added_when_the_upstream_sent_none_and_never_doubled() {
 
 #[tokio::test]
 async fn a_client_connection_close_gets_connection_close_and_the_proxy_closes() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     for field in ["Connection: close", "connection: Keep-Alive, CLOSE"] {
         let mut c = Conn::open(&proxy).await;
@@ -545,7 +508,7 @@ async fn a_client_connection_close_gets_connection_close_and_the_proxy_closes() 
 
 #[tokio::test]
 async fn hop_by_hop_response_fields_from_the_backend_do_not_reach_the_client() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/hop")).await;
@@ -562,7 +525,7 @@ async fn hop_by_hop_response_fields_from_the_backend_do_not_reach_the_client() {
 
 #[tokio::test]
 async fn hop_by_hop_request_fields_are_dropped_and_forwarding_fields_added_with_names_as_sent() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
     let r = c
@@ -642,7 +605,7 @@ async fn hop_by_hop_request_fields_are_dropped_and_forwarding_fields_added_with_
 
 #[tokio::test]
 async fn redirect_and_no_route_answers_keep_the_connection_alive() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&state(vec![
         host_service("app", "app.local", &[be.backend.endpoint()]),
         service(
@@ -686,7 +649,7 @@ async fn redirect_and_no_route_answers_keep_the_connection_alive() {
 
 #[tokio::test]
 async fn a_host_with_non_ascii_bytes_is_400_and_the_proxy_goes_on() {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     for host in [&b"app.l\xc3\xa9cal"[..], b"\xff\xfe", b"app.local\x80"] {
         let mut c = Conn::open(&proxy).await;
@@ -719,7 +682,7 @@ async fn a_plain_request_in_flight_at_shutdown_completes_with_connection_close()
     // The backend holds its answer until told.
     let arrived = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Notify::new());
-    let log: Log = Arc::default();
+    let log: RequestLog = Arc::default();
     let (a, rl, l) = (arrived.clone(), release.clone(), log.clone());
     let backend = RawBackend::start(move |mut s, _| {
         let (arrived, release, log) = (a.clone(), rl.clone(), l.clone());
@@ -767,7 +730,7 @@ async fn a_plain_request_in_flight_at_shutdown_completes_with_connection_close()
 /// on a fresh connection, waits `pause`, sends the start of a head and no more; asserts
 /// the proxy closes the connection (the hang guard is 5 s, far below the longer timeout).
 async fn stall_later_head(head_timeout: Duration, idle_timeout: Duration, pause: Duration) {
-    let be = Scripted::start().await;
+    let be = scripted().await;
     let settings = ProxySettings {
         header_read_timeout: head_timeout,
         idle_timeout,

@@ -11,7 +11,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -24,122 +24,17 @@ fn app(endpoints: &[EndpointSpec]) -> DesiredState {
     state(vec![host_service("app", "app.local", endpoints)])
 }
 
-// ---------------------------------------------------------------------------------------
-// A backend that records, byte for byte, every request the proxy sends it.
-// ---------------------------------------------------------------------------------------
-
-/// Every request a [`Recorder`] received, in order.
-type Log = Arc<Mutex<Vec<RawRequest>>>;
-
-/// A raw backend that parses requests itself (Content-Length or chunked framing, nothing
-/// lenient), records each one and answers `200 rec`. Anything it cannot frame ends the
-/// connection and is recorded as a request line `UNFRAMED`.
-struct Recorder {
-    backend: RawBackend,
-    log: Log,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let log: Log = Arc::default();
-        let l = log.clone();
-        let backend = RawBackend::start(move |mut s, _| {
-            let log = l.clone();
-            async move {
-                let mut buf = Vec::new();
-                while let Some(req) = read_framed(&mut s, &mut buf).await {
-                    let unframed = req.line() == "UNFRAMED";
-                    log.lock().unwrap().push(req);
-                    if unframed || write_ok(&mut s, "rec").await.is_err() {
-                        return;
-                    }
-                }
-            }
-        })
-        .await;
-        Recorder { backend, log }
-    }
-
-    fn requests(&self) -> Vec<RawRequest> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .map(|r| r.line().to_string())
-            .collect()
-    }
-}
-
-async fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
-            buf.drain(..i + 2);
-            return Some(line);
+/// A [`Recorder`] with strict framing that answers `200 rec`, and closes on anything it
+/// cannot frame (recorded as a request line `UNFRAMED`).
+async fn recorder() -> Recorder {
+    Recorder::start(Framing::Strict, |req| {
+        if req.line() == "UNFRAMED" {
+            (Vec::new(), true)
+        } else {
+            (ok_response("rec"), false)
         }
-        fill(s, buf).await?;
-    }
-}
-
-/// Reads one request with strict framing: a head, then a chunked body (decoded) or a
-/// Content-Length body. A head with both, or with an unusable length, is `UNFRAMED`.
-async fn read_framed(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        fill(s, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    buf.drain(..head_end + 4);
-    let mut req = RawRequest {
-        head,
-        body: Vec::new(),
-    };
-    let unframed = |head: String| {
-        Some(RawRequest {
-            head: format!("UNFRAMED\r\n{head}"),
-            body: Vec::new(),
-        })
-    };
-    let te = req.header("transfer-encoding").map(str::to_string);
-    let cl = req.header("content-length").map(str::to_string);
-    match (te, cl) {
-        (Some(_), Some(_)) => return unframed(req.head),
-        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => loop {
-            let line = read_line(s, buf).await?;
-            let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or(""), 16) else {
-                return unframed(req.head);
-            };
-            if size == 0 {
-                // Trailers, up to the blank line.
-                while !read_line(s, buf).await?.is_empty() {}
-                return Some(req);
-            }
-            while buf.len() < size + 2 {
-                fill(s, buf).await?;
-            }
-            if &buf[size..size + 2] != b"\r\n" {
-                return unframed(req.head);
-            }
-            req.body.extend(buf.drain(..size));
-            buf.drain(..2);
-        },
-        (Some(_), None) => return unframed(req.head),
-        (None, Some(cl)) => {
-            let Ok(len) = cl.parse::<usize>() else {
-                return unframed(req.head);
-            };
-            while buf.len() < len {
-                fill(s, buf).await?;
-            }
-            req.body = buf.drain(..len).collect();
-        }
-        (None, None) => {}
-    }
-    Some(req)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -194,7 +89,7 @@ async fn still_serves(proxy: &TestProxy) {
 /// normal request on another connection. Returns what the client got back and the requests
 /// the backend received before that normal one.
 async fn smuggle(case: &str) -> (String, Vec<RawRequest>) {
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     let out = bounded(case, 8, exchange(&proxy, case.as_bytes())).await;
     still_serves(&proxy).await;
@@ -403,7 +298,7 @@ async fn invalid_chunk_framing_never_reaches_the_backend_as_a_request() {
 async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
     // A client's broken body must not count as an upstream failure: otherwise any client
     // could get healthy endpoints ejected by passive health checks.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     for _ in 0..5 {
         let out = exchange(
@@ -422,7 +317,7 @@ async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
 async fn pipelined_requests_reach_the_backend_one_by_one() {
     // Two pipelined requests on one connection are two requests, each framed by the
     // proxy; the second is never glued to the first's body.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     let out = exchange(
         &proxy,
@@ -527,7 +422,7 @@ async fn a_stalled_body_gets_408_and_never_blames_the_backend() {
     // The header timer only covers the head. A body that stops sending is cut by the body
     // read timeout (shorter than the upstream timeout, so a stalled client is never taken
     // for a slow backend): 408, the connection closes, no upstream error is counted.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let settings = ProxySettings {
         idle_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(800),
@@ -574,7 +469,7 @@ async fn a_stalled_body_gets_408_and_never_blames_the_backend() {
 
 #[tokio::test]
 async fn long_request_line_is_a_4xx_and_a_clean_close() {
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let settings = ProxySettings {
         max_header_bytes: 128 * 1024,
         ..ProxySettings::default()
@@ -649,7 +544,7 @@ async fn extension_methods_are_forwarded_as_is_and_trace_is_refused() {
     // backend's methods): PATCH, PROPFIND, FOO alike; methods are case-sensitive, so `get`
     // is an extension method, not GET. TRACE is answered 405 by the proxy (it would echo
     // cookies and credentials back to a script: cross-site tracing), as nginx does.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     for m in ["FOO", "PROPFIND", "PATCH", "M-SEARCH", "get"] {
         let out = exchange(
@@ -680,7 +575,7 @@ async fn extension_methods_are_forwarded_as_is_and_trace_is_refused() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let settings = ProxySettings {
         max_body_bytes: Some(1000),
         ..ProxySettings::default()
@@ -721,7 +616,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
 #[tokio::test]
 async fn invalid_method_tokens_are_400() {
     // httparse: a method with a non-token byte is `Error::Token` -> hyper 400 and close.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     for m in ["G(T", "GE\"T", "G@T", "GET\x01", "G\x7fT", "GÉT", "G/T"] {
         let out = exchange(
@@ -744,7 +639,7 @@ async fn connect_is_refused_not_tunnelled() {
     // answered 405 by the proxy itself, whatever the Host, and never forwarded. (Before:
     // routed by Host like any request, so `Host: app.local` forwarded a CONNECT to the
     // backend; hyper treats a 2xx to CONNECT as the start of a tunnel.)
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     let target = rec.backend.addr;
     for head in [
@@ -797,7 +692,7 @@ async fn missing_duplicate_or_garbage_host_is_400() {
     // proxy's check; hyper accepts both). Hosts that cannot be a name are 400 (the proxy's
     // host check); control characters are invalid field values for httparse (400 from
     // hyper). A name with a bad port is looked up as is and matches no route: 503.
-    let rec = Recorder::start().await;
+    let rec = recorder().await;
     let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
     let long = "a".repeat(300);
     let longer = "a".repeat(10_000);

@@ -576,15 +576,149 @@ pub async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()
     }
 }
 
-/// Writes a `200 OK` keep-alive response with `body`.
-pub async fn write_ok(s: &mut tokio::net::TcpStream, body: &str) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let resp = format!(
+async fn read_line(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return Some(line);
+        }
+        fill(s, buf).await?;
+    }
+}
+
+/// Reads one request with strict framing: a head, then a chunked body (decoded) or a
+/// Content-Length body. A head with both, or with an unusable length, is `UNFRAMED`.
+pub async fn read_framed(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        fill(s, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end + 4);
+    let mut req = RawRequest {
+        head,
+        body: Vec::new(),
+    };
+    let unframed = |head: String| {
+        Some(RawRequest {
+            head: format!("UNFRAMED\r\n{head}"),
+            body: Vec::new(),
+        })
+    };
+    let te = req.header("transfer-encoding").map(str::to_string);
+    let cl = req.header("content-length").map(str::to_string);
+    match (te, cl) {
+        (Some(_), Some(_)) => return unframed(req.head),
+        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => loop {
+            let line = read_line(s, buf).await?;
+            let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or(""), 16) else {
+                return unframed(req.head);
+            };
+            if size == 0 {
+                // Trailers, up to the blank line.
+                while !read_line(s, buf).await?.is_empty() {}
+                return Some(req);
+            }
+            while buf.len() < size + 2 {
+                fill(s, buf).await?;
+            }
+            if &buf[size..size + 2] != b"\r\n" {
+                return unframed(req.head);
+            }
+            req.body.extend(buf.drain(..size));
+            buf.drain(..2);
+        },
+        (Some(_), None) => return unframed(req.head),
+        (None, Some(cl)) => {
+            let Ok(len) = cl.parse::<usize>() else {
+                return unframed(req.head);
+            };
+            while buf.len() < len {
+                fill(s, buf).await?;
+            }
+            req.body = buf.drain(..len).collect();
+        }
+        (None, None) => {}
+    }
+    Some(req)
+}
+
+/// How a [`Recorder`] reads requests.
+#[derive(Clone, Copy)]
+pub enum Framing {
+    /// A head and a `Content-Length` body ([`read_request`]).
+    Lenient,
+    /// Chunked or `Content-Length`, nothing else ([`read_framed`]).
+    Strict,
+}
+
+/// Every request a [`Recorder`] received, in order, as it came.
+pub type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<RawRequest>>>;
+
+/// A raw backend that records every request it reads and writes back what `answer` says
+/// for it (the connection closes after when `answer` says so).
+pub struct Recorder {
+    pub backend: RawBackend,
+    log: RequestLog,
+}
+
+impl Recorder {
+    pub async fn start(framing: Framing, answer: fn(&RawRequest) -> (Vec<u8>, bool)) -> Recorder {
+        use tokio::io::AsyncWriteExt;
+        let log: RequestLog = Default::default();
+        let l = log.clone();
+        let backend = RawBackend::start(move |mut s, _| {
+            let log = l.clone();
+            async move {
+                let mut buf = Vec::new();
+                loop {
+                    let req = match framing {
+                        Framing::Lenient => read_request(&mut s, &mut buf).await,
+                        Framing::Strict => read_framed(&mut s, &mut buf).await,
+                    };
+                    let Some(req) = req else { return };
+                    let (bytes, close) = answer(&req);
+                    log.lock().unwrap().push(req);
+                    if s.write_all(&bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        Recorder { backend, log }
+    }
+
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The request lines, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| r.line().to_string())
+            .collect()
+    }
+}
+
+/// A `200 OK` keep-alive response with `body`.
+pub fn ok_response(body: &str) -> Vec<u8> {
+    format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
         body.len(),
         body
-    );
-    s.write_all(resp.as_bytes()).await
+    )
+    .into_bytes()
+}
+
+/// Writes a `200 OK` keep-alive response with `body`.
+pub async fn write_ok(s: &mut tokio::net::TcpStream, body: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&ok_response(body)).await
 }
 
 /// Reads from `s` until the peer closes it (EOF or reset) or `limit` passes. Returns what
