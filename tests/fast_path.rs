@@ -28,7 +28,7 @@ fn app(endpoints: &[EndpointSpec]) -> DesiredState {
 
 /// A raw backend that records each request and answers by path (see [`answer`]).
 async fn scripted() -> Recorder {
-    Recorder::start(Framing::Lenient, answer).await
+    Recorder::start(Framing::Strict, answer).await
 }
 
 /// What the scripted backend answers (raw bytes), and whether it closes after.
@@ -91,6 +91,15 @@ fn get_req(path: &str) -> String {
 fn post_req(path: &str, body: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: app.local\r\nX-Probe: 1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A POST with a chunked body and the probe field: never plain, always hyper's.
+fn chunked_post_req(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: app.local\r\nX-Probe: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\n\r\n",
         body.len()
     )
 }
@@ -184,7 +193,10 @@ async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connec
     ok(&r, "/one");
     assert_fast_head(&r);
     assert_eq!(r.header("connection"), None, "{}", r.head);
-    ok(&c.request(post_req("/two", "hello")).await, "/two:hello");
+    ok(
+        &c.request(chunked_post_req("/two", "hello")).await,
+        "/two:hello",
+    );
     ok(&c.request(get_req("/three")).await, "/three");
     assert_eq!(
         be.lines(),
@@ -196,7 +208,7 @@ async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connec
     );
     let seen = be.requests();
     assert_eq!(seen[1].body, b"hello");
-    // The GET was ours; the POST handed the connection to hyper, for good.
+    // The GET was ours; the chunked POST handed the connection to hyper, for good.
     let paths: Vec<bool> = seen.iter().map(fast).collect();
     assert_eq!(paths, [true, false, false]);
 }
@@ -206,7 +218,10 @@ async fn a_post_with_a_body_then_plain_gets_are_served_on_one_connection() {
     let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
     let mut c = Conn::open(&proxy).await;
-    ok(&c.request(post_req("/one", "hello")).await, "/one:hello");
+    ok(
+        &c.request(chunked_post_req("/one", "hello")).await,
+        "/one:hello",
+    );
     ok(&c.request(get_req("/two")).await, "/two");
     ok(&c.request(get_req("/three")).await, "/three");
     assert_eq!(
@@ -241,6 +256,62 @@ async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
 }
 
 #[tokio::test]
+async fn small_bodies_are_read_whole_and_forwarded_on_the_fast_path() {
+    let be = scripted().await;
+    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let mut c = Conn::open(&proxy).await;
+    // With its head, then after it in a later write, then at the limit (16 KiB).
+    ok(&c.request(post_req("/one", "hello")).await, "/one:hello");
+    let post = post_req("/two", "world");
+    let (head, body) = post.split_at(post.len() - 5);
+    c.send(head).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ok(&c.request(body).await, "/two:world");
+    let big = "b".repeat(16 * 1024);
+    ok(
+        &c.request(post_req("/three", &big)).await,
+        &format!("/three:{big}"),
+    );
+    ok(&c.request(get_req("/four")).await, "/four");
+    let seen = be.requests();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.iter().all(fast), "{seen:?}");
+    assert_eq!(seen[1].header("content-length"), Some("5"));
+    // One byte over the limit: the body streams, on hyper's path, for good.
+    let over = "o".repeat(16 * 1024 + 1);
+    ok(
+        &c.request(post_req("/five", &over)).await,
+        &format!("/five:{over}"),
+    );
+    ok(&c.request(get_req("/six")).await, "/six");
+    let seen = be.requests();
+    assert_eq!(seen[4].body.len(), over.len());
+    assert_eq!(
+        seen[4..].iter().map(fast).collect::<Vec<_>>(),
+        [false, false]
+    );
+}
+
+#[tokio::test]
+async fn a_small_body_that_stalls_gets_408_and_the_connection_closes() {
+    let be = scripted().await;
+    let settings = ProxySettings {
+        body_read_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[be.backend.endpoint()]), settings).await;
+    let mut c = Conn::open(&proxy).await;
+    let post = post_req("/stall", "0123456789");
+    c.send(&post[..post.len() - 7]).await;
+    let r = c.read().await;
+    assert_eq!(r.status(), 408, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    c.assert_closed().await;
+    assert!(be.requests().is_empty(), "{:?}", be.requests());
+    assert_eq!(upstream_errors(&proxy, "app"), 0.0);
+}
+
+#[tokio::test]
 async fn plain_gets_pipelined_in_one_write_are_answered_in_order() {
     let be = scripted().await;
     let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
@@ -268,7 +339,7 @@ async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_
     // All of it in one write: the GET is ours, the POST (head and body) was read with it
     // and must be replayed to hyper whole.
     let mut bytes = get_req("/one");
-    bytes.push_str(&post_req("/two", "hello"));
+    bytes.push_str(&chunked_post_req("/two", "hello"));
     bytes.push_str(
         "GET /three HTTP/1.1\r\nHost: app.local\r\nX-Probe: 1\r\nConnection: close\r\n\r\n",
     );
@@ -289,7 +360,7 @@ async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_
     // The POST's body only partly read when the connection changes hands: the rest
     // comes after the GET was answered.
     let mut c = Conn::open(&proxy).await;
-    let post = post_req("/four", "hello");
+    let post = chunked_post_req("/four", "hello");
     let (first, rest) = post.split_at(post.len() - 3);
     c.send(get_req("/three") + first).await;
     ok(&c.read().await, "/three");
@@ -739,7 +810,7 @@ async fn stall_later_head(head_timeout: Duration, idle_timeout: Duration, pause:
     let proxy = TestProxy::with_settings(&app(&[be.backend.endpoint()]), settings).await;
     for (first, body) in [
         (get_req("/first"), "/first"),
-        (post_req("/first", "hi"), "/first:hi"),
+        (chunked_post_req("/first", "hi"), "/first:hi"),
     ] {
         let mut c = Conn::open(&proxy).await;
         ok(&c.request(&first).await, body);

@@ -1,6 +1,6 @@
 //! The request body sent upstream: the client's streaming body (capped at
-//! `--max-body-bytes`, cut when it stalls for `--body-read-timeout`), or nothing (a
-//! replayed idempotent request).
+//! `--max-body-bytes`, cut when it stalls for `--body-read-timeout`), or a small body the
+//! HTTP/1.1 fast path read whole.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +23,8 @@ pub enum UpstreamBody {
         limit: u64,
         stall: Stall,
     },
-    Empty,
+    /// A body read whole before forwarding (`None` once taken).
+    Buffered(Option<Bytes>),
 }
 
 /// Why the client's body stopped: both are the client's doing, never the upstream's.
@@ -109,21 +110,23 @@ impl Body for UpstreamBody {
                     None => Poll::Ready(None),
                 }
             }
-            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Client { body, .. } => body.is_end_stream(),
-            UpstreamBody::Empty => true,
+            UpstreamBody::Buffered(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Client { body, .. } => body.size_hint(),
-            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Buffered(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

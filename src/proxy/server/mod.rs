@@ -1,12 +1,13 @@
 //! Our own HTTP/1.1 server for plain requests, bytes in and bytes out, as nginx and HAProxy
 //! work: a connection starts here, and each request whose head is plain (HTTP/1.1, no
-//! body, no upgrade, see [`request::Head`]) is read in place from the connection's buffer,
+//! body or one of at most [`MAX_BODY`] bytes and known length, no upgrade, see
+//! [`request::Head`]) is read in place from the connection's buffer,
 //! routed, written upstream straight from its raw fields, and answered with a head encoded
 //! once and the body's first bytes in one vectored write. No field map is built for the
 //! request, no task or channel sits between the socket and the handler.
 //!
-//! The first request that is not plain (a body, an upgrade, HTTP/1.0, HTTP/2's preface, a
-//! malformed or oversized head, a route to an h2c endpoint) hands the connection, with
+//! The first request that is not plain (a chunked or larger body, an upgrade, HTTP/1.0,
+//! HTTP/2's preface, a malformed or oversized head, a route to an h2c endpoint) hands the connection, with
 //! every byte read and not yet served, to hyper for the rest of its life
 //! ([`End::Handoff`]): the general case keeps hyper's validation and answers, and the
 //! hardening tests hold for both paths.
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use http::{header, StatusCode};
@@ -34,12 +35,15 @@ use super::headers::{self, ClientInfo};
 use super::{Proxy, ProxyBody};
 use crate::config::labels::BackendProtocol;
 use crate::upstream::h1::{Outcome, RequestFraming, ResponseHead};
+use crate::upstream::UpstreamBody;
 use crate::wire::Sender;
 use request::{Head, Parsed};
 use response::Framing;
 
 /// Read buffer size (and what it grows by).
 const READ_SIZE: usize = 8 * 1024;
+/// Largest request body read whole on the fast path; larger ones stream on hyper's.
+const MAX_BODY: u64 = 16 * 1024;
 
 /// How the fast path left a connection.
 pub(super) enum End<S> {
@@ -75,6 +79,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &proxy.settings;
+    let body_cap = settings
+        .max_body_bytes
+        .map_or(MAX_BODY, |m| m.min(MAX_BODY));
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut wbuf = BytesMut::new();
     let mut head = Head::default();
@@ -87,7 +94,11 @@ where
             let may_be_whole = scanned.is_none_or(|from| request::may_end_head(&buf, from));
             if !buf.is_empty() && may_be_whole {
                 match head.parse(&buf, settings.max_headers) {
-                    Parsed::Plain if head.len <= settings.max_header_bytes => break,
+                    Parsed::Plain
+                        if head.len <= settings.max_header_bytes && head.body_len <= body_cap =>
+                    {
+                        break
+                    }
                     Parsed::Partial => {}
                     _ => return End::Handoff(io, buf),
                 }
@@ -96,16 +107,13 @@ where
             if buf.len() >= settings.max_header_bytes {
                 return End::Handoff(io, buf);
             }
-            if buf.capacity() - buf.len() < READ_SIZE / 8 {
-                buf.reserve(READ_SIZE);
-            }
             let read = poll_fn(|cx| {
                 // Shutting down or idle for too long: no new request starts (a partial
                 // head is dropped, as hyper does).
                 if activity.closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(0));
                 }
-                tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf)
+                poll_fill(&mut io, cx, &mut buf)
             })
             .await;
             if !matches!(read, Ok(n) if n > 0) {
@@ -114,29 +122,45 @@ where
         }
         let in_flight = InFlight::start(activity.clone());
         let start = Instant::now();
-        let access = proxy.access_log.then(|| {
-            let text =
-                |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
-            let target = &buf[head.target.clone()];
-            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-            (
-                text(&head.method),
-                String::from_utf8_lossy(path).into_owned(),
-            )
-        });
+        // A small body is read whole before the request goes on (nginx buffers request
+        // bodies too); larger ones stream, on hyper's path.
+        let whole = head.len + head.body_len as usize;
+        let mut stalled = false;
+        while buf.len() < whole {
+            let read = poll_fn(|cx| poll_fill(&mut io, cx, &mut buf));
+            match tokio::time::timeout(settings.body_read_timeout, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return End::Closed,
+                Err(_) => {
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        let access = proxy.access_log.then(|| access_fields(&head, &buf));
         let head_request = &buf[head.method.clone()] == b"HEAD";
         let mut service = None;
-        let (reply, body) = match plan(proxy, client, peer, &head, &buf) {
+        let plan = if stalled {
+            let e = ProxyError::BodyStalled(settings.body_read_timeout);
+            Plan::Answer(handler::error_response(&e))
+        } else {
+            plan(proxy, client, peer, &head, &buf)
+        };
+        let (reply, body) = match plan {
             Plan::Handoff => {
                 drop(in_flight);
                 return End::Handoff(io, buf);
             }
             Plan::Answer(resp) => {
-                buf.advance(head.len);
+                buf.advance(whole.min(buf.len()));
                 made(resp)
             }
-            Plan::Forward(route, backend, req) => {
+            Plan::Forward(route, backend, mut req) => {
                 buf.advance(head.len);
+                if head.body_len > 0 {
+                    let body = buf.split_to(head.body_len as usize).freeze();
+                    req.body = Some(UpstreamBody::Buffered(Some(body)));
+                }
                 if access.is_some() {
                     service = Some(backend.service.clone());
                 }
@@ -155,21 +179,13 @@ where
             }
         };
         let status = reply.status();
+        // A stalled body's rest must not be read as a next request.
         let close = head.close
+            || stalled
             || activity.closing.load(Ordering::Relaxed)
             || matches!(&reply, Reply::Made(parts) if parts.headers.contains_key(header::CONNECTION));
         let framing = Framing::of(status, head_request, body.size_hint().exact());
-        match &reply {
-            Reply::Made(parts) => {
-                let fields = parts.headers.iter();
-                let fields = fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-                response::encode(&mut wbuf, status, fields, framing, close);
-            }
-            Reply::Relayed(head) => {
-                let fields = headers::end_to_end(head.fields());
-                response::encode(&mut wbuf, status, fields, framing, close);
-            }
-        }
+        reply.encode(&mut wbuf, framing, close);
         drop(reply);
         let body = (framing != Framing::None).then_some(body);
         let mut sender = Sender::new(wbuf.split().freeze(), body, framing == Framing::Chunked);
@@ -193,6 +209,29 @@ where
     }
 }
 
+/// Reads what `io` has into `buf`, with room for a read of [`READ_SIZE`] at least an
+/// eighth free; `Ok(0)` is the end of the stream.
+fn poll_fill<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 8 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// The method and path (without the query) of the access log, copied out of the head.
+fn access_fields(head: &Head, buf: &[u8]) -> (String, String) {
+    let target = &buf[head.target.clone()];
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    (
+        String::from_utf8_lossy(&buf[head.method.clone()]).into_owned(),
+        String::from_utf8_lossy(path).into_owned(),
+    )
+}
+
 /// The head of an answer.
 enum Reply {
     /// Made by the proxy (redirects, errors).
@@ -206,6 +245,22 @@ impl Reply {
         match self {
             Reply::Made(parts) => parts.status,
             Reply::Relayed(head) => head.status,
+        }
+    }
+
+    /// Writes the head into `w` (see [`response::encode`]).
+    fn encode(&self, w: &mut BytesMut, framing: Framing, close: bool) {
+        let status = self.status();
+        match self {
+            Reply::Made(parts) => {
+                let fields = parts.headers.iter();
+                let fields = fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                response::encode(w, status, fields, framing, close);
+            }
+            Reply::Relayed(head) => {
+                let fields = headers::end_to_end(head.fields());
+                response::encode(w, status, fields, framing, close);
+            }
         }
     }
 }
@@ -246,6 +301,7 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
     let Some(backend) = handler::pick(&route, cookies, peer.ip()) else {
         return Plan::Answer(handler::error_response(&ProxyError::NoEndpoint));
     };
+    let framing = RequestFraming::of(head.body_len == 0, Some(head.body_len));
     let upstream_head = headers::upstream_head(
         method,
         &route.upstream_path(target),
@@ -254,13 +310,14 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
         Some(raw_host),
         client,
         false,
-        RequestFraming::Empty,
+        framing,
     );
+    // The body (read whole) is the caller's to attach.
     let req = H1Request {
         head: upstream_head,
         body: None,
-        framing: RequestFraming::Empty,
-        replayable: handler::is_idempotent(method),
+        framing,
+        replayable: handler::is_idempotent(method) && head.body_len == 0,
         head_request: method == "HEAD",
         upgrade: false,
     };

@@ -9,9 +9,9 @@ use std::ops::Range;
 /// configured limit).
 pub(super) const MAX_FIELDS: usize = 128;
 
-/// A plain request head: HTTP/1.1, origin-form target, one Host field, no body, no upgrade,
-/// no `Expect`. Everything else (bodies, HTTP/1.0, upgrades, malformed or oversized heads,
-/// HTTP/2) is hyper's.
+/// A plain request head: HTTP/1.1, origin-form target, one Host field, no body or one of
+/// a single `Content-Length`, no upgrade, no `Expect`. Everything else (chunked bodies,
+/// HTTP/1.0, upgrades, malformed or oversized heads, HTTP/2) is hyper's.
 #[derive(Default)]
 pub(super) struct Head {
     /// Length of the head in the buffer.
@@ -27,8 +27,8 @@ pub(super) struct Head {
     pub close: bool,
     /// The client takes trailers (`TE: trailers`).
     pub trailers: bool,
-    /// The client declared `Content-Length: 0`.
-    pub declared_empty: bool,
+    /// The body's length (`Content-Length`; 0 without one).
+    pub body_len: u64,
 }
 
 /// What the buffer holds.
@@ -69,8 +69,9 @@ impl Head {
         self.fields_len = 0;
         self.close = false;
         self.trailers = false;
-        self.declared_empty = false;
+        self.body_len = 0;
         let mut hosts = 0;
+        let mut lengths = 0;
         for field in req.headers.iter() {
             let (name, value) = (field.name.as_bytes(), field.value);
             match name.len() {
@@ -93,10 +94,12 @@ impl Head {
                     }
                 }
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    if value != b"0" || self.declared_empty {
-                        return Parsed::Other;
+                    // One field of digits only: lists, signs and repeats are hyper's.
+                    match decimal(value) {
+                        Some(n) if lengths == 0 => self.body_len = n,
+                        _ => return Parsed::Other,
                     }
-                    self.declared_empty = true;
+                    lengths += 1;
                 }
                 17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
                 _ => {}
@@ -128,6 +131,14 @@ pub(super) fn may_end_head(buf: &[u8], from: usize) -> bool {
 
 /// Longest request target hyper takes (it answers 414 past it): the same limit here.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
+
+/// A `Content-Length` value: 1 to 18 digits, nothing else.
+fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
 
 /// Methods answered on the fast path: CONNECT and TRACE are refused, by hyper's path.
 fn plain_method(method: &str) -> bool {
@@ -166,7 +177,7 @@ mod tests {
         assert_eq!(&raw[head.method.clone()], "GET");
         assert_eq!(&raw[head.target.clone()], "/a?b=1");
         assert_eq!(&raw[head.host.clone()], "app.local");
-        assert!(head.close && head.trailers && !head.declared_empty);
+        assert!(head.close && head.trailers && head.body_len == 0);
         assert_eq!(head.fields.len(), 4);
         let (n, v) = head.fields[3].clone();
         assert_eq!((&raw[n], &raw[v]), ("x-a", "1"));
@@ -205,8 +216,10 @@ mod tests {
             "GET /#f HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -220,10 +233,13 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_declared_body_stays_plain() {
+    fn a_body_of_one_length_stays_plain() {
         let (parsed, head) = parse("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         assert!(matches!(parsed, Parsed::Plain));
-        assert!(head.declared_empty);
+        assert_eq!(head.body_len, 0);
+        let (parsed, head) = parse("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 05\r\n\r\nhe");
+        assert!(matches!(parsed, Parsed::Plain));
+        assert_eq!(head.body_len, 5);
     }
 
     #[test]
