@@ -1,7 +1,7 @@
 //! TLS through the real binary with a real client (curl with --resolve for SNI):
 //! termination by SNI among several certificates, ALPN h2, unknown names refused,
-//! certificates changed without a restart, passthrough by SNI to a TLS backend, and
-//! HTTP -> HTTPS redirects.
+//! certificates changed without a restart, passthrough by SNI to a TLS backend,
+//! HTTP -> HTTPS redirects, and a streamed answer over HTTP/1.1 TLS.
 
 mod common;
 
@@ -364,4 +364,72 @@ async fn passthrough_by_sni_reaches_the_backend_tls_untouched() {
     })
     .await
     .unwrap();
+}
+
+/// A streamed answer over TLS on the HTTP/1.1 fast path: each part reaches the client
+/// while the backend holds the rest. curl prints the first part before the backend is let
+/// go; a proxy that sat on it (until the body ended, or in a TLS buffer) would time the
+/// test out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_reach_an_http1_tls_client_part_by_part() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("stream");
+    cert(&dir, "s", &["s.test"]);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r2 = release.clone();
+    let backend = common::RawBackend::start(move |mut s, _| {
+        let release = r2.clone();
+        async move {
+            let mut buf = Vec::new();
+            if common::read_request(&mut s, &mut buf).await.is_none() {
+                return;
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\npart1\n\r\n")
+                .await;
+            release.notified().await;
+            let _ = s.write_all(b"6\r\npart2\n\r\n0\r\n\r\n").await;
+        }
+    })
+    .await;
+    let config = service(
+        "s",
+        backend.addr,
+        &[
+            ("com.docker.lb.hosts", "s.test"),
+            ("com.docker.lb.ssl_cert", "s.crt"),
+            ("com.docker.lb.ssl_key", "s.key"),
+        ],
+    );
+    let r = start(&dir, &config);
+    let ca = r.dir.join("s.crt");
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", "--http1.1", "--max-time", "10", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("s.test:{}:127.0.0.1", r.https))
+        .arg(format!("https://s.test:{}/stream", r.https))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    // curl's output, line by line, as it comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let wait = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{what}"))
+    };
+    assert_eq!(
+        wait("the first part arrives while the backend holds the rest"),
+        "part1"
+    );
+    release.notify_one();
+    assert_eq!(wait("the second part arrives"), "part2");
+    assert!(child.wait().unwrap().success());
 }
