@@ -58,16 +58,23 @@ pub(super) fn encode<'f>(
     for (name, value) in fields {
         // The framing fields are this writer's (a 204 has neither); the rest of the
         // hop-by-hop fields were taken out before.
+        // The few names this writer owns, told apart by length first.
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if (framing != Framing::None || status == StatusCode::NO_CONTENT)
-            && (is("content-length") || is("transfer-encoding"))
-        {
+        let skip = match name.len() {
+            4 => {
+                has_date |= is("date");
+                false
+            }
+            10 => is("connection"),
+            14 | 17 => {
+                (framing != Framing::None || status == StatusCode::NO_CONTENT)
+                    && (is("content-length") || is("transfer-encoding"))
+            }
+            _ => false,
+        };
+        if skip {
             continue;
         }
-        if is("connection") {
-            continue;
-        }
-        has_date |= is("date");
         w.put_slice(name);
         w.put_slice(b": ");
         w.put_slice(value);

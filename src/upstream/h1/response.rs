@@ -100,8 +100,8 @@ type FieldAt = [u32; 4];
 
 /// Parses a complete head off the front of the buffer (`None`: not complete yet).
 fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error> {
-    let mut fields: [FieldAt; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
-    let (len, code, minor, count) = {
+    let mut framing = Fields::default();
+    let (len, code, minor, fields) = {
         // Uninitialised: httparse writes the slots it fills (no 3 KiB memset per answer).
         let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -117,30 +117,25 @@ fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error>
             let start = (s.as_ptr() as usize - base) as u32;
             (start, start + s.len() as u32)
         };
-        for (slot, h) in fields.iter_mut().zip(resp.headers.iter()) {
+        let mut fields = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            framing.note(h.name.as_bytes(), h.value)?;
             let (name, value) = (at(h.name.as_bytes()), at(h.value));
-            *slot = [name.0, name.1, value.0, value.1];
+            fields.push([name.0, name.1, value.0, value.1]);
         }
         (
             len,
             resp.code.unwrap_or(0),
             resp.version.unwrap_or(1),
-            resp.headers.len(),
+            fields,
         )
     };
     let raw = conn.rbuf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
-    let mut framing = Fields::default();
-    for &[ns, ne, vs, ve] in &fields[..count] {
-        framing.note(
-            &raw[ns as usize..ne as usize],
-            &raw[vs as usize..ve as usize],
-        )?;
-    }
     let head = ResponseHead {
         status,
         raw,
-        fields: fields[..count].to_vec(),
+        fields,
         drop_length: framing.transfer_encoding.is_some() && framing.content_length.is_some(),
     };
     let (framing, keep_alive) = framing.decide(status, minor, head_request);
