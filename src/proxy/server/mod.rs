@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{header, StatusCode};
@@ -86,57 +87,21 @@ where
     let mut wbuf = BytesMut::new();
     let mut head = Head::default();
     loop {
-        // The next head, whole. A head that came in pieces is parsed again only once its
-        // end may have arrived: a client dripping a large head byte by byte costs one
-        // scan of it, not one parse per byte.
-        let mut scanned: Option<usize> = None;
-        loop {
-            let may_be_whole = scanned.is_none_or(|from| request::may_end_head(&buf, from));
-            if !buf.is_empty() && may_be_whole {
-                match head.parse(&buf, settings.max_headers) {
-                    Parsed::Plain
-                        if head.len <= settings.max_header_bytes && head.body_len <= body_cap =>
-                    {
-                        break
-                    }
-                    Parsed::Partial => {}
-                    _ => return End::Handoff(io, buf),
-                }
-                scanned = Some(buf.len());
-            }
-            if buf.len() >= settings.max_header_bytes {
-                return End::Handoff(io, buf);
-            }
-            let read = poll_fn(|cx| {
-                // Shutting down or idle for too long: no new request starts (a partial
-                // head is dropped, as hyper does).
-                if activity.closing.load(Ordering::Relaxed) {
-                    return Poll::Ready(Ok(0));
-                }
-                poll_fill(&mut io, cx, &mut buf)
-            })
-            .await;
-            if !matches!(read, Ok(n) if n > 0) {
-                return End::Closed;
-            }
+        match read_head(proxy, activity, body_cap, &mut io, &mut buf, &mut head).await {
+            Read::Done => {}
+            Read::Closed => return End::Closed,
+            Read::Handoff => return End::Handoff(io, buf),
         }
         let in_flight = InFlight::start(activity.clone());
         let start = Instant::now();
         // A small body is read whole before the request goes on (nginx buffers request
         // bodies too); larger ones stream, on hyper's path.
         let whole = head.len + head.body_len as usize;
-        let mut stalled = false;
-        while buf.len() < whole {
-            let read = poll_fn(|cx| poll_fill(&mut io, cx, &mut buf));
-            match tokio::time::timeout(settings.body_read_timeout, read).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return End::Closed,
-                Err(_) => {
-                    stalled = true;
-                    break;
-                }
-            }
-        }
+        let stalled = match read_to(settings.body_read_timeout, &mut io, &mut buf, whole).await {
+            BodyRead::Whole => false,
+            BodyRead::Stalled => true,
+            BodyRead::Closed => return End::Closed,
+        };
         let access = proxy.access_log.then(|| access_fields(&head, &buf));
         let head_request = &buf[head.method.clone()] == b"HEAD";
         let mut service = None;
@@ -207,6 +172,85 @@ where
             return End::Closed;
         }
     }
+}
+
+/// How reading a head went.
+enum Read {
+    Done,
+    /// The head (or what came instead) is hyper's.
+    Handoff,
+    Closed,
+}
+
+/// How reading a body went.
+enum BodyRead {
+    Whole,
+    /// No byte came for the body read timeout.
+    Stalled,
+    Closed,
+}
+
+/// Reads until `buf` starts with a whole plain head, parsed into `head`. A head that came
+/// in pieces is parsed again only once its end may have arrived: a client dripping a large
+/// head byte by byte costs one scan of it, not one parse per byte.
+async fn read_head<S: AsyncRead + Unpin>(
+    proxy: &Proxy,
+    activity: &Activity,
+    body_cap: u64,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &mut Head,
+) -> Read {
+    let settings = &proxy.settings;
+    let mut scanned: Option<usize> = None;
+    loop {
+        let may_be_whole = scanned.is_none_or(|from| request::may_end_head(buf, from));
+        if !buf.is_empty() && may_be_whole {
+            match head.parse(buf, settings.max_headers) {
+                Parsed::Plain
+                    if head.len <= settings.max_header_bytes && head.body_len <= body_cap =>
+                {
+                    return Read::Done
+                }
+                Parsed::Partial => {}
+                _ => return Read::Handoff,
+            }
+            scanned = Some(buf.len());
+        }
+        if buf.len() >= settings.max_header_bytes {
+            return Read::Handoff;
+        }
+        let read = poll_fn(|cx| {
+            // Shutting down or idle for too long: no new request starts (a partial head
+            // is dropped, as hyper does).
+            if activity.closing.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(0));
+            }
+            poll_fill(io, cx, buf)
+        })
+        .await;
+        if !matches!(read, Ok(n) if n > 0) {
+            return Read::Closed;
+        }
+    }
+}
+
+/// Reads until `buf` holds `len` bytes, or no byte came for `stall`.
+async fn read_to<S: AsyncRead + Unpin>(
+    stall: Duration,
+    io: &mut S,
+    buf: &mut BytesMut,
+    len: usize,
+) -> BodyRead {
+    while buf.len() < len {
+        let read = poll_fn(|cx| poll_fill(io, cx, buf));
+        match tokio::time::timeout(stall, read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return BodyRead::Closed,
+            Err(_) => return BodyRead::Stalled,
+        }
+    }
+    BodyRead::Whole
 }
 
 /// Reads what `io` has into `buf`, with room for a read of [`READ_SIZE`] at least an
