@@ -39,13 +39,15 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// True for the names [`strip_hop_by_hop`] removes on sight (not counting those a
 /// `Connection` field lists: those need a `Connection` field, which is one of these).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::TE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// The same, for a name as bytes (any case): one list of names, in [`kind`].
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    matches!(
+        kind(name),
+        Kind::Connection | Kind::HopByHop | Kind::Te | Kind::Upgrade
+    )
 }
 
 /// Removes a response's hop-by-hop fields, including those its `Connection` field names.
@@ -82,10 +84,7 @@ pub fn end_to_end<'f>(
     let connection = fields.clone().filter(|(n, _)| kind(n) == Kind::Connection);
     let has_connection = connection.clone().next().is_some();
     fields.filter(move |&(name, _)| {
-        let hop = matches!(
-            kind(name),
-            Kind::Connection | Kind::HopByHop | Kind::Te | Kind::Upgrade
-        );
+        let hop = is_hop_by_hop_name(name);
         let listed = || {
             connection.clone().any(|(_, v)| {
                 v.split(|&b| b == b',')

@@ -5,6 +5,8 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use crate::upstream::h1::parse_length;
+
 /// Most fields a head may have on the fast path (more go to hyper, which applies the
 /// configured limit).
 pub(super) const MAX_FIELDS: usize = 128;
@@ -95,7 +97,7 @@ impl Head {
                 }
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
                     // One field of digits only: lists, signs and repeats are hyper's.
-                    match decimal(value) {
+                    match parse_length(value) {
                         Some(n) if lengths == 0 => self.body_len = n,
                         _ => return Parsed::Other,
                     }
@@ -131,14 +133,6 @@ pub(super) fn may_end_head(buf: &[u8], from: usize) -> bool {
 
 /// Longest request target hyper takes (it answers 414 past it): the same limit here.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
-
-/// A `Content-Length` value: 1 to 18 digits, nothing else.
-fn decimal(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
 
 /// Methods answered on the fast path: CONNECT and TRACE are refused, by hyper's path.
 fn plain_method(method: &str) -> bool {

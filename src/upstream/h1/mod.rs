@@ -20,7 +20,7 @@ mod response;
 
 pub use body::ResponseBody;
 pub use request::{HeadWriter, RequestFraming};
-pub use response::ResponseHead;
+pub use response::{parse_length, ResponseHead};
 
 use std::future::poll_fn;
 use std::io;

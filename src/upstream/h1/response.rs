@@ -227,8 +227,8 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
-/// Digits only, at most 19 of them (no sign, no overflow).
-fn parse_length(digits: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: digits only, at most 19 of them (no sign, no overflow).
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
