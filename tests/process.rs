@@ -271,6 +271,56 @@ fn check_reports_routes_and_label_errors_with_exit_codes() {
     assert!(err.contains("is not valid"), "{err}");
 }
 
+/// A list-valued label with several bad entries: `check` names every one of them, each with
+/// what was expected, so one run finds them all.
+#[test]
+fn check_names_every_bad_entry_of_a_list_label() {
+    let addr: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let file = ConfigFile::new(&service_toml(
+        "multi",
+        "web.test, bad host ,under_score-.test,api.test",
+        addr,
+        "\"com.docker.lb.websocket_endpoints\" = \"/ws,socket,chat\"",
+    ));
+    let (code, out, err) = check(&file.path);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    let errors: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("ERROR multi"))
+        .filter(|l| l.contains("error:"))
+        .collect();
+    for (label, value, expected) in [
+        (
+            "com.docker.lb.hosts",
+            "\"bad host\"",
+            "expected host names such as",
+        ),
+        (
+            "com.docker.lb.hosts",
+            "\"under_score-.test\"",
+            "expected host names such as",
+        ),
+        (
+            "com.docker.lb.websocket_endpoints",
+            "\"socket\"",
+            "expected an absolute path",
+        ),
+        (
+            "com.docker.lb.websocket_endpoints",
+            "\"chat\"",
+            "expected an absolute path",
+        ),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains(&format!("{label}={value}")) && l.contains(expected)),
+            "no error line for {label}={value}:\n{out}"
+        );
+    }
+    assert_eq!(errors.len(), 4, "{out}");
+}
+
 /// SIGTERM while a slow request is in flight: the request completes, then the process
 /// exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

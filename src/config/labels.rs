@@ -235,10 +235,13 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
         }
         let v = value.trim();
         let res: Result<(), LabelError> = match key.as_str() {
-            HOSTS => parse_list(v)
-                .map(|h| parse_host(HOSTS, h))
-                .collect::<Result<_, _>>()
-                .map(|hosts: Vec<_>| l.hosts = dedup(hosts)),
+            HOSTS => {
+                let hosts = parse_list(v).map(|h| parse_host(HOSTS, h));
+                if let Some(hosts) = every(hosts, &mut out.errors) {
+                    l.hosts = dedup(hosts);
+                }
+                Ok(())
+            }
             PORT => parse_port(v).map(|p| l.port = Some(p)),
             NETWORK => non_empty(NETWORK, v, "a network name").map(|n| l.network = Some(n)),
             CONTEXT_ROOT => parse_context_root(v).map(|c| l.context_root = Some(c)),
@@ -248,14 +251,23 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
             }
             SSL_KEY => non_empty(SSL_KEY, v, "a secret or file name").map(|n| l.ssl_key = Some(n)),
             SSL_PASSTHROUGH => parse_bool(key, v).map(|b| l.ssl_passthrough = b),
-            WEBSOCKET_ENDPOINTS => parse_list(v)
-                .map(|p| parse_path(WEBSOCKET_ENDPOINTS, p))
-                .collect::<Result<_, _>>()
-                .map(|p| l.websocket_endpoints = p),
+            WEBSOCKET_ENDPOINTS => {
+                let paths = parse_list(v).map(|p| parse_path(WEBSOCKET_ENDPOINTS, p));
+                if let Some(paths) = every(paths, &mut out.errors) {
+                    l.websocket_endpoints = paths;
+                }
+                Ok(())
+            }
             STICKY_SESSION_COOKIE => parse_token(STICKY_SESSION_COOKIE, v, "a cookie name")
                 .map(|c| l.sticky_session_cookie = Some(c)),
             IP_HASH => parse_bool(key, v).map(|b| l.ip_hash = b),
-            REDIRECTS => parse_redirects(v).map(|r| l.redirects = r),
+            REDIRECTS => {
+                let pairs = v.split(';').map(str::trim).filter(|s| !s.is_empty());
+                if let Some(redirects) = every(pairs.map(parse_redirect), &mut out.errors) {
+                    l.redirects = redirects;
+                }
+                Ok(())
+            }
             SERVICE_CLUSTER => parse_cluster(v).map(|c| l.service_cluster = c),
             BACKEND_MODE => parse_backend_mode(v).map(|m| l.backend_mode = m),
             DEFAULT_BACKEND => parse_bool(key, v).map(|b| l.default_backend = b),
@@ -357,6 +369,23 @@ fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 fn parse_list(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The entries of a list-valued label when all are valid; otherwise `None`, with an error
+/// for every bad entry (not just the first) added to `errors`.
+fn every<T>(
+    entries: impl Iterator<Item = Result<T, LabelError>>,
+    errors: &mut Vec<LabelError>,
+) -> Option<Vec<T>> {
+    let before = errors.len();
+    let mut good = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(t) => good.push(t),
+            Err(e) => errors.push(e),
+        }
+    }
+    (errors.len() == before).then_some(good)
 }
 
 fn non_empty(label: &str, v: &str, expected: &str) -> Result<String, LabelError> {
@@ -480,29 +509,25 @@ fn parse_cluster(v: &str) -> Result<String, LabelError> {
     }
 }
 
-/// `http://old.example.com,https://new.example.com;...` (a trailing `;` is allowed).
-fn parse_redirects(v: &str) -> Result<Vec<Redirect>, LabelError> {
-    let expected = "`<source URL>,<target URL>` pairs separated by `;`, e.g. `http://old.example.com,https://new.example.com`";
-    let mut out = Vec::new();
-    for pair in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let (src, dst) = pair
-            .split_once(',')
-            .ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
-        let (src_scheme, src_host) =
-            split_url(src.trim()).ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
-        let dst = dst.trim();
-        split_url(dst).ok_or_else(|| LabelError::new(REDIRECTS, pair, expected))?;
-        if dst.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(LabelError::new(REDIRECTS, pair, expected));
-        }
-        out.push(Redirect {
-            source_scheme: src_scheme,
-            source_host: src_host,
-            target: dst.trim_end_matches('/').to_string(),
-            status: 302,
-        });
+/// One pair of `http://old.example.com,https://new.example.com;...` (the label's pairs are
+/// separated by `;`, a trailing `;` is allowed).
+fn parse_redirect(pair: &str) -> Result<Redirect, LabelError> {
+    let bad = || {
+        LabelError::new(REDIRECTS, pair, "`<source URL>,<target URL>` pairs separated by `;`, e.g. `http://old.example.com,https://new.example.com`")
+    };
+    let (src, dst) = pair.split_once(',').ok_or_else(bad)?;
+    let (src_scheme, src_host) = split_url(src.trim()).ok_or_else(bad)?;
+    let dst = dst.trim();
+    split_url(dst).ok_or_else(bad)?;
+    if dst.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(bad());
     }
-    Ok(out)
+    Ok(Redirect {
+        source_scheme: src_scheme,
+        source_host: src_host,
+        target: dst.trim_end_matches('/').to_string(),
+        status: 302,
+    })
 }
 
 /// Splits `scheme://host[:port][/...]` into a lower-case scheme and host (no port).
@@ -574,6 +599,48 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("expected host names"), "{msg}");
+    }
+
+    /// Every bad entry of a list-valued label is reported, each with its own value and what
+    /// was expected, not just the first.
+    #[test]
+    fn every_bad_entry_of_a_list_label_is_reported() {
+        let cases: [(&str, &str, &[&str], &str); 3] = [
+            (
+                HOSTS,
+                "ok.example.com, bad host ,-dash.example.com,*.fine.org",
+                &["bad host", "-dash.example.com"],
+                "host names such as",
+            ),
+            (
+                WEBSOCKET_ENDPOINTS,
+                "/ws,socket,/ok,/a//b",
+                &["socket", "/a//b"],
+                "an absolute path",
+            ),
+            (
+                REDIRECTS,
+                "nonsense;http://a.local,http://b.local;ftp://x.local,http://b.local",
+                &["nonsense", "ftp://x.local,http://b.local"],
+                "pairs separated by `;`",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (label, value, bad, expected) in cases {
+            let p = parse(&labels(&[(HOSTS, "a.local"), (label, value)]));
+            let errors: Vec<_> = p.errors.iter().filter(|e| e.label == label).collect();
+            let values: Vec<&str> = errors.iter().map(|e| e.value.as_str()).collect();
+            if values != bad {
+                wrong.push(format!(
+                    "{label}={value:?}: reported {values:?}, want {bad:?}"
+                ));
+            }
+            for e in errors {
+                assert!(e.expected.contains(expected), "{e}");
+                assert!(e.to_string().contains(&format!("{:?}", e.value)), "{e}");
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]
