@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{ProviderConfig, RunConfig};
 use crate::compile::{compile, CompileOptions, ServiceStatus};
 use crate::config::settings::ProxySettings;
+use crate::config::DesiredState;
 use crate::controller::ControllerConfig;
 use crate::metrics::Metrics;
 use crate::providers::controller::ControllerOptions;
@@ -168,6 +169,10 @@ pub struct ControllerArgs {
     /// disables it.
     #[arg(long, env = "INTERLOCK_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
+    /// Keep each service's last good labels here, so a service whose label is broken keeps
+    /// its routes across restarts of the controller and of proxies (put it on a volume).
+    #[arg(long, env = "INTERLOCK_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -264,9 +269,9 @@ pub struct CheckArgs {
         env = "INTERLOCK_DOCKER_MODE"
     )]
     pub docker_mode: crate::providers::docker::DockerMode,
-    /// Service cluster to check for.
-    #[arg(long, default_value = "")]
-    pub cluster: String,
+    /// Check only this service cluster (`""`: the default one); every cluster by default.
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 fn secs(v: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
@@ -371,11 +376,16 @@ impl ProxyArgs {
 
 impl ControllerArgs {
     pub fn controller_config(&self) -> anyhow::Result<ControllerConfig> {
+        let mut providers = self.sources.providers();
+        if let Some(d) = &mut providers.docker {
+            d.check_proxies = true;
+        }
         Ok(ControllerConfig {
-            providers: self.sources.providers(),
+            providers,
             api_listen: self.api_listen,
             tls: self.tls.files(),
             admin: parse_admin(&self.admin)?,
+            state_file: self.state_file.clone(),
         })
     }
 }
@@ -400,7 +410,7 @@ pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
 
 /// `interlock check`: prints a report, returns whether every service is clean.
 pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
-    let mut state = crate::config::DesiredState::default();
+    let mut state = DesiredState::default();
     if let Some(path) = &args.config {
         state
             .services
@@ -409,18 +419,53 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     if args.docker {
         let docker = crate::providers::docker::connect().await?;
         state.services.extend(
-            crate::providers::docker::snapshot(&docker, args.docker_mode)
+            crate::providers::docker::snapshot(&docker, args.docker_mode, true)
                 .await?
                 .services,
         );
     }
-    let opts = CompileOptions {
-        cluster: args.cluster.clone(),
-        ..CompileOptions::default()
+    let clusters: Vec<(String, DesiredState)> = match &args.cluster {
+        Some(c) => vec![(c.clone(), state)],
+        None => {
+            let parts = crate::snapshot::partition(&state);
+            if parts.is_empty() {
+                vec![(String::new(), state)]
+            } else {
+                parts
+                    .into_iter()
+                    .map(|(c, services)| (c, DesiredState { services }))
+                    .collect()
+            }
+        }
     };
-    let table = compile(&state, &RoutingTable::default(), &opts, &Metrics::new());
-    print!("{}", render_check(&table));
-    Ok(table.report.errors.is_empty())
+    let headed = clusters.len() > 1 || clusters.iter().any(|(c, _)| !c.is_empty());
+    let (mut clean, mut services, mut failing) = (true, 0, 0);
+    for (cluster, state) in &clusters {
+        let opts = CompileOptions {
+            cluster: cluster.clone(),
+            ..CompileOptions::default()
+        };
+        let table = compile(state, &RoutingTable::default(), &opts, &Metrics::new());
+        if headed && args.cluster.is_none() {
+            let name = if cluster.is_empty() {
+                "the default cluster (no com.docker.lb.service_cluster)".to_string()
+            } else {
+                format!("cluster {cluster:?}")
+            };
+            println!("== {name}");
+        }
+        print!("{}", render_check(&table));
+        clean &= table.report.errors.is_empty();
+        services += table.services.len();
+        failing += table.report.errors.len();
+    }
+    if headed && args.cluster.is_none() {
+        println!(
+            "{} cluster(s), {services} service(s), {failing} with errors",
+            clusters.len()
+        );
+    }
+    Ok(clean)
 }
 
 /// The human-readable report of `check`.

@@ -148,11 +148,12 @@ pub fn compile(
         }
         let mut parsed = labels::parse(&spec.labels);
         parsed.errors.extend(spec.errors.iter().cloned());
+        // A malformed cluster label belongs to no cluster: every cluster reports it.
         if parsed.labels.service_cluster != opts.cluster
-            && !parsed
-                .errors
-                .iter()
-                .any(|e| e.label == labels::SERVICE_CLUSTER)
+            && !parsed.errors.iter().any(|e| {
+                e.label == labels::SERVICE_CLUSTER
+                    && !crate::snapshot::valid_cluster_name(e.value.trim())
+            })
         {
             continue; // another cluster's service: not ours to route or to report
         }
@@ -170,6 +171,8 @@ pub fn compile(
             (ServiceStatus::Active, Some(parsed.labels))
         } else if let Some(good) = last_good {
             (ServiceStatus::KeptLastGood, good.labels.clone())
+        } else if let Some(good) = published_last_good(spec, &opts.cluster) {
+            (ServiceStatus::KeptLastGood, Some(good))
         } else {
             (ServiceStatus::Rejected, None)
         };
@@ -414,6 +417,24 @@ fn health_of(l: &ServiceLabels) -> HealthPolicy {
 }
 
 /// Endpoint addresses: each endpoint's own port, else `com.docker.lb.port`.
+/// The last good labels a provider published with a service (the controller keeps them
+/// across restarts), when they are valid, of this cluster, and give the service endpoints.
+fn published_last_good(spec: &crate::config::ServiceSpec, cluster: &str) -> Option<ServiceLabels> {
+    let parsed = labels::parse(spec.last_good.as_ref()?);
+    let mut errors = parsed.errors;
+    resolve_endpoints(spec, &parsed.labels, &mut errors);
+    (errors.is_empty() && parsed.labels.service_cluster == cluster).then_some(parsed.labels)
+}
+
+/// The validation errors of one service on its own (labels, provider, endpoints): what
+/// decides whether its labels are good, as [`compile`] decides it.
+pub fn service_errors(spec: &crate::config::ServiceSpec) -> Vec<LabelError> {
+    let mut parsed = labels::parse(&spec.labels);
+    parsed.errors.extend(spec.errors.iter().cloned());
+    resolve_endpoints(spec, &parsed.labels, &mut parsed.errors);
+    parsed.errors
+}
+
 fn resolve_endpoints(
     spec: &crate::config::ServiceSpec,
     l: &ServiceLabels,
@@ -487,6 +508,7 @@ mod tests {
                 port: Some(9001),
             }],
             errors: Vec::new(),
+            last_good: None,
         };
         let state = DesiredState {
             services: vec![spec],

@@ -94,6 +94,7 @@ mod tests {
                 port: None,
             }],
             errors: vec![],
+            last_good: None,
         }
     }
 

@@ -673,3 +673,143 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
         http_get(http, &one, "/").is_some_and(|r| r.status == 503)
     });
 }
+
+#[test]
+fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
+    if skip() {
+        return;
+    }
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let sw = Swarm::new("clusters");
+    // A second network that prod's proxies are not attached to.
+    let other = format!("{}-other", sw.prefix);
+    docker(&["network", "create", "-d", "overlay", "--attachable", &other]);
+    struct NetGuard(String);
+    impl Drop for NetGuard {
+        fn drop(&mut self) {
+            for _ in 0..40 {
+                let ok = Command::new("docker")
+                    .args(["network", "rm", &self.0])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    // Declared first, dropped after the services that use the network (Swarm's Drop).
+    let _other = NetGuard(other.clone());
+    // prod's proxies, as the example stack declares them (no task needed: the controller
+    // reads the service's spec).
+    let proxy = format!("{}-proxy-prod", sw.prefix);
+    docker(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &proxy,
+        "--replicas",
+        "0",
+        "--network",
+        &sw.network,
+        "--env",
+        "INTERLOCK_CONTROLLER=https://controller:7443",
+        PROXY_IMAGE,
+        "proxy",
+        "--cluster",
+        "prod",
+    ]);
+    sw.services.lock().unwrap().push(proxy);
+    let good = sw.service(
+        "good",
+        1,
+        &[
+            ("com.docker.lb.hosts", &sw.host("good")),
+            ("com.docker.lb.port", "9001"),
+            ("com.docker.lb.service_cluster", "prod"),
+        ],
+    );
+    let dev = sw.service(
+        "dev",
+        1,
+        &[
+            ("com.docker.lb.hosts", &sw.host("dev")),
+            ("com.docker.lb.port", "9001"),
+            ("com.docker.lb.service_cluster", "dev"),
+        ],
+    );
+    let unclustered = sw.service(
+        "demo",
+        1,
+        &[
+            ("com.docker.lb.hosts", &sw.host("demo")),
+            ("com.docker.lb.port", "9001"),
+        ],
+    );
+    let astray = sw.service(
+        "astray",
+        1,
+        &[
+            ("com.docker.lb.hosts", &sw.host("astray")),
+            ("com.docker.lb.port", "9001"),
+            ("com.docker.lb.service_cluster", "prod"),
+            ("com.docker.lb.network", &other),
+        ],
+    );
+    docker(&["service", "update", "-d", "--network-add", &other, &astray]);
+    // Wait until the update is in the spec the check reads.
+    wait_until(Duration::from_secs(30), || {
+        docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Networks}}",
+            &astray,
+        ])
+        .matches("Target")
+        .count()
+            == 2
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
+        .args(["check", "--docker", "--docker-mode", "swarm"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("== cluster \"prod\""), "{text}");
+    assert!(text.contains("== cluster \"dev\""), "{text}");
+    assert!(text.contains("== the default cluster"), "{text}");
+    assert!(text.contains(&format!("ok    {good}")), "{text}");
+    assert!(text.contains(&format!("ERROR {dev}")), "{text}");
+    assert!(text.contains(&format!("ERROR {unclustered}")), "{text}");
+    assert!(text.contains(&format!("ERROR {astray}")), "{text}");
+    assert!(
+        text.contains(&format!("label com.docker.lb.network={other:?}: expected a network the proxies of cluster \"prod\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("no proxy serves services without com.docker.lb.service_cluster"),
+        "{text}"
+    );
+    assert!(
+        text.contains("label com.docker.lb.service_cluster=\"dev\": expected a cluster served by a proxy service (\"prod\")"),
+        "{text}"
+    );
+    // One cluster at a time still works.
+    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
+        .args([
+            "check",
+            "--docker",
+            "--docker-mode",
+            "swarm",
+            "--cluster",
+            "prod",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains(&dev), "{text}");
+}

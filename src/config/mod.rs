@@ -30,6 +30,11 @@ pub struct ServiceSpec {
     /// Label problems only the provider can see (e.g. `com.docker.lb.network` names a
     /// network the service is not attached to); compile reports them like parse errors.
     pub errors: Vec<labels::LabelError>,
+    /// The labels this service last had without errors, when its current ones have some:
+    /// the controller keeps them (across its restarts too) so that a proxy that starts
+    /// while a label is broken still routes the service as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<BTreeMap<String, String>>,
 }
 
 /// Where one running instance of a service answers.

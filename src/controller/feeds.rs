@@ -171,6 +171,7 @@ mod tests {
                     .into(),
                     endpoints: vec![],
                     errors: vec![],
+                    last_good: None,
                 })
                 .collect(),
         }

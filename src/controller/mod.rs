@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod feeds;
+pub mod last_good;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -23,6 +25,7 @@ use crate::routing::RoutingTable;
 use crate::shutdown;
 use crate::tls::control::{self, ControlTlsFiles};
 use feeds::Feeds;
+use last_good::LastGood;
 
 /// Everything the controller role needs.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct ControllerConfig {
     pub api_listen: SocketAddr,
     pub tls: ControlTlsFiles,
     pub admin: Option<SocketAddr>,
+    /// Where each service's last good labels are kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -57,7 +62,7 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         let view = crate::admin::View::Feeds(feeds.clone());
         crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
     }
-    tokio::spawn(publish(providers, feeds, metrics));
+    tokio::spawn(publish(providers, feeds, metrics, cfg.state_file.clone()));
     wait_for_signal().await;
     tracing::info!("controller shutting down");
     trigger.trigger();
@@ -65,17 +70,34 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
 }
 
 /// Feeds every provider change to the clusters' snapshots, once all providers reported.
-async fn publish(mut providers: Providers, feeds: Arc<Feeds>, metrics: Arc<Metrics>) {
+async fn publish(
+    mut providers: Providers,
+    feeds: Arc<Feeds>,
+    metrics: Arc<Metrics>,
+    state_file: Option<PathBuf>,
+) {
     providers.synced().await;
     let changed = providers.changes();
     let mut reported: HashMap<String, Arc<RoutingTable>> = HashMap::new();
+    let mut last_good = None;
     loop {
-        let state = providers.merged();
+        let mut state = providers.merged();
         let (f, m) = (feeds.clone(), metrics.clone());
         // Partitioning and serializing thousands of services: off the runtime's threads.
         let prev = std::mem::take(&mut reported);
-        match tokio::task::spawn_blocking(move || update(&f, &m, &state, prev)).await {
-            Ok(r) => reported = r,
+        // Loaded once; again only if a panic lost it.
+        let mut store = last_good
+            .take()
+            .unwrap_or_else(|| LastGood::load(state_file.clone()));
+        let work = move || {
+            store.apply(&mut state);
+            (update(&f, &m, &state, prev), store)
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok((r, store)) => {
+                reported = r;
+                last_good = Some(store);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "publishing snapshots failed; proxies keep the previous ones")
             }

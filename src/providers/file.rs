@@ -90,6 +90,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DesiredState, FileError> {
             labels: entry.labels,
             endpoints,
             errors: Vec::new(),
+            last_good: None,
         });
     }
     Ok(DesiredState { services })

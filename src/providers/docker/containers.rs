@@ -86,6 +86,7 @@ fn container_service(c: &ContainerSummary) -> ServiceSpec {
         labels,
         endpoints,
         errors,
+        last_good: None,
     }
 }
 

@@ -8,7 +8,9 @@
 //! and in `interlock_docker_up`.
 
 mod containers;
+mod proxies;
 mod swarm;
+pub mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,9 @@ pub struct DockerOptions {
     pub poll_interval: Duration,
     /// Events within this window are folded into one re-list.
     pub debounce: Duration,
+    /// Check each swarm service against the swarm's proxy services (their clusters and
+    /// networks); for the controller and `check`, not for an instance that is the proxy.
+    pub check_proxies: bool,
 }
 
 impl Default for DockerOptions {
@@ -65,6 +70,7 @@ impl Default for DockerOptions {
             mode: DockerMode::Auto,
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(50),
+            check_proxies: false,
         }
     }
 }
@@ -79,7 +85,11 @@ pub async fn connect() -> Result<Docker, DockerError> {
 }
 
 /// One complete view of the engine's labelled workloads.
-pub async fn snapshot(docker: &Docker, mode: DockerMode) -> Result<DesiredState, DockerError> {
+pub async fn snapshot(
+    docker: &Docker,
+    mode: DockerMode,
+    check_proxies: bool,
+) -> Result<DesiredState, DockerError> {
     let swarm = match mode {
         DockerMode::Swarm => true,
         DockerMode::Containers => false,
@@ -92,7 +102,7 @@ pub async fn snapshot(docker: &Docker, mode: DockerMode) -> Result<DesiredState,
         }
     };
     if swarm {
-        swarm::snapshot(docker).await
+        swarm::snapshot(docker, check_proxies).await
     } else {
         containers::snapshot(docker).await
     }
@@ -124,7 +134,7 @@ async fn converge(
     reported: &mut bool,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
-    let first = snapshot(&docker, opts.mode).await?;
+    let first = snapshot(&docker, opts.mode, opts.check_proxies).await?;
     if *reported {
         publish(tx, first, metrics);
     } else {
@@ -170,7 +180,7 @@ async fn converge(
         if tx.is_closed() {
             return Ok(());
         }
-        publish(tx, snapshot(&docker, opts.mode).await?, metrics);
+        publish(tx, snapshot(&docker, opts.mode, opts.check_proxies).await?, metrics);
     }
 }
 

@@ -1,25 +1,33 @@
 //! Swarm mode: labelled services, their running tasks' IPs on the chosen network (or the
 //! service VIP with `backend_mode=vip`).
 //!
-//! The task list of the API carries no network addresses in bollard's model, so addresses
-//! come from the network's verbose inspect (its service-discovery view, the same one Swarm's
-//! load balancer uses): a task is an endpoint when Swarm reports it running *and* the
-//! network lists it. A task being stopped leaves that list first, before its container
-//! stops, which is what makes rolling updates clean.
+//! Addresses come from the task list's `NetworksAttachments` (see [`tasks`]), which Swarm
+//! keeps for the tasks of every node. A task is an endpoint while Swarm wants it running
+//! *and* reports it running: a task being stopped (rolling update, drain, scale down) gets
+//! desired state `shutdown` the moment the orchestrator decides, before its container is
+//! told to stop, so it leaves the routes first.
+//!
+//! For the controller and `check`, when the swarm runs interlock proxies (services started
+//! with `proxy`, see [`proxies`]), each service is also checked against them: its cluster
+//! must have proxies, and its network must be one they are attached to, or traffic could
+//! never reach its tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use bollard::models::{Service, TaskState};
-use bollard::query_parameters::{InspectNetworkOptionsBuilder, ListTasksOptionsBuilder};
+use bollard::models::Service;
 use bollard::Docker;
 
-use super::{api, DockerError};
+use super::proxies::ProxyServices;
+use super::{api, tasks, DockerError};
 use crate::config::labels::{self, BackendMode, LabelError};
 use crate::config::{DesiredState, EndpointSpec, ServiceSpec};
 
 /// Reads every labelled service with its endpoints.
-pub(super) async fn snapshot(docker: &Docker) -> Result<DesiredState, DockerError> {
+pub(super) async fn snapshot(
+    docker: &Docker,
+    check_proxies: bool,
+) -> Result<DesiredState, DockerError> {
     let services = docker
         .list_services(None)
         .await
@@ -36,43 +44,23 @@ pub(super) async fn snapshot(docker: &Docker) -> Result<DesiredState, DockerErro
         .iter()
         .filter_map(|n| Some((n.id.clone()?, n.name.clone()?)))
         .collect();
-    let filters = HashMap::from([("desired-state", vec!["running"])]);
-    let tasks = docker
-        .list_tasks(Some(
-            ListTasksOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .map_err(api("task list"))?;
-    let running: HashSet<&str> = tasks
-        .iter()
-        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
-        .filter_map(|t| t.id.as_deref())
-        .collect();
-
-    // Choose each service's network, then inspect every chosen network once.
-    let mut chosen: Vec<(&Service, Result<String, LabelError>)> = Vec::new();
-    for s in &labelled {
-        chosen.push((s, choose_network(s, &net_names)));
+    let tasks = tasks::list(&docker.client_version().to_string()).await?;
+    // Per service ID: (network ID, address) of each running task.
+    let mut addresses: HashMap<&str, Vec<(&str, IpAddr)>> = HashMap::new();
+    for t in tasks.iter().filter(|t| t.running) {
+        addresses
+            .entry(t.service_id.as_str())
+            .or_default()
+            .extend(t.addresses.iter().map(|(n, ip)| (n.as_str(), *ip)));
     }
-    let mut views: HashMap<String, NetworkView> = HashMap::new();
-    for (_, net) in &chosen {
-        if let Ok(id) = net {
-            if !views.contains_key(id) {
-                let opts = InspectNetworkOptionsBuilder::new().verbose(true).build();
-                let inspect = docker
-                    .inspect_network(id, Some(opts))
-                    .await
-                    .map_err(api("network inspect"))?;
-                views.insert(
-                    id.clone(),
-                    NetworkView::parse(inspect.services.unwrap_or_default()),
-                );
-            }
-        }
-    }
+    let proxies = if check_proxies {
+        ProxyServices::find(&services)
+    } else {
+        ProxyServices::default()
+    };
 
-    let mut out = Vec::with_capacity(chosen.len());
-    for (svc, net) in chosen {
+    let mut out = Vec::with_capacity(labelled.len());
+    for svc in labelled {
         let spec = svc.spec.as_ref();
         let name = spec.and_then(|s| s.name.clone()).unwrap_or_default();
         let labels: BTreeMap<String, String> = spec
@@ -81,18 +69,34 @@ pub(super) async fn snapshot(docker: &Docker) -> Result<DesiredState, DockerErro
             .into_iter()
             .collect();
         let mut errors = Vec::new();
-        let endpoints = match net {
+        let endpoints = match choose_network(svc, &net_names) {
             Err(e) => {
                 errors.push(e);
                 Vec::new()
             }
             Ok(net_id) => {
-                let view = views.get(&net_id);
+                let cluster = labels
+                    .get(labels::SERVICE_CLUSTER)
+                    .map(|c| c.trim())
+                    .unwrap_or_default();
+                let named = labels.get(labels::NETWORK).map(|v| v.trim());
+                errors.extend(proxies.check(cluster, &net_id, named, &net_names));
                 if labels::parse(&labels).labels.backend_mode == BackendMode::Vip {
                     service_vip(svc, &net_id).into_iter().collect()
                 } else {
-                    view.map(|v| v.task_ips(&name, &running))
-                        .unwrap_or_default()
+                    let id = svc.id.as_deref().unwrap_or_default();
+                    let mut ips: Vec<IpAddr> = addresses
+                        .get(id)
+                        .map(|a| {
+                            a.iter()
+                                .filter(|(n, _)| *n == net_id)
+                                .map(|(_, ip)| *ip)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    ips.sort();
+                    ips.dedup();
+                    ips
                 }
             }
         };
@@ -104,6 +108,7 @@ pub(super) async fn snapshot(docker: &Docker) -> Result<DesiredState, DockerErro
                 .map(|ip| EndpointSpec { ip, port: None })
                 .collect(),
             errors,
+            last_good: None,
         });
     }
     Ok(DesiredState { services: out })
@@ -117,7 +122,7 @@ fn has_lb_labels(s: &Service) -> bool {
 }
 
 /// Network IDs the service's tasks are attached to.
-fn service_networks(s: &Service) -> Vec<String> {
+pub(super) fn service_networks(s: &Service) -> Vec<String> {
     let spec = s.spec.as_ref();
     let from_template = spec
         .and_then(|s| s.task_template.as_ref())
@@ -190,52 +195,4 @@ fn service_vip(s: &Service, net_id: &str) -> Option<IpAddr> {
         .and_then(|v| v.addr.as_deref())
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
-}
-
-/// The service-discovery view of one network: per service name, (task id, IP).
-struct NetworkView {
-    services: HashMap<String, Vec<(String, IpAddr)>>,
-}
-
-impl NetworkView {
-    fn parse(raw: HashMap<String, serde_json::Value>) -> Self {
-        let services = raw
-            .into_iter()
-            .map(|(name, v)| {
-                let tasks = v
-                    .get("Tasks")
-                    .and_then(|t| t.as_array())
-                    .map(|tasks| {
-                        tasks
-                            .iter()
-                            .filter_map(|t| {
-                                // "web.2.<task id>" (replicated) or "web.<node>.<task id>" (global)
-                                let id = t.get("Name")?.as_str()?.rsplit('.').next()?.to_string();
-                                let ip = t.get("EndpointIP")?.as_str()?.parse().ok()?;
-                                Some((id, ip))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (name, tasks)
-            })
-            .collect();
-        NetworkView { services }
-    }
-
-    fn task_ips(&self, service: &str, running: &HashSet<&str>) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self
-            .services
-            .get(service)
-            .map(|tasks| {
-                tasks
-                    .iter()
-                    .filter(|(id, _)| running.contains(id.as_str()))
-                    .map(|(_, ip)| *ip)
-                    .collect()
-            })
-            .unwrap_or_default();
-        ips.sort();
-        ips
-    }
 }

@@ -1,0 +1,153 @@
+//! Each service's last good labels, kept by the controller and published beside a
+//! service's broken ones, so that "a bad label keeps the last good routes" holds for a
+//! proxy that starts while the label is broken, and across the controller's own restarts
+//! (they are saved in its `--state-file`).
+//!
+//! A label set is good when [`compile::service_errors`] finds nothing in it: the same
+//! per-service validation every proxy runs. A service that disappears is forgotten.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::compile;
+use crate::config::DesiredState;
+
+type Labels = BTreeMap<String, String>;
+
+/// The last good `com.docker.lb.*` labels of every known service.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    labels: BTreeMap<String, Labels>,
+    file: Option<PathBuf>,
+}
+
+impl LastGood {
+    /// Loads the saved labels from `file` if it exists (a missing or unreadable file is an
+    /// empty start, logged).
+    pub fn load(file: Option<PathBuf>) -> Self {
+        let labels = file
+            .as_deref()
+            .and_then(|path| match std::fs::read(path) {
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "the controller's state file is not valid; starting without last good labels");
+                        None
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read the controller's state file; starting without last good labels");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        LastGood { labels, file }
+    }
+
+    /// Records the good labels of `state` and attaches the last good labels to every
+    /// service whose current ones have errors.
+    pub fn apply(&mut self, state: &mut DesiredState) {
+        let before = self.labels.clone();
+        let present: HashSet<&str> = state.services.iter().map(|s| s.name.as_str()).collect();
+        self.labels
+            .retain(|name, _| present.contains(name.as_str()));
+        for spec in &mut state.services {
+            let ours: Labels = spec
+                .labels
+                .iter()
+                .filter(|(k, _)| k.starts_with(crate::snapshot::LABEL_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if compile::service_errors(spec).is_empty() {
+                spec.last_good = None;
+                self.labels.insert(spec.name.clone(), ours);
+            } else {
+                spec.last_good = self.labels.get(&spec.name).cloned();
+            }
+        }
+        if self.labels != before {
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.file else { return };
+        // Plain maps of strings always serialize.
+        let body = serde_json::to_vec_pretty(&self.labels).unwrap_or_default();
+        if let Err(e) = write_atomically(path, &body) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the controller's state file; last good labels will not survive a restart");
+        }
+    }
+}
+
+/// Writes `body` to a temporary file beside `path` and renames it into place.
+pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EndpointSpec, ServiceSpec};
+
+    fn svc(name: &str, port: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: [
+                ("com.docker.lb.hosts".to_string(), format!("{name}.test")),
+                ("com.docker.lb.port".to_string(), port.to_string()),
+                ("other.label".to_string(), "x".to_string()),
+            ]
+            .into(),
+            endpoints: vec![EndpointSpec {
+                ip: "10.0.0.1".parse().unwrap(),
+                port: None,
+            }],
+            errors: vec![],
+            last_good: None,
+        }
+    }
+
+    #[test]
+    fn broken_labels_carry_the_last_good_ones_across_a_restart() {
+        let dir = std::env::temp_dir().join(format!("il-lastgood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("controller.json");
+        let _ = std::fs::remove_file(&file);
+
+        let mut store = LastGood::load(Some(file.clone()));
+        let mut state = DesiredState {
+            services: vec![svc("a", "80"), svc("b", "81")],
+        };
+        store.apply(&mut state);
+        assert!(state.services.iter().all(|s| s.last_good.is_none()));
+
+        // A restarted controller sees `a` broken: it still knows a's good labels.
+        let mut store = LastGood::load(Some(file.clone()));
+        let mut state = DesiredState {
+            services: vec![svc("a", "not-a-port"), svc("b", "81")],
+        };
+        store.apply(&mut state);
+        let good = state.services[0].last_good.as_ref().unwrap();
+        assert_eq!(good["com.docker.lb.port"], "80");
+        assert!(!good.contains_key("other.label"), "only interlock's labels");
+        assert!(state.services[1].last_good.is_none());
+
+        // A service that is gone is forgotten: recreated broken, it has no last good.
+        let mut state = DesiredState {
+            services: vec![svc("b", "81")],
+        };
+        store.apply(&mut state);
+        let mut state = DesiredState {
+            services: vec![svc("a", "bad")],
+        };
+        LastGood::load(Some(file.clone())).apply(&mut state);
+        assert!(state.services[0].last_good.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
