@@ -156,6 +156,7 @@ pub fn service(name: &str, labels: &[(&str, &str)], endpoints: &[EndpointSpec]) 
             .collect::<BTreeMap<_, _>>(),
         endpoints: endpoints.to_vec(),
         errors: Vec::new(),
+        last_good: None,
     }
 }
 
