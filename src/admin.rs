@@ -1,7 +1,14 @@
 //! The admin listener (loopback by default, separate from traffic): `/metrics` in the
 //! Prometheus text format, `/healthz`, and `/routes`, a JSON view of the live table.
+//!
+//! `/healthz` answers 200 only while the instance is serving (what `interlock health` and
+//! the image's HEALTHCHECK ask): a proxying instance once every provider has delivered its
+//! state at least once (a proxy: a snapshot from the controller or its `--state-file`) and
+//! the table compiled from it is live; a controller once its snapshot API listens (until
+//! its providers' first read it answers proxies 503 by design, and they keep their tables).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,12 +24,27 @@ use crate::metrics::Metrics;
 use crate::routing::TableStore;
 use crate::shutdown::Shutdown;
 
-/// What the admin listener shows besides metrics: a proxy's live table, or a
-/// controller's snapshot versions.
+/// What the admin listener shows besides metrics: a proxy's live table (and whether it is
+/// serving yet), or a controller's snapshot versions.
 #[derive(Clone)]
 pub enum View {
-    Table(Arc<TableStore>),
+    Table(Arc<TableStore>, Ready),
     Feeds(Arc<Feeds>),
+}
+
+/// Set once a proxying instance's table holds what its providers delivered (not the empty
+/// table it starts with); `/healthz` answers 503 until then.
+#[derive(Clone, Debug, Default)]
+pub struct Ready(Arc<AtomicBool>);
+
+impl Ready {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Binds `addr` and serves the admin endpoints on it until shutdown.
@@ -77,10 +99,17 @@ fn answer(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<F
             metrics.render(),
         ),
         "/healthz" => match view {
-            View::Table(store) => reply(
+            View::Table(store, ready) if ready.get() => reply(
                 StatusCode::OK,
                 "text/plain",
                 format!("ok generation={}\n", store.load().generation),
+            ),
+            View::Table(..) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "starting: no routing table yet (waiting for the first state of every provider: \
+                 a proxy for a snapshot from its controller or its --state-file)\n"
+                    .into(),
             ),
             View::Feeds(feeds) => reply(
                 StatusCode::OK,
@@ -90,7 +119,7 @@ fn answer(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<F
         },
         "/routes" => {
             let body = match view {
-                View::Table(store) => serde_json::to_string_pretty(&store.snapshot().describe()),
+                View::Table(store, _) => serde_json::to_string_pretty(&store.snapshot().describe()),
                 View::Feeds(feeds) => serde_json::to_string_pretty(&serde_json::json!({
                     "epoch": feeds.epoch(),
                     "clusters": feeds.versions().into_iter().map(|(cluster, version, services)| {

@@ -206,6 +206,7 @@ pub async fn start_providers(
             tx,
             metrics.clone(),
         ));
+        p.unsynced.push(rx.clone());
         p.sources.push(rx);
     }
     Ok(p)
@@ -261,7 +262,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         applier.store.clone(),
         cfg.settings.pool_idle_timeout,
     ));
-    tokio::spawn(follow(applier.clone(), providers));
+    let ready = crate::admin::Ready::default();
+    tokio::spawn(follow(applier.clone(), providers, ready.clone()));
 
     let (trigger, shutdown) = shutdown::channel();
     let proxy = Proxy::new(
@@ -302,7 +304,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         proxies.push(https);
     }
     if let Some(addr) = cfg.admin {
-        let view = crate::admin::View::Table(applier.store.clone());
+        let view = crate::admin::View::Table(applier.store.clone(), ready);
         crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
     }
 
@@ -334,9 +336,19 @@ fn merge(sources: &[watch::Receiver<DesiredState>]) -> DesiredState {
     }
 }
 
-/// Applies the merged state whenever any provider publishes a new one.
-pub async fn follow(applier: Arc<Applier>, providers: Providers) {
+/// Applies the merged state whenever any provider publishes a new one; sets `ready` once
+/// every provider has delivered its first state and that table is live.
+pub async fn follow(applier: Arc<Applier>, mut providers: Providers, ready: crate::admin::Ready) {
     let changed = providers.changes();
+    providers.synced().await;
+    let state = providers.merged();
+    let first = applier.clone();
+    if tokio::task::spawn_blocking(move || first.apply(&state))
+        .await
+        .is_ok()
+    {
+        ready.set();
+    }
     loop {
         changed.notified().await;
         // Compiling thousands of services takes milliseconds of CPU: off the runtime's

@@ -57,6 +57,9 @@ pub enum Command {
     /// Validate the services of a configuration: print each service's routes or its exact
     /// label errors; exit non-zero when any service has errors.
     Check(CheckArgs),
+    /// Ask a running instance's admin listener whether it is serving (/healthz): exit 0 if
+    /// so, 1 if not (the image's HEALTHCHECK).
+    Health(crate::health::HealthArgs),
 }
 
 #[derive(Args, Debug, Clone)]

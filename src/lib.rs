@@ -33,6 +33,7 @@
 //! | `controller`| the controller role: versioned snapshots per cluster over mutual TLS |
 //! | `tls`       | termination, SNI, the control channel's mutual TLS, `interlock certs` |
 //! | `cli`       | command line of the `interlock` binary |
+//! | `health`    | `interlock health`: the admin listener's `/healthz` as an exit code (HEALTHCHECK) |
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -42,6 +43,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod controller;
+pub mod health;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -24,6 +24,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Command::Health(args) = &command {
+        return interlock::health::run(args);
+    }
     // Workers: --threads, else the CPUs this process may run on (its affinity mask). On one
     // CPU a current-thread runtime does the same work without work-stealing queues and
     // cross-thread wake-ups.
@@ -57,7 +60,7 @@ fn main() -> std::process::ExitCode {
             Command::Controller(c) => interlock::controller::run(c.controller_config()?)
                 .await
                 .map(|()| true),
-            Command::Certs(_) => Ok(true),
+            Command::Certs(_) | Command::Health(_) => Ok(true),
         }
     });
     match result {

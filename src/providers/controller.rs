@@ -108,6 +108,9 @@ enum Outcome {
 pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metrics: Arc<Metrics>) {
     let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
     let mut etag: Option<String> = None;
+    // Whether a state was delivered yet: the first one is news even when it equals the
+    // empty state the proxy starts with (the proxy is serving only once it came).
+    let mut delivered = false;
     if let Some(path) = &opts.state_file {
         if let Some(saved) = load_saved(path, &opts.cluster).await {
             tracing::info!(
@@ -120,6 +123,7 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
             tx.send_replace(DesiredState {
                 services: saved.services,
             });
+            delivered = true;
         }
     }
     let mut backoff = Duration::from_millis(100);
@@ -152,10 +156,11 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                         services: snap.services,
                     };
                     tx.send_if_modified(|cur| {
-                        let changed = *cur != state;
+                        let changed = *cur != state || !delivered;
                         *cur = state;
                         changed
                     });
+                    delivered = true;
                     etag = Some(tag);
                 }
             }

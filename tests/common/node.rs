@@ -70,7 +70,8 @@ impl Node {
         }
     }
 
-    /// Waits (20 s at most) until `/healthz` answers 200; panics with the log if not.
+    /// Waits (20 s at most) until `/healthz` answers (200 serving, or 503 while a proxy
+    /// has no table yet); panics with the log if not.
     pub async fn ready(self) -> Node {
         match self.try_ready().await {
             Ok(node) => node,
@@ -78,8 +79,8 @@ impl Node {
         }
     }
 
-    /// Waits (20 s at most) until `/healthz` answers 200; the node back as `Err` if it
-    /// exited or never answered.
+    /// Waits (20 s at most) until `/healthz` answers (200 or 503: the process is up); the
+    /// node back as `Err` if it exited or never answered.
     pub async fn try_ready(mut self) -> Result<Node, Node> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -88,7 +89,7 @@ impl Node {
                 std::thread::sleep(Duration::from_millis(200));
                 return Err(self);
             }
-            if let Some((200, _)) = try_http(self.admin, "admin", "/healthz").await {
+            if let Some((200 | 503, _)) = try_http(self.admin, "admin", "/healthz").await {
                 return Ok(self);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
