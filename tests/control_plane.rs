@@ -398,6 +398,115 @@ async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
     );
 }
 
+/// A mutual-TLS connection to the controller's API with the client certificate `stem`.
+async fn control_connection(
+    s: &Scratch,
+    api: u16,
+    stem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&std::fs::read(s.path("ca.pem")).unwrap()) {
+        roots.add(c).unwrap();
+    }
+    let certs = rustls_pemfile_certs(&std::fs::read(s.path(&format!("{stem}.pem"))).unwrap());
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(s.path(&format!("{stem}.key"))).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A long poll whose proxy goes away (killed, restarted, or any client that hangs up while
+/// parked) is no longer counted in `interlock_controller_waiting_proxies`: the gauge must
+/// not grow by one with every proxy restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_whose_proxy_goes_away_is_no_longer_counted_as_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
+    let web = TestBackend::named("web").await;
+    s.write_services(&service("web", "prod", "web.test", &web, ""));
+    let api = free_port();
+    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let waiting_is = |want: f64| {
+        let ctl = &ctl;
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                ctl.metric("interlock_controller_waiting_proxies", &[])
+                    .await
+                    == Some(want)
+            })
+            .await
+            .is_some()
+        }
+    };
+
+    // Proxies restarted one after another (killed outright, as a crashed task is).
+    for round in 0..3 {
+        let (mut p, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+        until_answer(addr, "web.test", "web").await;
+        assert!(
+            waiting_is(1.0).await,
+            "round {round}: the proxy's poll is parked"
+        );
+        p.kill();
+        assert!(
+            waiting_is(0.0).await,
+            "round {round}: a killed proxy is still counted as waiting: {:?}",
+            ctl.metric("interlock_controller_waiting_proxies", &[])
+                .await
+        );
+    }
+
+    // A client that hangs up in the middle of a 300 s poll, several times.
+    let mut tls = control_connection(&s, api, "proxy-prod").await;
+    tls.write_all(
+        b"GET /v1/snapshot?cluster=prod HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let _ = tls.read_to_end(&mut head).await;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let etag = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("etag")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no ETag in the snapshot answer:\n{head}"));
+    for round in 0..3 {
+        let mut tls = control_connection(&s, api, "proxy-prod").await;
+        let poll = format!(
+            "GET /v1/snapshot?cluster=prod&wait=300 HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: {etag}\r\n\r\n"
+        );
+        tls.write_all(poll.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        assert!(waiting_is(1.0).await, "round {round}: the poll is parked");
+        drop(tls);
+        assert!(
+            waiting_is(0.0).await,
+            "round {round}: a client that hung up is still counted as waiting: {:?}",
+            ctl.metric("interlock_controller_waiting_proxies", &[])
+                .await
+        );
+    }
+}
+
 /// The certificates of a PEM file.
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;

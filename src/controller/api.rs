@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
 use rustls::pki_types::CertificateDer;
 use rustls::server::ServerConfig;
 use tokio::net::TcpListener;
@@ -168,6 +169,23 @@ async fn answer(
     resp
 }
 
+/// One long poll counted in `interlock_controller_waiting_proxies` for as long as it
+/// lives, however it ends (answered, or dropped with its connection).
+struct Parked<'a>(&'a IntGauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn snapshot(
     feeds: &Feeds,
     metrics: &Metrics,
@@ -186,13 +204,14 @@ async fn snapshot(
         return resp;
     };
     if held == Some(rx.borrow_and_update().etag.as_str()) && !wait.is_zero() {
-        metrics.control_waiting.inc();
+        // hyper drops this future when the proxy goes away mid-poll: the guard, not a
+        // statement after the await, takes the poll off the gauge.
+        let _parked = Parked::new(&metrics.control_waiting);
         tokio::select! {
             _ = rx.changed() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait() => {}
         }
-        metrics.control_waiting.dec();
     }
     let current = rx.borrow().clone();
     let etag = header::HeaderValue::from_str(&current.etag)
