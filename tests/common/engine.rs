@@ -42,7 +42,8 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// `docker/rootfs.sh`: the image root file system the Dockerfile builds too.
+/// `docker/rootfs.sh`: what the image is made of, as the Dockerfile builds it too:
+/// `out/rootfs` (the root file system) and `out/state` (its /var/lib/interlock).
 pub fn rootfs(binary: &Path, out: &Path, name: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/rootfs.sh");
     let st = Command::new(script)
@@ -65,7 +66,7 @@ pub fn import_image(tag: &str, binary: &Path) {
     let name = binary.file_name().unwrap().to_str().unwrap();
     rootfs(binary, &root, name);
     let mut tar = Command::new("tar")
-        .args(["-C", root.to_str().unwrap(), "-c", "."])
+        .args(["-C", root.join("rootfs").to_str().unwrap(), "-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -133,10 +134,11 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Builds the repository's Dockerfile around `binary` (`--build-arg ARTIFACTS=prebuilt`:
-/// the runtime stage, without compiling again inside Docker). Needs BuildKit, which skips
-/// the Rust stage; a docker CLI without the buildx plugin refuses BuildKit, so the engine
-/// package's own CLI is tried too.
+/// Builds `docker/prebuilt.Dockerfile` around `binary` (the image's runtime stage, without
+/// compiling again inside Docker) as `tag` with the classic builder (`DOCKER_BUILDKIT=0`),
+/// and with BuildKit as `tag-buildkit` where a CLI has it (the docker CLI in /usr/local/bin
+/// lacks the buildx plugin; the engine package's /usr/bin/docker has BuildKit built in),
+/// and checks that both builders give the same image.
 pub fn build_image(tag: &str, binary: &Path) {
     let ctx = std::env::temp_dir().join(format!(
         "ilt-context-{}-{}",
@@ -144,37 +146,92 @@ pub fn build_image(tag: &str, binary: &Path) {
         tag.replace(['/', ':'], "_")
     ));
     let _ = std::fs::remove_dir_all(&ctx);
-    rootfs(binary, &ctx.join("rootfs"), "interlock");
-    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
-    let mut errors = Vec::new();
-    for cli in ["docker", "/usr/bin/docker"] {
-        let out = Command::new(cli)
-            .env("DOCKER_BUILDKIT", "1")
-            .args([
-                "build",
-                "-q",
-                "--build-arg",
-                "ARTIFACTS=prebuilt",
-                "-t",
-                tag,
-                "-f",
-            ])
-            .arg(&dockerfile)
-            .arg(&ctx)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let _ = std::fs::remove_dir_all(&ctx);
-                return;
+    rootfs(binary, &ctx, "interlock");
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prebuilt.Dockerfile");
+    let build = |buildkit: &str, tag: &str| -> Result<(), String> {
+        let mut errors = Vec::new();
+        for cli in ["docker", "/usr/bin/docker"] {
+            let out = Command::new(cli)
+                .env("DOCKER_BUILDKIT", buildkit)
+                .args(["build", "-q", "-t", tag, "-f"])
+                .arg(&dockerfile)
+                .arg(&ctx)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => return Ok(()),
+                Ok(o) => errors.push(format!("{cli}: {}", String::from_utf8_lossy(&o.stderr))),
+                Err(e) => errors.push(format!("{cli}: {e}")),
             }
-            Ok(o) => errors.push(format!("{cli}: {}", String::from_utf8_lossy(&o.stderr))),
-            Err(e) => errors.push(format!("{cli}: {e}")),
         }
+        Err(errors.join("\n"))
+    };
+    let classic = build("0", tag);
+    let buildkit_tag = format!("{tag}-buildkit");
+    let buildkit = build("1", &buildkit_tag);
+    let _ = std::fs::remove_dir_all(&ctx);
+    match (classic, buildkit) {
+        (Ok(()), Ok(())) => assert_eq!(
+            image_layout(tag),
+            image_layout(&buildkit_tag),
+            "the classic builder and BuildKit build the same image"
+        ),
+        (Ok(()), Err(e)) => eprintln!("no BuildKit here, built with the classic builder only: {e}"),
+        (Err(e), Ok(())) => {
+            eprintln!("no classic builder here, built with BuildKit only: {e}");
+            docker(&["tag", &buildkit_tag, tag]);
+        }
+        (Err(a), Err(b)) => panic!("docker build of docker/prebuilt.Dockerfile failed:\n{a}\n{b}"),
     }
-    panic!(
-        "docker build of the Dockerfile failed:\n{}",
-        errors.join("\n")
-    );
+}
+
+/// An image's files (mode, numeric owner, path) and run-time configuration (user,
+/// entrypoint, command, health check, ports), one per line.
+pub fn image_layout(tag: &str) -> String {
+    let config = docker(&[
+        "image",
+        "inspect",
+        tag,
+        "--format",
+        "user={{json .Config.User}} entrypoint={{json .Config.Entrypoint}} cmd={{json .Config.Cmd}} \
+         healthcheck={{json .Config.Healthcheck}} ports={{json .Config.ExposedPorts}}",
+    ]);
+    let id = docker(&["create", tag]);
+    let mut export = Command::new("docker")
+        .args(["export", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let list = Command::new("tar")
+        .args(["--numeric-owner", "-tvf", "-"])
+        .stdin(export.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(export.wait().unwrap().success(), "docker export {tag}");
+    docker_quiet(&["rm", &id]);
+    // Docker adds these to every container's root.
+    let added = [
+        ".dockerenv",
+        "dev",
+        "proc",
+        "sys",
+        "etc/hosts",
+        "etc/hostname",
+    ];
+    let added_too = ["etc/resolv.conf", "etc/mtab", "dev/", "proc/", "sys/"];
+    let mut files: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| {
+            // mode owner/group size date time path (links have more)
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f.get(5..)?.join(" ");
+            let path = path.trim_start_matches("./").trim_end_matches('/');
+            let docker_made =
+                added.contains(&path) || added_too.iter().any(|a| path.starts_with(a));
+            (!docker_made && !path.is_empty()).then(|| format!("{} {} {path}", f[0], f[1]))
+        })
+        .collect();
+    files.sort();
+    format!("{config}\n{}", files.join("\n"))
 }
 
 /// Imports the example backend (`examples/backend.rs`, built if missing) as `tag`.
