@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::compile::{self, CompileOptions};
 use crate::config::settings::ProxySettings;
 use crate::config::DesiredState;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Part};
 use crate::proxy::Proxy;
 use crate::routing::{RoutingTable, TableStore};
 use crate::shutdown;
@@ -190,6 +190,7 @@ pub async fn start_providers(
         p.sources.push(rx);
     }
     if let Some(opts) = &cfg.docker {
+        metrics.export(Part::Docker);
         let (tx, rx) = watch::channel(DesiredState::default());
         tokio::spawn(crate::providers::docker::run(
             opts.clone(),
@@ -200,6 +201,7 @@ pub async fn start_providers(
         p.sources.push(rx);
     }
     if let Some(opts) = &cfg.controller {
+        metrics.export(Part::ControllerClient);
         let (tx, rx) = watch::channel(DesiredState::default());
         tokio::spawn(crate::providers::controller::run(
             opts.clone(),

@@ -4,12 +4,16 @@
 
 use std::sync::{Arc, OnceLock};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// All metric families, registered in one registry.
+/// All metric families. Those of the core (traffic, tables, the services file) are
+/// registered from the start; a [`Part`]'s only by [`Metrics::export`], where that part
+/// runs, so an instance never reports e.g. `interlock_docker_up 0` for a provider it does
+/// not use.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -39,6 +43,20 @@ pub struct Metrics {
     pub control_responses: IntCounterVec,
     /// Controller role: refused control-channel handshakes (no or untrusted certificate).
     pub control_rejected_handshakes: IntCounter,
+}
+
+/// A part of interlock that runs in some roles only, with its own metric families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The Docker provider (`--docker`): `interlock_docker_*`.
+    Docker,
+    /// The proxy role's controller client: `interlock_controller_up`,
+    /// `interlock_snapshot_version`, `interlock_controller_errors_total`.
+    ControllerClient,
+    /// The controller role's snapshot API: `interlock_cluster_snapshot_version`,
+    /// `interlock_controller_waiting_proxies`, `interlock_controller_responses_total`,
+    /// `interlock_controller_rejected_handshakes_total`.
+    ControllerServer,
 }
 
 /// The status classes requests are counted by.
@@ -184,7 +202,7 @@ impl Metrics {
             registry,
         };
         for c in [
-            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.requests.clone()) as Box<dyn Collector>,
             Box::new(m.latency.clone()),
             Box::new(m.upstream_errors.clone()),
             Box::new(m.no_route.clone()),
@@ -194,21 +212,40 @@ impl Metrics {
             Box::new(m.reload_timestamp.clone()),
             Box::new(m.reload_failures.clone()),
             Box::new(m.services_rejected.clone()),
-            Box::new(m.docker_up.clone()),
-            Box::new(m.docker_resyncs.clone()),
-            Box::new(m.docker_errors.clone()),
             Box::new(m.cert_errors.clone()),
-            Box::new(m.controller_up.clone()),
-            Box::new(m.snapshot_version.clone()),
-            Box::new(m.controller_errors.clone()),
-            Box::new(m.cluster_version.clone()),
-            Box::new(m.control_waiting.clone()),
-            Box::new(m.control_responses.clone()),
-            Box::new(m.control_rejected_handshakes.clone()),
         ] {
             must(m.registry.register(c));
         }
         Arc::new(m)
+    }
+
+    /// Exports `part`'s families from now on (once; exporting again changes nothing).
+    /// Called where the part starts, before the admin listener serves `/metrics`.
+    pub fn export(&self, part: Part) {
+        let families: Vec<Box<dyn Collector>> = match part {
+            Part::Docker => vec![
+                Box::new(self.docker_up.clone()),
+                Box::new(self.docker_resyncs.clone()),
+                Box::new(self.docker_errors.clone()),
+            ],
+            Part::ControllerClient => vec![
+                Box::new(self.controller_up.clone()),
+                Box::new(self.snapshot_version.clone()),
+                Box::new(self.controller_errors.clone()),
+            ],
+            Part::ControllerServer => vec![
+                Box::new(self.cluster_version.clone()),
+                Box::new(self.control_waiting.clone()),
+                Box::new(self.control_responses.clone()),
+                Box::new(self.control_rejected_handshakes.clone()),
+            ],
+        };
+        for c in families {
+            match self.registry.register(c) {
+                Err(prometheus::Error::AlreadyReg) => {}
+                r => must(r),
+            }
+        }
     }
 
     /// Handles for one service (its series are created on its first response).
@@ -236,5 +273,38 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn families(m: &Metrics) -> Vec<String> {
+        m.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_part_is_exported_only_once_asked_and_asking_twice_is_harmless() {
+        let m = Metrics::new();
+        let core = families(&m);
+        assert!(core.iter().any(|f| f == "interlock_reload_failures_total"));
+        assert!(!core.iter().any(|f| f.starts_with("interlock_docker_")
+            || f.starts_with("interlock_controller_")
+            || f == "interlock_snapshot_version"));
+        m.export(Part::Docker);
+        m.export(Part::Docker);
+        let with_docker = families(&m);
+        assert_eq!(with_docker.len(), core.len() + 3, "{with_docker:?}");
+        assert!(with_docker.iter().any(|f| f == "interlock_docker_up"));
+        m.export(Part::ControllerClient);
+        assert!(families(&m).iter().any(|f| f == "interlock_controller_up"));
+        assert!(!families(&m)
+            .iter()
+            .any(|f| f == "interlock_controller_waiting_proxies"));
     }
 }

@@ -507,6 +507,116 @@ async fn a_long_poll_whose_proxy_goes_away_is_no_longer_counted_as_waiting() {
     }
 }
 
+/// The metric families exported by an instance, by the names of their `# TYPE` lines;
+/// waits (20 s at most) for `/metrics`, which answers before `/healthz` is 200.
+async fn families(admin: SocketAddr) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        match try_http(admin, "admin", "/metrics").await {
+            Some((200, body)) => break body,
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            _ => panic!("no /metrics on {admin}"),
+        }
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+/// The Docker provider's families (`--docker`).
+const DOCKER_FAMILIES: [&str; 3] = [
+    "interlock_docker_up",
+    "interlock_docker_resyncs_total",
+    "interlock_docker_errors_total",
+];
+/// The proxy role's controller client.
+const CLIENT_FAMILIES: [&str; 3] = [
+    "interlock_controller_up",
+    "interlock_snapshot_version",
+    "interlock_controller_errors_total",
+];
+/// The controller role's snapshot API.
+const SERVER_FAMILIES: [&str; 2] = [
+    "interlock_controller_waiting_proxies",
+    "interlock_controller_rejected_handshakes_total",
+];
+/// The snapshot API's labelled families: exported once they have a series (a cluster
+/// published, a response sent).
+const SERVER_SERIES: [&str; 2] = [
+    "interlock_cluster_snapshot_version",
+    "interlock_controller_responses_total",
+];
+
+/// Each role exports the metrics of the parts it runs and no others: a controller reports
+/// no `interlock_controller_up 0` of a controller client it does not have, an instance
+/// without `--docker` no `interlock_docker_up 0`, a proxy none of the snapshot API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
+    let web = TestBackend::named("web").await;
+    s.write_services(&service("web", "prod", "web.test", &web, ""));
+    let no_engine = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let api = free_port();
+    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let (prod, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr, "web.test", "web").await;
+    let docker_ctl = Node::spawn(
+        "controller --docker",
+        &[controller_args(&s, free_port()), vec!["--docker".into()]].concat(),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        &no_engine,
+    );
+    let run = |docker: bool| {
+        let mut args: Vec<String> = ["run", "--config", &s.path("services.toml"), "--listen"]
+            .map(String::from)
+            .to_vec();
+        args.push(format!("127.0.0.1:{}", free_port()));
+        if docker {
+            args.push("--docker".into());
+        }
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Node::spawn(&format!("run docker={docker}"), &args, admin, &no_engine)
+    };
+    let (file_only, with_docker) = (run(false), run(true));
+
+    // (node, Docker provider, controller client, snapshot API, snapshots published and
+    // polled); the controller without its engine publishes nothing.
+    let mut wrong = Vec::new();
+    for (node, docker, client, server, served) in [
+        (&ctl, false, false, true, true),
+        (&docker_ctl, true, false, true, false),
+        (&prod, false, true, false, false),
+        (&file_only, false, false, false, false),
+        (&with_docker, true, false, false, false),
+    ] {
+        let have = families(node.admin).await;
+        assert!(
+            have.iter().any(|f| f == "interlock_reload_failures_total"),
+            "{}: {have:?}",
+            node.name
+        );
+        for (used, group) in [
+            (docker, &DOCKER_FAMILIES[..]),
+            (client, &CLIENT_FAMILIES[..]),
+            (server, &SERVER_FAMILIES[..]),
+            (served, &SERVER_SERIES[..]),
+        ] {
+            for family in group {
+                if have.iter().any(|f| f == family) != used {
+                    let verb = if used { "lacks" } else { "exports" };
+                    wrong.push(format!("{} {verb} {family}", node.name));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 /// The certificates of a PEM file.
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;

@@ -6,6 +6,7 @@
 //! certificate must name the cluster (see [`crate::tls::control`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::feeds::Feeds;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Part};
 use crate::shutdown::Shutdown;
 use crate::snapshot::valid_cluster_name;
 use crate::tls::control::{authorizes, identity};
@@ -31,8 +32,20 @@ use crate::tls::control::{authorizes, identity};
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the API until shutdown.
-pub async fn serve(
+/// Serves the API until shutdown. The API's metric families are exported at once, before
+/// the returned future first runs, so the admin listener started next already shows them.
+pub fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    feeds: Arc<Feeds>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send + 'static {
+    metrics.export(Part::ControllerServer);
+    accept_loop(listener, tls, feeds, metrics, shutdown)
+}
+
+async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     feeds: Arc<Feeds>,
