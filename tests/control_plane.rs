@@ -624,3 +624,112 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// "A bad label keeps the last good routes" across restarts: a proxy that starts while a
+/// service's label is broken routes it as before, whether the controller that tells it
+/// runs on, was restarted meanwhile (its --state-file), or is down (the proxy's own
+/// saved snapshot carries the last good labels).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_restarts() {
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
+    let (web, other) = (
+        TestBackend::named("web").await,
+        TestBackend::named("other").await,
+    );
+    let good = format!(
+        "{}{}",
+        service("web", "prod", "web.test", &web, ""),
+        service("other", "prod", "other.test", &other, "")
+    );
+    s.write_services(&good);
+    let api = free_port();
+    let ctl_args = [
+        controller_args(&s, api),
+        vec!["--state-file".into(), s.path("controller-state.json")],
+    ]
+    .concat();
+    let snapshot_file = s.path("prod-snapshot.json");
+    let with_state = ["--state-file", snapshot_file.as_str()];
+    let mut ctl = Node::start("controller", &ctl_args).await;
+    let (mut first, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
+    until_answer(addr, "web.test", "web").await;
+
+    // web's label breaks; the running proxy keeps its routes (in memory).
+    let version = first
+        .metric("interlock_snapshot_version", &[])
+        .await
+        .unwrap();
+    s.write_services(&format!(
+        "{}{}",
+        service(
+            "web",
+            "prod",
+            "web.test",
+            &web,
+            "\"com.docker.lb.context_root\" = \"no-slash\"\n"
+        ),
+        service("other", "prod", "other.test", &other, "")
+    ));
+    eventually(Duration::from_secs(10), || async {
+        first.metric("interlock_snapshot_version", &[]).await > Some(version)
+    })
+    .await
+    .expect("the proxy got the broken label");
+    assert_eq!(answer(addr, "web.test").await, "web");
+
+    // 1. A new proxy, the controller up: the snapshot carries web's last good labels.
+    first.kill();
+    let (second, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr, "web.test", "web").await;
+    assert!(
+        second.logged(&["web", "com.docker.lb.context_root"]),
+        "the error is still reported"
+    );
+    let (_, routes) = second.admin_get("/routes").await;
+    assert!(routes.contains("kept_last_good"), "{routes}");
+    drop(second);
+
+    // 2. The controller restarted (the label still broken), then a new proxy without a
+    //    saved snapshot: the controller's state file kept the last good labels.
+    ctl.kill();
+    let mut ctl = Node::start("controller", &ctl_args).await;
+    let (third, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr, "web.test", "web").await;
+    until_answer(addr, "other.test", "other").await;
+    drop(third);
+
+    // 3. The controller down, a proxy restarted from its saved snapshot.
+    let (fourth, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
+    until_answer(addr, "web.test", "web").await;
+    drop(fourth);
+    ctl.kill();
+    let (fifth, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
+    until_answer(addr, "web.test", "web").await;
+    assert!(fifth.logged(&["serving the saved snapshot"]));
+
+    // A service that disappears is forgotten: recreated broken, it is not routed.
+    drop(fifth);
+    s.write_services(&service("other", "prod", "other.test", &other, ""));
+    let ctl = Node::start("controller", &ctl_args).await;
+    let (sixth, addr) = proxy(&s, api, "prod", "proxy-prod").await;
+    until_answer(addr, "other.test", "other").await;
+    s.write_services(&format!(
+        "{}{}",
+        service(
+            "web",
+            "prod",
+            "web.test",
+            &web,
+            "\"com.docker.lb.context_root\" = \"no-slash\"\n"
+        ),
+        service("other", "prod", "other.test", &other, "")
+    ));
+    eventually(Duration::from_secs(10), || async {
+        sixth.logged(&["web", "com.docker.lb.context_root"])
+    })
+    .await
+    .expect("the broken service reaches the proxy");
+    assert_eq!(answer(addr, "web.test").await, "503");
+    drop(ctl);
+}

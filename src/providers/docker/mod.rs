@@ -180,7 +180,11 @@ async fn converge(
         if tx.is_closed() {
             return Ok(());
         }
-        publish(tx, snapshot(&docker, opts.mode, opts.check_proxies).await?, metrics);
+        publish(
+            tx,
+            snapshot(&docker, opts.mode, opts.check_proxies).await?,
+            metrics,
+        );
     }
 }
 
