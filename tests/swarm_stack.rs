@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::engine::{
-    backend_image, build_image, docker, docker_quiet, ensure_swarm, http_get, skip, wait_until,
+    backend_image, build_image, docker, docker_quiet, ensure_swarm, http_get, image_layout, skip,
+    wait_until,
 };
 use common::free_port;
 use common::node::Scratch;
@@ -27,7 +28,11 @@ const BACKEND_IMAGE: &str = "interlock-test/backend:stack";
 /// The deployed stack and the app services of one test; removed on drop.
 struct Stack {
     name: String,
-    apps_network: String,
+    /// The apps networks of prod and dev.
+    prod_network: String,
+    dev_network: String,
+    /// Networks a test made besides the stack's.
+    other_networks: Vec<String>,
     certs: Scratch,
     prod: SocketAddr,
     dev: SocketAddr,
@@ -55,23 +60,26 @@ impl Drop for Stack {
         }
         docker_quiet(&["stack", "rm", &self.name]);
         // The networks go once their tasks are gone.
-        for _ in 0..60 {
-            let left = Command::new("docker")
-                .args([
-                    "network",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    &format!("name={}", self.apps_network),
-                ])
-                .output()
-                .map(|o| o.stdout.is_empty())
-                .unwrap_or(true);
-            if left {
-                break;
+        let stack_networks = [&self.prod_network, &self.dev_network];
+        for network in stack_networks.into_iter().chain(&self.other_networks) {
+            for _ in 0..60 {
+                let left = Command::new("docker")
+                    .args([
+                        "network",
+                        "ls",
+                        "-q",
+                        "--filter",
+                        &format!("name={network}"),
+                    ])
+                    .output()
+                    .map(|o| o.stdout.is_empty())
+                    .unwrap_or(true);
+                if left {
+                    break;
+                }
+                docker_quiet(&["network", "rm", network]);
+                std::thread::sleep(Duration::from_millis(500));
             }
-            docker_quiet(&["network", "rm", &self.apps_network]);
-            std::thread::sleep(Duration::from_millis(500));
         }
         for _ in 0..40 {
             let gone = Command::new("docker")
@@ -96,7 +104,9 @@ impl Stack {
         certs.issue_certs(&["controller"], &["prod", "dev"]);
         let (prod, dev) = (free_port(), free_port());
         let stack = Stack {
-            apps_network: format!("{name}-apps"),
+            prod_network: format!("{name}-apps-prod"),
+            dev_network: format!("{name}-apps-dev"),
+            other_networks: Vec::new(),
             prod: SocketAddr::from(([127, 0, 0, 1], prod)),
             dev: SocketAddr::from(([127, 0, 0, 1], dev)),
             name,
@@ -116,7 +126,8 @@ impl Stack {
             .env("CONTROLLER_PLACEMENT", manager)
             .env("PROD_PLACEMENT", manager)
             .env("DEV_PLACEMENT", manager)
-            .env("APPS_NETWORK", &stack.apps_network)
+            .env("PROD_APPS_NETWORK", &stack.prod_network)
+            .env("DEV_APPS_NETWORK", &stack.dev_network)
             .output()
             .unwrap();
         assert!(
@@ -127,8 +138,8 @@ impl Stack {
         stack
     }
 
-    /// An app service on the apps network answering with its name.
-    fn app(&mut self, name: &str, labels: &[(&str, &str)]) -> String {
+    /// An app service on `network` answering with its name.
+    fn app(&mut self, name: &str, network: &str, labels: &[(&str, &str)]) -> String {
         let full = format!("{}-{name}", self.name);
         let mut args: Vec<String> = [
             "service",
@@ -138,7 +149,7 @@ impl Stack {
             "--name",
             &full,
             "--network",
-            &self.apps_network,
+            network,
             "--env",
             &format!("BACKEND_NAME={name}"),
         ]
@@ -166,6 +177,32 @@ impl Stack {
         }
     }
 
+    /// The running containers of service `svc` (a stack service's short name, or an app's
+    /// full name).
+    fn containers(&self, svc: &str) -> Vec<String> {
+        let full = if svc.starts_with(&self.name) {
+            svc.to_string()
+        } else {
+            format!("{}_{svc}", self.name)
+        };
+        docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={full}"),
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// The one running container of `svc`.
+    fn container(&self, svc: &str) -> String {
+        let all = self.containers(svc);
+        assert_eq!(all.len(), 1, "one container of {svc}: {all:?}");
+        all[0].clone()
+    }
+
     fn service_json(&self, svc: &str, field: &str) -> String {
         docker(&[
             "service",
@@ -174,6 +211,51 @@ impl Stack {
             "--format",
             &format!("{{{{json {field}}}}}"),
         ])
+    }
+}
+
+/// The address of `container` on `network`.
+fn ip(container: &str, network: &str) -> String {
+    docker(&[
+        "inspect",
+        container,
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+    ])
+}
+
+/// `interlock check --docker` run from the image on this manager, as docs/migrating.md
+/// shows it: what it says about service `name` (its `ERROR` line and the lines under it).
+fn check_says(name: &str) -> String {
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--user", "root", "-v"])
+        .args(["/var/run/docker.sock:/var/run/docker.sock:ro", IMAGE])
+        .args(["check", "--docker", "--docker-mode", "swarm"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut said = Vec::new();
+    let mut lines = text.lines().skip_while(|l| !l.contains(name));
+    if let Some(first) = lines.next() {
+        said.push(first);
+        said.extend(lines.take_while(|l| l.starts_with("  ")));
+    }
+    said.join("\n")
+}
+
+/// `interlock health --admin ADDR` from a new container on `network` (what any task on that
+/// network can do): `Ok(answer)` when ADDR answered 200, else the error it printed.
+fn ask_from(network: &str, addr: &str) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", network, IMAGE])
+        .args(["health", "--admin", addr, "--timeout", "3"])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
     }
 }
 
@@ -197,11 +279,17 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     };
     // The same host in both clusters, a default-cluster service nobody here serves, and a
     // dev service with a broken label.
-    stack.app("web-prod", &labels("prod", "web.test"));
-    stack.app("web-dev", &labels("dev", "web.test"));
-    stack.app("plain", &[("com.docker.lb.hosts", "plain.test"), port[0]]);
+    let (prod_net, dev_net) = (stack.prod_network.clone(), stack.dev_network.clone());
+    let web_prod = stack.app("web-prod", &prod_net, &labels("prod", "web.test"));
+    stack.app("web-dev", &dev_net, &labels("dev", "web.test"));
+    stack.app(
+        "plain",
+        &prod_net,
+        &[("com.docker.lb.hosts", "plain.test"), port[0]],
+    );
     stack.app(
         "broken-dev",
+        &dev_net,
         &[
             ("com.docker.lb.hosts", "broken.test"),
             ("com.docker.lb.service_cluster", "dev"),
@@ -235,6 +323,147 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
         "65532:65532"
     );
 
+    // Every task of the stack turns healthy: the image's HEALTHCHECK (`interlock health`,
+    // asking the loopback admin listener) passes once each instance serves.
+    wait_until(Duration::from_secs(90), || {
+        ["controller", "proxy-prod", "proxy-dev"].iter().all(|svc| {
+            stack.containers(svc).iter().any(|c| {
+                docker(&["inspect", c, "--format", "{{.State.Health.Status}}"]) == "healthy"
+            })
+        })
+    });
+
+    // The state directory is the proxy user's (also on the stack's fresh named volume):
+    // each proxy saved its snapshot there.
+    assert!(
+        image_layout(IMAGE).contains("drwxr-xr-x 65532/65532 var/lib/interlock\n"),
+        "{}",
+        image_layout(IMAGE)
+    );
+    for (svc, file) in [("proxy-prod", "prod.json"), ("proxy-dev", "dev.json")] {
+        let c = stack.container(svc);
+        wait_until(Duration::from_secs(20), || {
+            Command::new("docker")
+                .args(["cp", &format!("{c}:/var/lib/interlock/{file}"), "-"])
+                .output()
+                .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+        });
+    }
+
+    // Isolation: dev's tasks share no network with prod's tasks or prod's proxies (overlay
+    // networks are separate layer-2 segments, so nothing on dev's network can address them;
+    // no packet is sent to prove it, since from a dev task a prod address is routed only
+    // through the node's default route, off this machine). On prod's network, prod's app and
+    // its proxy's traffic port answer, but the admin listener does not.
+    let networks = |c: &str| -> Vec<String> {
+        docker(&[
+            "inspect",
+            c,
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    };
+    let web_dev = format!("{}-web-dev", stack.name);
+    let dev_side = [
+        networks(&stack.container(&web_dev)),
+        networks(&stack.container("proxy-dev")),
+    ];
+    let prod_side = [
+        networks(&stack.container(&web_prod)),
+        networks(&stack.container("proxy-prod")),
+    ];
+    assert_eq!(
+        dev_side[0],
+        [dev_net.as_str()],
+        "a dev task is on dev's apps network only"
+    );
+    assert_eq!(
+        prod_side[0],
+        [prod_net.as_str()],
+        "a prod task is on prod's apps network only"
+    );
+    for net in &dev_side[0] {
+        assert!(
+            !prod_side.iter().flatten().any(|p| p == net),
+            "a dev task shares network {net} with prod: {dev_side:?} {prod_side:?}"
+        );
+    }
+    assert!(
+        !prod_side[1].contains(&dev_net) && !dev_side[1].contains(&prod_net),
+        "each cluster's proxies join only their own apps network: {dev_side:?} {prod_side:?}"
+    );
+    let app_ip = ip(&stack.container(&web_prod), &prod_net);
+    let proxy_ip = ip(&stack.container("proxy-prod"), &prod_net);
+    let reached = ask_from(&prod_net, &format!("{app_ip}:9001"));
+    assert!(
+        reached.as_ref().is_ok_and(|a| a.starts_with("web-prod")),
+        "a prod task reaches prod's app: {reached:?}"
+    );
+    let traffic = ask_from(&prod_net, &format!("{proxy_ip}:8080"));
+    assert!(
+        traffic
+            .as_ref()
+            .is_err_and(|e| e.contains("not serving (503)")),
+        "prod's proxy answers on prod's network (503: no host `admin`): {traffic:?}"
+    );
+    let admin = ask_from(&prod_net, &format!("{proxy_ip}:9090"));
+    assert!(
+        admin.as_ref().is_err_and(|e| e.contains("connecting")),
+        "prod's admin listener is not on the apps network: {admin:?}"
+    );
+
+    // Interlock's own demo, verbatim (its own overlay network, no cluster): not routed, and
+    // `check --docker` says what to change, one thing at a time; changed as
+    // docs/migrating.md says, it routes.
+    let demo_net = format!("{}-demo", stack.name);
+    docker(&["network", "create", "-d", "overlay", &demo_net]);
+    stack.other_networks.push(demo_net.clone());
+    let demo = stack.app(
+        "demo",
+        &demo_net,
+        &[("com.docker.lb.hosts", "demo.test"), port[0]],
+    );
+    let mut said = String::new();
+    wait_until(Duration::from_secs(60), || {
+        said = check_says(&demo);
+        said.contains("ERROR") && said.contains("com.docker.lb.service_cluster")
+    });
+    eprintln!("check --docker on the verbatim demo:\n{said}");
+    assert!(said.contains("\"prod\""), "{said}");
+    assert_eq!(stack.answer(stack.prod, "demo.test"), "503");
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        "com.docker.lb.service_cluster=prod",
+        &demo,
+    ]);
+    wait_until(Duration::from_secs(60), || {
+        said = check_says(&demo);
+        said.contains("com.docker.lb.network") && said.contains(&prod_net)
+    });
+    eprintln!("check --docker once labelled prod:\n{said}");
+    assert_eq!(stack.answer(stack.prod, "demo.test"), "503");
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--network-rm",
+        &demo_net,
+        "--network-add",
+        &prod_net,
+        &demo,
+    ]);
+    wait_until(Duration::from_secs(90), || {
+        stack.answer(stack.prod, "demo.test") == "demo"
+    });
+    let said = check_says(&demo);
+    assert!(said.starts_with("ok"), "{said}");
+
     // The controller's container is killed: Swarm restarts it; prod traffic never stops,
     // and a change made meanwhile reaches the proxies once it is back.
     let stop = Arc::new(AtomicBool::new(false));
@@ -261,7 +490,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     ]);
     assert!(!task.is_empty(), "the controller's container runs here");
     docker(&["kill", task.lines().next().unwrap()]);
-    stack.app("api-prod", &labels("prod", "api.test"));
+    stack.app("api-prod", &prod_net, &labels("prod", "api.test"));
     wait_until(Duration::from_secs(90), || {
         stack.answer(stack.prod, "api.test") == "api-prod"
     });
@@ -281,4 +510,31 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
         "503",
         "prod's new host is not dev's"
     );
+
+    // The controller is gone for good (scaled to 0) and prod's proxy restarts: it serves
+    // the routes it saved in its state file, and is healthy doing so.
+    let controller = format!("{}_controller", stack.name);
+    docker(&["service", "scale", "-d", &format!("{controller}=0")]);
+    wait_until(Duration::from_secs(60), || {
+        stack.containers("controller").is_empty()
+    });
+    let before = stack.container("proxy-prod");
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--force",
+        &format!("{}_proxy-prod", stack.name),
+    ]);
+    wait_until(Duration::from_secs(120), || {
+        let now = stack.containers("proxy-prod");
+        now.len() == 1
+            && now[0] != before
+            && stack.answer(stack.prod, "web.test") == "web-prod"
+            && stack.answer(stack.prod, "api.test") == "api-prod"
+    });
+    let after = stack.container("proxy-prod");
+    wait_until(Duration::from_secs(60), || {
+        docker(&["inspect", &after, "--format", "{{.State.Health.Status}}"]) == "healthy"
+    });
 }
