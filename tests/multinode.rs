@@ -1,0 +1,777 @@
+//! examples/swarm/stack.yml on a real multi-node swarm started by the test itself
+//! (tests/common/multinode.rs): 3 managers and 2 workers, each a private Docker daemon in a
+//! network namespace of its own. The controller runs on manager 1, prod's proxies on both
+//! workers (node labels, host-mode published ports), and the backends only on workers, so no
+//! manager has a task on the apps network.
+//!
+//! One test shares the bed across the scenarios (they run in order, each under a bounded
+//! keep-alive load at the workers' proxies) and prints one line per scenario:
+//! `scenario <name>: requests=N failures=M ...` (run with --nocapture to see them as they
+//! come). It fails at the end if any scenario failed. INTERLOCK_SKIP_DOCKER=1 or
+//! INTERLOCK_SKIP_MULTINODE=1 skip it; on a machine that cannot host the bed it fails.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::multinode::{missing_tools, probe, Bed, BedNode, Load, LoadReport};
+use common::node::Scratch;
+
+const IMAGE: &str = "interlock-test/interlock:multinode";
+const BACKEND_IMAGE: &str = "interlock-test/backend:multinode";
+const STACK: &str = "interlock";
+const HOST: &str = "web.test";
+const WEB: &str = "web";
+const REPLICAS: usize = 4;
+/// The proxies' published port on each worker (every node has its own address).
+const PROD_PORT: u16 = 80;
+
+/// What a scenario found.
+struct Verdict {
+    load: LoadReport,
+    /// Why it failed, if it did.
+    failed: Option<String>,
+    note: String,
+}
+
+impl Verdict {
+    fn of(load: LoadReport, note: impl Into<String>) -> Verdict {
+        let failed = (load.failures > 0).then(|| {
+            format!(
+                "{} of {} requests failed, e.g. {:?}",
+                load.failures, load.requests, load.samples
+            )
+        });
+        Verdict {
+            load,
+            failed,
+            note: note.into(),
+        }
+    }
+
+    fn fail(mut self, why: impl Into<String>) -> Verdict {
+        let why = why.into();
+        self.failed = Some(match self.failed.take() {
+            Some(before) => format!("{before}; {why}"),
+            None => why,
+        });
+        self
+    }
+}
+
+/// The bed with the stack deployed on it.
+struct World {
+    bed: Bed,
+    /// The prod apps network (whatever the stack file calls it).
+    apps: String,
+    _certs: Scratch,
+}
+
+impl World {
+    fn manager(&self) -> &BedNode {
+        self.bed.manager()
+    }
+
+    fn m(&self, args: &[&str]) -> String {
+        self.manager().docker(args)
+    }
+
+    /// Worker `i`'s proxy (host-mode published port on the worker's own address).
+    fn proxy(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((self.bed.workers()[i].addr, PROD_PORT))
+    }
+
+    fn worker(&self, i: usize) -> &BedNode {
+        self.bed.workers()[i]
+    }
+
+    /// Running tasks of `svc` as `(task id, node hostname)`, as the managers see them.
+    fn running_tasks(&self, svc: &str) -> Vec<(String, String)> {
+        let out = self.m(&[
+            "service",
+            "ps",
+            svc,
+            "--no-trunc",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.ID}} {{.Node}} {{.CurrentState}}",
+        ]);
+        out.lines()
+            .filter(|l| l.contains(" Running "))
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// The backends' names of the running tasks: `<task id>@<node>`.
+    fn running_backends(&self) -> BTreeSet<String> {
+        self.running_tasks(WEB)
+            .into_iter()
+            .map(|(id, node)| format!("{id}@{node}"))
+            .collect()
+    }
+
+    /// The container of `svc`'s task on `node`, if one runs there.
+    fn container_on(&self, node: &BedNode, svc: &str) -> Option<String> {
+        node.try_docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={STACK}_{svc}"),
+        ])
+        .ok()
+        .and_then(|o| o.lines().next().map(str::to_string))
+    }
+
+    /// Waits until the controller's container on manager 1 has published prod's snapshot
+    /// (it has read Docker), then a second for the proxies' long polls; its container id.
+    fn controller_ready(&self, limit: Duration) -> Option<String> {
+        let mut id = None;
+        wait_for(limit, || {
+            id = self.container_on(self.manager(), "controller");
+            id.as_ref().is_some_and(|c| {
+                container_logs(self.manager(), c)
+                    .lines()
+                    .any(|l| l.contains("snapshot published") && l.contains("prod"))
+            })
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        id
+    }
+
+    fn answers(&self, i: usize) -> bool {
+        matches!(probe(self.proxy(i), HOST), Ok((200, _)))
+    }
+}
+
+/// Polls `f` every 200 ms until it holds or `limit` passes; how long it took.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The load of one scenario: 3 keep-alive clients, bounded in count and time.
+fn load_at(addr: SocketAddr, max_time: Duration) -> Load {
+    Load::start(addr, HOST, 3, 200_000, max_time, Duration::from_millis(2))
+}
+
+fn deploy(bed: Bed) -> World {
+    let manager = bed.manager().clone();
+    // The image helpers of tests/common/engine.rs use the `docker` CLI of this process's
+    // environment: point it at node 1 (never the machine's own engine), then copy the images
+    // to the other nodes. Nothing is pulled.
+    std::env::set_var("DOCKER_HOST", &manager.host);
+    common::engine::build_image(IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
+    common::engine::backend_image(BACKEND_IMAGE);
+    bed.spread_image(IMAGE);
+    bed.spread_image(BACKEND_IMAGE);
+
+    for w in bed.workers() {
+        manager.docker(&[
+            "node",
+            "update",
+            "--label-add",
+            "interlock.cluster=prod",
+            &w.hostname,
+        ]);
+    }
+    let certs = Scratch::new("multinode");
+    certs.issue_certs(&["controller"], &["prod", "dev"]);
+
+    // The stack file as it is now. Its controller mounts the node's Docker socket by the
+    // standard path; on this bed every daemon has its own socket, so the copy deployed mounts
+    // manager 1's, and the controller is placed there.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/swarm/stack.yml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let own_socket = manager.host.trim_start_matches("unix://").to_string();
+    let mut mounts = 0;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.contains("/var/run/docker.sock") && !l.trim_start().starts_with('#') {
+                mounts += 1;
+                l.replacen("/var/run/docker.sock", &own_socket, 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        mounts, 1,
+        "the stack file mounts the Docker socket once (the controller)"
+    );
+    let deployed = bed.root.join("stack.yml");
+    std::fs::write(&deployed, text.clone()).unwrap();
+    let apps = if text.contains("PROD_APPS_NETWORK") {
+        format!("{}-apps-prod", bed.prefix)
+    } else {
+        format!("{}-apps", bed.prefix)
+    };
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", &manager.host)
+        .args(["stack", "deploy", "-c"])
+        .arg(&deployed)
+        .arg(STACK)
+        .env("INTERLOCK_IMAGE", IMAGE)
+        .env("INTERLOCK_CERTS", &certs.0)
+        .env("PROD_HTTP_PORT", PROD_PORT.to_string())
+        .env("DEV_HTTP_PORT", "8081")
+        .env(
+            "CONTROLLER_PLACEMENT",
+            format!("node.hostname == {}", manager.hostname),
+        )
+        .env("PROD_PLACEMENT", "node.labels.interlock.cluster == prod")
+        // No node is labelled for dev: no dev proxy runs (and none on a manager).
+        .env("DEV_PLACEMENT", "node.labels.interlock.cluster == dev")
+        .env("APPS_NETWORK", format!("{}-apps", bed.prefix))
+        .env("PROD_APPS_NETWORK", format!("{}-apps-prod", bed.prefix))
+        .env("DEV_APPS_NETWORK", format!("{}-apps-dev", bed.prefix))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker stack deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The backends: workers only, each task answering with its task id and node.
+    manager.docker(&[
+        "service",
+        "create",
+        "-d",
+        "-q",
+        "--name",
+        WEB,
+        "--network",
+        &apps,
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--constraint",
+        "node.role == worker",
+        "--env",
+        "BACKEND_NAME={{.Task.ID}}@{{.Node.Hostname}}",
+        "--label",
+        &format!("com.docker.lb.hosts={HOST}"),
+        "--label",
+        "com.docker.lb.port=9001",
+        "--label",
+        "com.docker.lb.service_cluster=prod",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "2s",
+        "--update-order",
+        "start-first",
+        "--update-failure-action",
+        "pause",
+        "--stop-grace-period",
+        "5s",
+        "--restart-condition",
+        "any",
+        "--restart-delay",
+        "1s",
+        BACKEND_IMAGE,
+        "--listen",
+        "0.0.0.0:9001",
+    ]);
+    World {
+        bed,
+        apps,
+        _certs: certs,
+    }
+}
+
+/// 1: both proxies route to every running backend task, on every node.
+fn every_endpoint(w: &World) -> Verdict {
+    let converged = wait_for(Duration::from_secs(60), || {
+        w.running_tasks(WEB).len() == REPLICAS && w.answers(0) && w.answers(1)
+    });
+    let expected = w.running_backends();
+    let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(6)));
+    std::thread::sleep(Duration::from_secs(6));
+    let [a, b] = loads.map(Load::finish);
+    let mut load = a.clone();
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples.clone());
+    let seen = |r: &LoadReport| r.backends.keys().cloned().collect::<BTreeSet<_>>();
+    let nodes: BTreeSet<String> = expected
+        .iter()
+        .filter_map(|b| b.split('@').nth(1).map(str::to_string))
+        .collect();
+    let note = format!(
+        "converged={:?} tasks={} on nodes {:?}; worker-1 proxy saw {}, worker-2 proxy saw {}",
+        converged,
+        expected.len(),
+        nodes,
+        a.backends.len(),
+        b.backends.len()
+    );
+    let mut v = Verdict::of(load, note);
+    if converged.is_none() {
+        v = v.fail(format!(
+            "{HOST} not routed by both proxies to {REPLICAS} running tasks within 60 s"
+        ));
+    }
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        if seen(r) != expected {
+            v = v.fail(format!(
+                "worker-{} proxy: backends answering {:?} != running tasks {:?}",
+                i + 1,
+                seen(r),
+                expected
+            ));
+        }
+    }
+    v
+}
+
+/// 3: worker 2 drained (its proxy and backends go), load on worker 1's proxy; set active again.
+fn drain_worker(w: &World) -> Verdict {
+    let w2 = w.worker(1).hostname.clone();
+    let load = load_at(w.proxy(0), Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    w.m(&["node", "update", "--availability", "drain", &w2]);
+    let moved = wait_for(Duration::from_secs(40), || {
+        let tasks = w.running_tasks(WEB);
+        tasks.len() == REPLICAS && tasks.iter().all(|(_, n)| *n != w2)
+    });
+    // Some more load on the moved tasks only.
+    std::thread::sleep(Duration::from_secs(3));
+    let report = load.finish();
+    w.m(&["node", "update", "--availability", "active", &w2]);
+    let back = wait_for(Duration::from_secs(40), || {
+        w.container_on(w.worker(1), "proxy-prod").is_some() && w.answers(1)
+    });
+    let mut v = Verdict::of(
+        report,
+        format!("backends moved off worker-2 in {moved:?}; its proxy back in {back:?}"),
+    );
+    if moved.is_none() {
+        v = v.fail("the backends did not all move to worker-1 within 40 s");
+    }
+    if back.is_none() {
+        v = v.fail("worker-2's proxy did not serve again within 40 s of reactivation");
+    }
+    v
+}
+
+/// 2: a rolling update of the backends (start-first, one at a time), load at both proxies.
+fn rolling_update(w: &World) -> Verdict {
+    let before = w.running_backends();
+    let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(120)));
+    std::thread::sleep(Duration::from_secs(1));
+    w.m(&["service", "update", "-d", "-q", "--force", WEB]);
+    let done = wait_for(Duration::from_secs(100), || {
+        w.m(&[
+            "service",
+            "inspect",
+            WEB,
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+        ]) == "completed"
+    });
+    // The proxies follow the last task change.
+    std::thread::sleep(Duration::from_secs(2));
+    let [a, b] = loads.map(Load::finish);
+    let after = w.running_backends();
+    let mut load = a;
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples);
+    let nodes: BTreeSet<String> = after
+        .iter()
+        .filter_map(|b| b.split('@').nth(1).map(str::to_string))
+        .collect();
+    let mut v = Verdict::of(
+        load,
+        format!("update completed in {done:?}; new tasks on {nodes:?}"),
+    );
+    if done.is_none() {
+        v = v.fail("the rolling update did not complete within 100 s");
+    }
+    if !before.is_disjoint(&after) {
+        v = v.fail("some task was not replaced");
+    }
+    v
+}
+
+/// 4: worker 2's dockerd killed (SIGKILL), load on worker 1's proxy; started again, it rejoins.
+fn worker_daemon_killed(w: &World) -> Verdict {
+    let node = w.worker(1);
+    let w2 = node.hostname.clone();
+    let load = load_at(w.proxy(0), Duration::from_secs(150));
+    std::thread::sleep(Duration::from_secs(1));
+    w.bed.kill_daemon(node);
+    let down = wait_for(Duration::from_secs(60), || {
+        w.m(&["node", "inspect", &w2, "--format", "{{.Status.State}}"]) == "down"
+    });
+    let moved = wait_for(Duration::from_secs(60), || {
+        let tasks = w.running_tasks(WEB);
+        tasks.len() == REPLICAS && tasks.iter().all(|(_, n)| *n != w2)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    w.bed.start_daemon(node);
+    let rejoined = wait_for(Duration::from_secs(60), || {
+        w.m(&["node", "inspect", &w2, "--format", "{{.Status.State}}"]) == "ready"
+    });
+    let proxy_back = wait_for(Duration::from_secs(60), || w.answers(1));
+    let report = load.finish();
+    let mut v = Verdict::of(
+        report,
+        format!(
+            "node down after {down:?}, backends moved after {moved:?} more, \
+             rejoined {rejoined:?} after restart, its proxy serving {proxy_back:?} later"
+        ),
+    );
+    if down.is_none() {
+        v = v.fail("the managers did not see worker-2 down within 60 s");
+    }
+    if rejoined.is_none() {
+        v = v.fail("worker-2 did not rejoin within 60 s of its daemon's restart");
+    }
+    if proxy_back.is_none() {
+        v = v.fail("worker-2's proxy did not serve again within 60 s of the rejoin");
+    }
+    v
+}
+
+/// Kills the proxy container on worker `i` (Swarm restarts it); how the restarted proxy
+/// answered within `limit`: the first 200, or the statuses it gave meanwhile.
+fn restart_proxy(w: &World, i: usize, limit: Duration) -> Result<Duration, String> {
+    let node = w.worker(i);
+    let old = w
+        .container_on(node, "proxy-prod")
+        .ok_or("no proxy container on the worker")?;
+    node.docker(&["kill", &old]);
+    let start = Instant::now();
+    let mut seen = BTreeSet::new();
+    let mut new = None;
+    while start.elapsed() < limit {
+        if new.is_none() {
+            new = w.container_on(node, "proxy-prod").filter(|c| *c != old);
+        }
+        if new.is_some() {
+            match probe(w.proxy(i), HOST) {
+                Ok((200, _)) => return Ok(start.elapsed()),
+                Ok((status, _)) => {
+                    seen.insert(status.to_string());
+                }
+                Err(_) => {
+                    seen.insert("no answer".to_string());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(match new {
+        None => format!("no new proxy container within {limit:?}"),
+        Some(_) => format!(
+            "the restarted proxy did not answer 200 within {limit:?} (it answered: {seen:?})"
+        ),
+    })
+}
+
+/// 5: the controller scaled to 0, worker 2's proxy killed and restarted by Swarm: it serves
+/// its saved snapshot; worker 1's proxy, under load, never fails.
+fn proxy_restart_controller_down(w: &World) -> Verdict {
+    let ctl = format!("{STACK}_controller");
+    let load = load_at(w.proxy(0), Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    w.m(&["service", "scale", "-d", &format!("{ctl}=0")]);
+    let gone = wait_for(Duration::from_secs(30), || {
+        w.container_on(w.manager(), "controller").is_none()
+    });
+    let restarted = restart_proxy(w, 1, Duration::from_secs(30));
+    w.m(&["service", "scale", "-d", &format!("{ctl}=1")]);
+    let start = Instant::now();
+    let ready = w
+        .controller_ready(Duration::from_secs(60))
+        .map(|_| start.elapsed());
+    let back = wait_for(Duration::from_secs(60), || w.answers(1));
+    let report = load.finish();
+    let mut v = Verdict::of(
+        report,
+        format!(
+            "controller gone in {gone:?}; restarted proxy served after {:?}; \
+             controller back and published in {ready:?}, then served after {back:?}",
+            restarted.as_ref().ok()
+        ),
+    );
+    if gone.is_none() {
+        v = v.fail("the controller's container did not go within 30 s");
+    }
+    if let Err(e) = restarted {
+        v = v.fail(format!("controller down: {e}"));
+    }
+    if ready.is_none() {
+        v = v.fail("the controller did not publish prod's snapshot within 60 s of its return");
+    }
+    if back.is_none() {
+        v = v.fail("worker-2's proxy did not serve within 60 s of the controller's return");
+    }
+    v
+}
+
+/// 6: a broken label on the routed service, then a proxy restart: the restarted proxy keeps
+/// the service's last good routes; then the controller's container is killed too (Swarm
+/// restarts it) and the proxy restarted again: still the last good routes.
+fn broken_label_restart(w: &World) -> Verdict {
+    let load = load_at(w.proxy(0), Duration::from_secs(120));
+    let controller = w.controller_ready(Duration::from_secs(30));
+    w.m(&[
+        "service",
+        "update",
+        "-d",
+        "-q",
+        "--label-add",
+        "com.docker.lb.port=notaport",
+        WEB,
+    ]);
+    // The controller reports the broken label (so the change did reach it).
+    let reported = wait_for(Duration::from_secs(15), || {
+        controller
+            .as_ref()
+            .is_some_and(|c| container_logs(w.manager(), c).contains("notaport"))
+    });
+    let kept = w.answers(0) && w.answers(1);
+    let restarted = restart_proxy(w, 1, Duration::from_secs(30));
+    // The controller restarted with the label still broken, then the proxy again.
+    let mut controller_back = None;
+    if let Some(c) = &controller {
+        w.manager().docker(&["kill", c]);
+        let start = Instant::now();
+        // The restarted controller has read Docker (its snapshot published).
+        controller_back = wait_for(Duration::from_secs(30), || {
+            w.controller_ready(Duration::from_secs(30))
+                .is_some_and(|n| n != *c)
+        })
+        .map(|_| start.elapsed());
+    }
+    let kept_after_controller = w.answers(0) && w.answers(1);
+    let restarted_again = restart_proxy(w, 1, Duration::from_secs(30));
+    w.m(&[
+        "service",
+        "update",
+        "-d",
+        "-q",
+        "--label-add",
+        "com.docker.lb.port=9001",
+        WEB,
+    ]);
+    let fixed = wait_for(Duration::from_secs(30), || w.answers(0) && w.answers(1));
+    let report = load.finish();
+    let mut v = Verdict::of(
+        report,
+        format!(
+            "controller reported the label after {reported:?}; kept before the restart: \
+             {kept}; restarted proxy served after {:?}; controller restarted in \
+             {controller_back:?}, both serving then: {kept_after_controller}, proxy restarted \
+             again served after {:?}; label fixed, both serving after {fixed:?}",
+            restarted.as_ref().ok(),
+            restarted_again.as_ref().ok()
+        ),
+    );
+    if reported.is_none() {
+        v = v.fail("the controller did not report the broken label within 15 s");
+    }
+    if !kept {
+        v = v.fail("a proxy stopped routing the service when its label broke");
+    }
+    if let Err(e) = restarted {
+        v = v.fail(format!("broken label, proxy restarted: {e}"));
+    }
+    if controller_back.is_none() {
+        v = v.fail("the controller's container was not restarted within 30 s");
+    }
+    if !kept_after_controller {
+        v = v.fail("a proxy stopped routing the service after the controller restarted");
+    }
+    if let Err(e) = restarted_again {
+        v = v.fail(format!(
+            "broken label, controller and then proxy restarted: {e}"
+        ));
+    }
+    if fixed.is_none() {
+        v = v.fail("the service was not routed within 30 s of its label being fixed");
+    }
+    v
+}
+
+/// A container's output (stdout and stderr) on `node`.
+fn container_logs(node: &BedNode, id: &str) -> String {
+    Command::new("docker")
+        .env("DOCKER_HOST", &node.host)
+        .args(["logs", id])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .unwrap_or_default()
+}
+
+/// What dockerd logs at `level=error` on a kernel without IPVS whenever a node's service
+/// load balancers change (tasks come and go): not the controller's doing.
+fn no_ipvs_noise(line: &str) -> bool {
+    line.contains("error reading the kernel parameter net.ipv4.vs.")
+        || line.contains("ipvs")
+        || line.contains("firewall mark")
+}
+
+/// 7: 10 s of steady state: manager 1's dockerd (the controller's engine) logs no errors.
+fn quiet_engine_log(w: &World) -> Verdict {
+    let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(13)));
+    // Earlier scenarios' task churn settles first.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = w.manager().daemon_log().len();
+    std::thread::sleep(Duration::from_secs(10));
+    let log = w.manager().daemon_log();
+    let [a, b] = loads.map(Load::finish);
+    let mut load = a;
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples);
+    let (noise, errors): (Vec<&str>, Vec<&str>) = log[before.min(log.len())..]
+        .lines()
+        .filter(|l| l.contains("level=error"))
+        .partition(|l| no_ipvs_noise(l));
+    let mut v = Verdict::of(
+        load,
+        format!(
+            "{} error lines in 10 s, {} more of the kernel's missing IPVS",
+            errors.len(),
+            noise.len()
+        ),
+    );
+    if !errors.is_empty() {
+        let mut kinds: Vec<String> = errors
+            .iter()
+            .map(|l| {
+                l.split_once("msg=")
+                    .map_or(*l, |(_, m)| m)
+                    .chars()
+                    .take(160)
+                    .collect()
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        v = v.fail(format!(
+            "the manager's dockerd logged {} errors in 10 s of steady state: {:?}",
+            errors.len(),
+            kinds
+        ));
+    }
+    v
+}
+
+#[test]
+fn swarm_of_five_nodes_routes_every_task_through_failures() {
+    if common::engine::skip() || std::env::var("INTERLOCK_SKIP_MULTINODE").is_ok_and(|v| v == "1") {
+        println!("multinode: SKIPPED (INTERLOCK_SKIP_DOCKER=1 or INTERLOCK_SKIP_MULTINODE=1)");
+        return;
+    }
+    let missing = missing_tools();
+    assert!(
+        missing.is_empty(),
+        "the multi-node bed needs {missing:?} (INTERLOCK_SKIP_MULTINODE=1 skips this test)"
+    );
+    let t0 = Instant::now();
+    let bed = Bed::up(3, 2);
+    println!(
+        "multinode: bed of {} nodes ({}) up in {:.1} s",
+        bed.nodes.len(),
+        bed.nodes
+            .iter()
+            .map(|n| format!(
+                "{} {} {}",
+                n.hostname,
+                n.addr,
+                if n.manager { "manager" } else { "worker" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        bed.started_in.as_secs_f64()
+    );
+    let world = deploy(bed);
+    println!(
+        "multinode: images and stack deployed at {:.1} s (apps network {})",
+        t0.elapsed().as_secs_f64(),
+        world.apps
+    );
+
+    type Scenario = fn(&World) -> Verdict;
+    let scenarios: [(&str, Scenario); 7] = [
+        ("1-every-endpoint-routed", every_endpoint),
+        ("3-worker-drained", drain_worker),
+        ("2-rolling-update", rolling_update),
+        ("4-worker-daemon-killed", worker_daemon_killed),
+        (
+            "5-proxy-restart-controller-down",
+            proxy_restart_controller_down,
+        ),
+        ("6-broken-label-proxy-restart", broken_label_restart),
+        ("7-engine-log-quiet", quiet_engine_log),
+    ];
+    let mut failed = Vec::new();
+    for (name, run) in scenarios {
+        let start = Instant::now();
+        let verdict = catch_unwind(AssertUnwindSafe(|| run(&world))).unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Verdict {
+                load: LoadReport::default(),
+                failed: Some(format!("panicked: {why}")),
+                note: String::new(),
+            }
+        });
+        println!(
+            "scenario {name}: requests={} failures={} {} ({:.1} s; {}; {} kept-alive connections closed idle, sent again)",
+            verdict.load.requests,
+            verdict.load.failures,
+            if verdict.failed.is_some() { "FAIL" } else { "pass" },
+            start.elapsed().as_secs_f64(),
+            verdict.note,
+            verdict.load.retried_idle_closes,
+        );
+        if let Some(why) = verdict.failed {
+            println!("  {name}: {why}");
+            failed.push(format!("{name}: {why}"));
+        }
+    }
+    println!(
+        "multinode: all scenarios done at {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    drop(world);
+    println!(
+        "multinode: bed removed at {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} scenario(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
