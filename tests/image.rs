@@ -1,6 +1,7 @@
 //! The image as users get it: the Dockerfile (from source) and docker/prebuilt.Dockerfile
-//! share one runtime stage, and `interlock certs` runs from the image exactly as
-//! docs/swarm.md shows it, as the caller's user. INTERLOCK_SKIP_DOCKER=1 skips the latter.
+//! share one runtime stage and build the same image with the classic builder and with
+//! BuildKit, and `interlock certs` runs from the image exactly as docs/swarm.md shows it, as
+//! the caller's user. INTERLOCK_SKIP_DOCKER=1 skips the Docker parts.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::engine::{build_image, skip};
+use common::engine::{build_image, docker, docker_quiet, image_layout, skip};
 use common::node::Scratch;
 
 const IMAGE: &str = "interlock-test/interlock:image";
@@ -136,4 +137,114 @@ fn certs_run_from_the_image_as_the_callers_user() {
         assert!(!out.status.success(), "65532 wrote into a root-owned dir");
         assert!(err.contains("ermission denied"), "{err}");
     }
+}
+
+/// A stand-in for the Rust image, imported as `tag`: a shell and the tools the Dockerfile's
+/// build stage and docker/rootfs.sh use, taken from this machine, and a `cargo` that puts
+/// `binary` where `cargo build --release` would (no compiler: the Dockerfile's plumbing is
+/// under test, not the compile).
+fn stub_rust_image(tag: &str, binary: &Path) {
+    let root = Scratch::new("stub-rust");
+    let r = &root.0;
+    for d in ["usr/bin", "usr/local/bin", "stub", "tmp"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    let tools = [
+        "sh", "bash", "cp", "mkdir", "dirname", "chmod", "grep", "sed", "cat", "rm", "ldd",
+    ];
+    let mut libs = vec![binary.to_path_buf()];
+    for tool in tools {
+        let path = Path::new("/usr/bin").join(tool);
+        std::fs::copy(
+            std::fs::canonicalize(&path).unwrap(),
+            r.join("usr/bin").join(tool),
+        )
+        .unwrap();
+        libs.push(path);
+    }
+    for bin in libs {
+        let out = Command::new("ldd").arg(&bin).output().unwrap();
+        for lib in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let dest = r.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+    }
+    std::fs::copy(binary, r.join("stub/interlock")).unwrap();
+    let cargo = r.join("usr/local/bin/cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\n# stub: `cargo build --release ...` of the interlock binary\n\
+         mkdir -p target/release && cp /stub/interlock target/release/interlock\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut tar = Command::new("tar")
+        .args(["-C", r.to_str().unwrap(), "-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = Command::new("docker")
+        .args(["import", "-", tag])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+}
+
+#[test]
+fn the_source_dockerfile_builds_the_same_image_with_either_builder() {
+    if skip() {
+        return;
+    }
+    const PREBUILT: &str = "interlock-test/interlock:image-prebuilt";
+    const STUB: &str = "interlock-test/stub-rust:image";
+    let binary = Path::new(env!("CARGO_BIN_EXE_interlock"));
+    build_image(PREBUILT, binary);
+    let expected = image_layout(PREBUILT);
+    stub_rust_image(STUB, binary);
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut built = 0;
+    for buildkit in ["0", "1"] {
+        let tag = format!("interlock-test/interlock:image-source-{buildkit}");
+        let mut errors = Vec::new();
+        for cli in ["docker", "/usr/bin/docker"] {
+            let out = Command::new(cli)
+                .env("DOCKER_BUILDKIT", buildkit)
+                .args(["build", "-q", "--build-arg"])
+                .arg(format!("RUST_IMAGE={STUB}"))
+                .args(["-t", &tag, repo])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                errors.clear();
+                break;
+            }
+            errors.push(format!("{cli}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        if buildkit == "0" {
+            assert!(errors.is_empty(), "classic builder: {errors:?}");
+        } else if !errors.is_empty() {
+            eprintln!("no BuildKit here: {errors:?}");
+            continue;
+        }
+        assert_eq!(
+            image_layout(&tag),
+            expected,
+            "the Dockerfile (DOCKER_BUILDKIT={buildkit}) and docker/prebuilt.Dockerfile"
+        );
+        docker_quiet(&["rmi", &tag]);
+        built += 1;
+    }
+    eprintln!("the source Dockerfile built with {built} builder(s)");
+    docker(&["rmi", STUB]);
 }
