@@ -123,6 +123,27 @@ async fn health_follows_whether_each_role_serves() {
     assert!(out.starts_with("ok generation="), "{out}");
     drop(run);
 
+    // All-in-one with a Docker engine it cannot reach: it listens, but has never had the
+    // engine's services, so it is not serving.
+    let blind_run_admin = admin_addr();
+    let blind_run = Node::spawn(
+        "run without Docker",
+        &[
+            "run".into(),
+            "--docker".into(),
+            "--listen".into(),
+            SocketAddr::from(([127, 0, 0, 1], free_port())).to_string(),
+        ],
+        blind_run_admin,
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    eventually(Duration::from_secs(20), || async {
+        health_of(blind_run_admin).1.is_empty() && health_of(blind_run_admin).2.contains("503")
+    })
+    .await
+    .expect("an all-in-one instance that never read Docker is not serving");
+    drop(blind_run);
+
     // A proxy whose controller is not there yet, without a state file: not serving.
     s.issue_certs(&["127.0.0.1"], &["prod"]);
     s.write_services(
