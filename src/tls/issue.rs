@@ -95,12 +95,23 @@ fn ca(out: &Path) -> Result<Issuer<'static, KeyPair>, IssueError> {
     Ok(Issuer::new(params, key))
 }
 
+/// Writes `contents` to `path`; a secret (a private key) is created readable by its owner
+/// only, so it is never readable by others, not even for a moment.
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), IssueError> {
-    std::fs::write(path, contents).map_err(io(path))?;
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+        opts.mode(0o600);
     }
+    let mut file = opts.open(path).map_err(io(path))?;
+    if secret {
+        // A key file that already existed keeps its mode on open: tighten it first.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io(path))?;
+    }
+    file.write_all(contents.as_bytes()).map_err(io(path))?;
     Ok(())
 }
 

@@ -20,6 +20,8 @@ use crate::config::labels::{self, LabelError};
 #[derive(Debug, Default)]
 pub struct ProxyServices {
     clusters: BTreeMap<String, Cluster>,
+    /// Networks of the controller services (the control plane's): never suggested to apps.
+    control: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +34,9 @@ impl ProxyServices {
     pub fn find(services: &[Service]) -> Self {
         let mut out = ProxyServices::default();
         for s in services {
+            if role(s).as_deref() == Some("controller") {
+                out.control.extend(service_networks(s));
+            }
             let Some(cluster) = proxy_cluster(s) else {
                 continue;
             };
@@ -86,13 +91,18 @@ impl ProxyServices {
         if c.networks.contains(net_id) {
             return None;
         }
-        let shared = c
+        let for_apps: Vec<String> = c
             .networks
             .iter()
+            .filter(|id| !self.control.contains(*id))
             .map(|id| name_of(id))
             .filter(|n| n != "ingress")
-            .collect::<Vec<_>>()
-            .join(", ");
+            .collect();
+        let shared = if for_apps.is_empty() {
+            "none but the control plane's: attach them to an apps network".to_string()
+        } else {
+            for_apps.join(", ")
+        };
         let proxies = c.services.iter().cloned().collect::<Vec<_>>().join(", ");
         let net = name_of(net_id);
         Some(LabelError {
@@ -108,28 +118,40 @@ impl ProxyServices {
     }
 }
 
-/// The cluster a service serves if it is an interlock proxy.
-fn proxy_cluster(s: &Service) -> Option<String> {
-    let c = s
-        .spec
+/// The spec of a service's container.
+fn container(s: &Service) -> Option<&bollard::models::TaskSpecContainerSpec> {
+    s.spec
         .as_ref()?
         .task_template
         .as_ref()?
         .container_spec
-        .as_ref()?;
-    let words: Vec<&str> = c
+        .as_ref()
+}
+
+/// The command line of a service's tasks from its role on (the first word, after the
+/// binary's own path when the command names it).
+fn command_line(s: &Service) -> Option<Vec<String>> {
+    let c = container(s)?;
+    let words: Vec<String> = c
         .command
         .iter()
         .flatten()
         .chain(c.args.iter().flatten())
-        .map(String::as_str)
+        .cloned()
         .collect();
-    // The role is the first word, after the binary's own path when the command names it.
-    let role = words
-        .iter()
-        .position(|w| !w.contains('/'))
-        .map(|i| &words[i..])?;
-    if role.first() != Some(&"proxy") {
+    let start = words.iter().position(|w| !w.contains('/'))?;
+    Some(words[start..].to_vec())
+}
+
+fn role(s: &Service) -> Option<String> {
+    command_line(s)?.into_iter().next()
+}
+
+/// The cluster a service serves if it is an interlock proxy.
+fn proxy_cluster(s: &Service) -> Option<String> {
+    let c = container(s)?;
+    let role = command_line(s)?;
+    if role.first().map(String::as_str) != Some("proxy") {
         return None;
     }
     let env: HashMap<&str, &str> = c
@@ -141,8 +163,8 @@ fn proxy_cluster(s: &Service) -> Option<String> {
     let flag = |name: &str| -> Option<String> {
         let eq = format!("{name}=");
         role.iter().enumerate().find_map(|(i, w)| {
-            if *w == name {
-                role.get(i + 1).map(|v| v.to_string())
+            if w == name {
+                role.get(i + 1).cloned()
             } else {
                 w.strip_prefix(&eq).map(str::to_string)
             }
@@ -238,7 +260,7 @@ mod tests {
         let e = p.check("prod", "n3", Some("apps-dev"), &names()).unwrap();
         assert_eq!(e.label, labels::NETWORK);
         assert_eq!(e.value, "apps-dev");
-        assert!(e.expected.contains("(control, apps-prod)"), "{e}");
+        assert!(e.expected.contains("are attached to (apps-prod)"), "{e}");
         let e = p.check("qa", "n2", None, &names()).unwrap();
         assert_eq!(e.label, labels::SERVICE_CLUSTER);
         assert!(e.expected.contains("\"dev\", \"prod\""), "{e}");
