@@ -81,18 +81,20 @@ impl Drop for Stack {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        for _ in 0..40 {
-            let gone = Command::new("docker")
-                .args(["volume", "rm", &format!("{}_proxy-state", self.name)])
-                .output()
-                .is_ok_and(|o| {
-                    o.status.success()
-                        || String::from_utf8_lossy(&o.stderr).contains("No such volume")
-                });
-            if gone {
-                break;
+        for volume in ["proxy-state", "controller-state"] {
+            for _ in 0..40 {
+                let gone = Command::new("docker")
+                    .args(["volume", "rm", &format!("{}_{volume}", self.name)])
+                    .output()
+                    .is_ok_and(|o| {
+                        o.status.success()
+                            || String::from_utf8_lossy(&o.stderr).contains("No such volume")
+                    });
+                if gone {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
