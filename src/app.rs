@@ -234,6 +234,8 @@ pub struct RunConfig {
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    // This instance serves traffic (the controller, which does not, never exports these).
+    metrics.export(Part::Traffic);
     let mut applier = Applier::new(
         metrics.clone(),
         CompileOptions {

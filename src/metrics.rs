@@ -10,10 +10,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// All metric families. Those of the core (traffic, tables, the services file) are
-/// registered from the start; a [`Part`]'s only by [`Metrics::export`], where that part
-/// runs, so an instance never reports e.g. `interlock_docker_up 0` for a provider it does
-/// not use.
+/// All metric families. Those of the core (the services file's reload failures, which
+/// every role with `--config` counts) are registered from the start; a [`Part`]'s only by
+/// [`Metrics::export`], where that part runs, so an instance never reports e.g.
+/// `interlock_docker_up 0` for a provider it does not use, nor a controller
+/// `interlock_open_connections 0` for traffic it does not serve.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -48,6 +49,13 @@ pub struct Metrics {
 /// A part of interlock that runs in some roles only, with its own metric families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    /// Serving traffic (the all-in-one and proxy roles, not the controller): the live
+    /// routing table and the listeners. `interlock_requests_total`,
+    /// `interlock_request_duration_seconds`, `interlock_upstream_errors_total`,
+    /// `interlock_no_route_total`, `interlock_open_connections`, `interlock_open_tunnels`,
+    /// `interlock_table_generation`, `interlock_reload_timestamp_seconds`,
+    /// `interlock_services_rejected`, `interlock_tls_certificate_errors_total`.
+    Traffic,
     /// The Docker provider (`--docker`): `interlock_docker_*`.
     Docker,
     /// The proxy role's controller client: `interlock_controller_up`,
@@ -201,21 +209,7 @@ impl Metrics {
             upstream_errors,
             registry,
         };
-        for c in [
-            Box::new(m.requests.clone()) as Box<dyn Collector>,
-            Box::new(m.latency.clone()),
-            Box::new(m.upstream_errors.clone()),
-            Box::new(m.no_route.clone()),
-            Box::new(m.open_connections.clone()),
-            Box::new(m.open_tunnels.clone()),
-            Box::new(m.table_generation.clone()),
-            Box::new(m.reload_timestamp.clone()),
-            Box::new(m.reload_failures.clone()),
-            Box::new(m.services_rejected.clone()),
-            Box::new(m.cert_errors.clone()),
-        ] {
-            must(m.registry.register(c));
-        }
+        must(m.registry.register(Box::new(m.reload_failures.clone())));
         Arc::new(m)
     }
 
@@ -223,6 +217,18 @@ impl Metrics {
     /// Called where the part starts, before the admin listener serves `/metrics`.
     pub fn export(&self, part: Part) {
         let families: Vec<Box<dyn Collector>> = match part {
+            Part::Traffic => vec![
+                Box::new(self.requests.clone()),
+                Box::new(self.latency.clone()),
+                Box::new(self.upstream_errors.clone()),
+                Box::new(self.no_route.clone()),
+                Box::new(self.open_connections.clone()),
+                Box::new(self.open_tunnels.clone()),
+                Box::new(self.table_generation.clone()),
+                Box::new(self.reload_timestamp.clone()),
+                Box::new(self.services_rejected.clone()),
+                Box::new(self.cert_errors.clone()),
+            ],
             Part::Docker => vec![
                 Box::new(self.docker_up.clone()),
                 Box::new(self.docker_resyncs.clone()),
@@ -295,7 +301,9 @@ mod tests {
         assert!(core.iter().any(|f| f == "interlock_reload_failures_total"));
         assert!(!core.iter().any(|f| f.starts_with("interlock_docker_")
             || f.starts_with("interlock_controller_")
-            || f == "interlock_snapshot_version"));
+            || f == "interlock_snapshot_version"
+            || f == "interlock_open_connections"
+            || f == "interlock_table_generation"));
         m.export(Part::Docker);
         m.export(Part::Docker);
         let with_docker = families(&m);
@@ -306,5 +314,38 @@ mod tests {
         assert!(!families(&m)
             .iter()
             .any(|f| f == "interlock_controller_waiting_proxies"));
+    }
+
+    #[test]
+    fn traffic_families_are_exported_only_where_traffic_is_served() {
+        let m = Metrics::new();
+        // Handles count before the export; their series are just not shown.
+        m.service("web").record(200, 0.01);
+        m.open_connections.inc();
+        assert!(!m.render().contains("interlock_requests_total"));
+        assert!(!families(&m)
+            .iter()
+            .any(|f| f == "interlock_open_connections" || f == "interlock_services_rejected"));
+        m.export(Part::Traffic);
+        m.export(Part::Traffic);
+        let have = families(&m);
+        for f in [
+            "interlock_requests_total",
+            "interlock_request_duration_seconds",
+            "interlock_no_route_total",
+            "interlock_open_connections",
+            "interlock_open_tunnels",
+            "interlock_table_generation",
+            "interlock_reload_timestamp_seconds",
+            "interlock_services_rejected",
+            "interlock_tls_certificate_errors_total",
+            "interlock_reload_failures_total",
+        ] {
+            assert!(have.iter().any(|h| h == f), "{f}: {have:?}");
+        }
+        assert!(m
+            .render()
+            .contains("interlock_requests_total{class=\"2xx\",service=\"web\"} 1"));
+        assert!(m.render().contains("interlock_open_connections 1"));
     }
 }

@@ -552,10 +552,26 @@ const SERVER_SERIES: [&str; 2] = [
 ];
 
 /// Each role exports the metrics of the parts it runs and no others: a controller reports
-/// no `interlock_controller_up 0` of a controller client it does not have, an instance
-/// without `--docker` no `interlock_docker_up 0`, a proxy none of the snapshot API's.
+/// no `interlock_controller_up 0` of a controller client it does not have and no
+/// `interlock_open_connections 0` of traffic it does not serve, an instance without
+/// `--docker` no `interlock_docker_up 0`, a proxy none of the snapshot API's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
+    // Serving traffic (the live table and the listeners): run and proxy, not controller.
+    const TRAFFIC_FAMILIES: [&str; 7] = [
+        "interlock_no_route_total",
+        "interlock_open_connections",
+        "interlock_open_tunnels",
+        "interlock_table_generation",
+        "interlock_reload_timestamp_seconds",
+        "interlock_services_rejected",
+        "interlock_tls_certificate_errors_total",
+    ];
+    // Traffic's labelled families: exported once a request was answered.
+    const TRAFFIC_SERIES: [&str; 2] = [
+        "interlock_requests_total",
+        "interlock_request_duration_seconds",
+    ];
     let s = Scratch::new("control");
     s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
     let web = TestBackend::named("web").await;
@@ -585,14 +601,15 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
     let (file_only, with_docker) = (run(false), run(true));
 
     // (node, Docker provider, controller client, snapshot API, snapshots published and
-    // polled); the controller without its engine publishes nothing.
+    // polled, traffic, requests answered); the controller without its engine publishes
+    // nothing, and only `prod` was asked for web.test.
     let mut wrong = Vec::new();
-    for (node, docker, client, server, served) in [
-        (&ctl, false, false, true, true),
-        (&docker_ctl, true, false, true, false),
-        (&prod, false, true, false, false),
-        (&file_only, false, false, false, false),
-        (&with_docker, true, false, false, false),
+    for (node, docker, client, server, served, traffic, answered) in [
+        (&ctl, false, false, true, true, false, false),
+        (&docker_ctl, true, false, true, false, false, false),
+        (&prod, false, true, false, false, true, true),
+        (&file_only, false, false, false, false, true, false),
+        (&with_docker, true, false, false, false, true, false),
     ] {
         let have = families(node.admin).await;
         assert!(
@@ -605,6 +622,8 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
             (client, &CLIENT_FAMILIES[..]),
             (server, &SERVER_FAMILIES[..]),
             (served, &SERVER_SERIES[..]),
+            (traffic, &TRAFFIC_FAMILIES[..]),
+            (answered, &TRAFFIC_SERIES[..]),
         ] {
             for family in group {
                 if have.iter().any(|f| f == family) != used {

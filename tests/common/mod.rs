@@ -24,7 +24,7 @@ use interlock::app::Applier;
 use interlock::compile::CompileOptions;
 use interlock::config::settings::ProxySettings;
 use interlock::config::{DesiredState, EndpointSpec, ServiceSpec};
-use interlock::metrics::Metrics;
+use interlock::metrics::{Metrics, Part};
 use interlock::proxy::Proxy;
 use interlock::shutdown::{self, ShutdownTrigger};
 use tokio::net::TcpListener;
@@ -186,6 +186,7 @@ impl TestProxy {
 
     pub async fn with_settings(state: &DesiredState, settings: ProxySettings) -> TestProxy {
         let metrics = Metrics::new();
+        metrics.export(Part::Traffic);
         let applier = Arc::new(Applier::new(
             metrics.clone(),
             CompileOptions {
