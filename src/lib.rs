@@ -30,6 +30,7 @@
 //! | `metrics`   | Prometheus metric families and per-route handles |
 //! | `app`       | wiring of one running instance: provider -> compile -> swap, shutdown |
 //! | `snapshot`  | the per-cluster routing snapshot a controller serves, and the partition |
+//! | `last_good` | each service's last good labels, kept by the controller and the proxies across restarts |
 //! | `controller`| the controller role: versioned snapshots per cluster over mutual TLS |
 //! | `tls`       | termination, SNI, the control channel's mutual TLS, `interlock certs` |
 //! | `cli`       | command line of the `interlock` binary |
@@ -44,6 +45,7 @@ pub mod compile;
 pub mod config;
 pub mod controller;
 pub mod health;
+pub mod last_good;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

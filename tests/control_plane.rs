@@ -726,9 +726,25 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     let (fifth, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
     until_answer(addr, "web.test", "web").await;
     assert!(fifth.logged(&["serving the saved snapshot"]));
+    drop(fifth);
+
+    // 4. The controller moved and lost its file (one without --state-file): the proxies keep
+    //    the last good labels they received, and save them with the new controller's
+    //    snapshot, so a proxy restarted after that still routes web.
+    let moved = Node::start("controller", &controller_args(&s, api)).await;
+    for round in 0..2 {
+        let (p, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
+        eventually(Duration::from_secs(10), || async {
+            p.metric("interlock_controller_up", &[]).await == Some(1.0)
+        })
+        .await
+        .expect("the proxy reaches the moved controller");
+        until_answer(addr, "web.test", "web").await;
+        assert_eq!(answer(addr, "web.test").await, "web", "round {round}");
+    }
+    drop(moved);
 
     // A service that disappears is forgotten: recreated broken, it is not routed.
-    drop(fifth);
     s.write_services(&service("other", "prod", "other.test", &other, ""));
     let ctl = Node::start("controller", &ctl_args).await;
     let (sixth, addr) = proxy(&s, api, "prod", "proxy-prod").await;

@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod feeds;
-pub mod last_good;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,12 +19,12 @@ use tokio::net::TcpListener;
 use crate::app::{start_providers, wait_for_signal, ProviderConfig, Providers};
 use crate::compile::{self, CompileOptions};
 use crate::config::DesiredState;
+use crate::last_good::LastGood;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::shutdown;
 use crate::tls::control::{self, ControlTlsFiles};
 use feeds::Feeds;
-use last_good::LastGood;
 
 /// Everything the controller role needs.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use crate::config::DesiredState;
+use crate::last_good::LastGood;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -111,8 +112,11 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
     // Whether a state was delivered yet: the first one is news even when it equals the
     // empty state the proxy starts with (the proxy is serving only once it came).
     let mut delivered = false;
+    // Last good labels of services broken now, also when a snapshot lacks them.
+    let mut last_good = LastGood::default();
     if let Some(path) = &opts.state_file {
-        if let Some(saved) = load_saved(path, &opts.cluster).await {
+        if let Some(mut saved) = load_saved(path, &opts.cluster).await {
+            last_good.apply_to(&mut saved.services);
             tracing::info!(
                 path = %path.display(),
                 version = saved.version,
@@ -139,7 +143,8 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                 if let Some(since) = down_since.take() {
                     tracing::info!(after = ?since.elapsed(), "controller reachable again");
                 }
-                if let Outcome::Changed(snap, tag) = outcome {
+                if let Outcome::Changed(mut snap, tag) = outcome {
+                    last_good.apply_to(&mut snap.services);
                     tracing::info!(
                         cluster = %snap.cluster,
                         version = snap.version,

@@ -1,16 +1,19 @@
-//! Each service's last good labels, kept by the controller and published beside a
-//! service's broken ones, so that "a bad label keeps the last good routes" holds for a
-//! proxy that starts while the label is broken, and across the controller's own restarts
-//! (they are saved in its `--state-file`).
+//! Each service's last good labels, published beside its broken ones, so that "a bad
+//! label keeps the last good routes" holds for a proxy that starts while the label is
+//! broken, and across restarts of either side.
 //!
-//! A label set is good when [`compile::service_errors`] finds nothing in it: the same
-//! per-service validation every proxy runs. A service that disappears is forgotten.
+//! Both sides keep them: the controller (saved in its `--state-file`) publishes them in each
+//! snapshot, and a proxy keeps the ones it has received and fills them in where a snapshot
+//! lacks them (a controller that moved and lost its file), so they are in the snapshot the
+//! proxy saves. A label set is good when [`compile::service_errors`] finds nothing in it:
+//! the same per-service validation every proxy runs. A service that disappears is
+//! forgotten.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::compile;
-use crate::config::DesiredState;
+use crate::config::{DesiredState, ServiceSpec};
 
 type Labels = BTreeMap<String, String>;
 
@@ -48,11 +51,16 @@ impl LastGood {
     /// Records the good labels of `state` and attaches the last good labels to every
     /// service whose current ones have errors.
     pub fn apply(&mut self, state: &mut DesiredState) {
+        self.apply_to(&mut state.services);
+    }
+
+    /// [`apply`](Self::apply) on a list of services.
+    pub fn apply_to(&mut self, services: &mut [ServiceSpec]) {
         let before = self.labels.clone();
-        let present: HashSet<&str> = state.services.iter().map(|s| s.name.as_str()).collect();
+        let present: HashSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
         self.labels
             .retain(|name, _| present.contains(name.as_str()));
-        for spec in &mut state.services {
+        for spec in services.iter_mut() {
             let ours: Labels = spec
                 .labels
                 .iter()
@@ -63,7 +71,15 @@ impl LastGood {
                 spec.last_good = None;
                 self.labels.insert(spec.name.clone(), ours);
             } else {
-                spec.last_good = self.labels.get(&spec.name).cloned();
+                // What the source knows first (a proxy learns the controller's), else ours.
+                let known = spec
+                    .last_good
+                    .take()
+                    .or_else(|| self.labels.get(&spec.name).cloned());
+                if let Some(k) = &known {
+                    self.labels.insert(spec.name.clone(), k.clone());
+                }
+                spec.last_good = known;
             }
         }
         if self.labels != before {
@@ -93,7 +109,7 @@ pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointSpec, ServiceSpec};
+    use crate::config::EndpointSpec;
 
     fn svc(name: &str, port: &str) -> ServiceSpec {
         ServiceSpec {
