@@ -26,6 +26,13 @@ pub struct Applier {
     pub opts: CompileOptions,
     /// Certificates follow the table when TLS is served.
     pub tls: Option<Arc<TlsState>>,
+    /// Each service's last good labels, kept in a file across restarts (all-in-one role
+    /// with `--state-file`; a proxy gets them from its controller and snapshot file).
+    pub last_good: Option<std::sync::Mutex<crate::last_good::LastGood>>,
+    /// Whether every provider has reported: before that, the merged state is partial, and
+    /// the last good labels are neither used nor updated (a service not listed yet must not
+    /// be forgotten).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 impl Applier {
@@ -35,7 +42,23 @@ impl Applier {
             metrics,
             opts,
             tls: None,
+            last_good: None,
+            synced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Every provider has reported: the states applied from now on are complete.
+    pub fn mark_synced(&self) {
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Also keeps each service's last good labels in `file` across restarts.
+    pub fn with_last_good(mut self, file: PathBuf) -> Self {
+        self.last_good = Some(std::sync::Mutex::new(crate::last_good::LastGood::load(
+            Some(file),
+        )));
+        self
     }
 
     /// Also keeps `tls`'s certificate store in step with every table.
@@ -48,8 +71,18 @@ impl Applier {
     /// services with bad labels are reported and skipped or kept at their last good routes.
     pub fn apply(&self, state: &DesiredState) -> Arc<RoutingTable> {
         let previous = self.store.snapshot();
+        let synced = self.synced.load(std::sync::atomic::Ordering::Acquire);
+        let remembered = self.last_good.as_ref().filter(|_| synced).map(|store| {
+            let mut state = state.clone();
+            // A poisoned lock still holds whole maps (every write is one insert or retain).
+            store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&mut state);
+            state
+        });
         let table = Arc::new(compile::compile(
-            state,
+            remembered.as_ref().unwrap_or(state),
             &previous,
             &self.opts,
             &self.metrics,
@@ -91,12 +124,11 @@ impl Applier {
         );
         // Log each error and warning once, when it first appears.
         for e in &table.report.errors {
-            if !old
-                .report
-                .errors
-                .iter()
-                .any(|o| o.service == e.service && o.errors == e.errors)
-            {
+            if !old.report.errors.iter().any(|o| {
+                o.service == e.service
+                    && o.errors == e.errors
+                    && o.kept_last_good == e.kept_last_good
+            }) {
                 tracing::error!(service = %e.service, kept_last_good = e.kept_last_good, "{e}");
             }
         }
@@ -229,6 +261,8 @@ pub struct RunConfig {
     pub cluster: String,
     pub settings: ProxySettings,
     pub access_log: bool,
+    /// All-in-one role: where each service's last good labels are kept across restarts.
+    pub last_good_file: Option<PathBuf>,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -243,6 +277,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             max_idle_per_endpoint: cfg.settings.pool_max_idle_per_endpoint,
         },
     );
+    if let Some(file) = &cfg.last_good_file {
+        applier = applier.with_last_good(file.clone());
+    }
     let tls = if cfg.tls_listen.is_empty() {
         None
     } else {
@@ -345,6 +382,7 @@ fn merge(sources: &[watch::Receiver<DesiredState>]) -> DesiredState {
 pub async fn follow(applier: Arc<Applier>, mut providers: Providers, ready: crate::admin::Ready) {
     let changed = providers.changes();
     providers.synced().await;
+    applier.mark_synced();
     let state = providers.merged();
     let first = applier.clone();
     if tokio::task::spawn_blocking(move || first.apply(&state))

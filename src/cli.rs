@@ -66,6 +66,10 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub sources: SourceArgs,
+    /// Keep each service's last good labels here, so a service whose label is broken keeps
+    /// its routes across restarts (put it on a volume).
+    #[arg(long, env = "INTERLOCK_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -342,13 +346,17 @@ impl ServeArgs {
             cluster: self.cluster.clone(),
             settings: self.limits.settings()?,
             access_log: self.access_log,
+            last_good_file: None,
         })
     }
 }
 
 impl RunArgs {
     pub fn run_config(&self) -> anyhow::Result<RunConfig> {
-        self.serve.run_config(self.sources.providers())
+        Ok(RunConfig {
+            last_good_file: self.state_file.clone(),
+            ..self.serve.run_config(self.sources.providers())?
+        })
     }
 }
 

@@ -549,3 +549,46 @@ async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
     // And the next request simply opens a new one.
     assert_eq!(p.get("b.test", "/").await.0, 200);
 }
+
+/// The all-in-one role with `--state-file`: a service whose label broke keeps its last good
+/// routes after a restart; without the file it is not routed after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_a_broken_services_last_good_routes_across_a_restart_with_its_state_file() {
+    let web = TestBackend::named("web").await;
+    let file = ConfigFile::new(&service_toml("web", "web.test", web.addr, ""));
+    let state = file.path.with_extension("state.json");
+    let with_state = [
+        "--watch-interval-ms",
+        "50",
+        "--state-file",
+        state.to_str().unwrap(),
+    ];
+    let mut first = Interlock::start(&file.path, &with_state).await;
+    assert_eq!(first.get("web.test", "/").await, (200, "web".to_string()));
+    file.write(&service_toml(
+        "web",
+        "web.test",
+        web.addr,
+        "\"com.docker.lb.context_root\" = \"no-slash\"",
+    ));
+    eventually(Duration::from_secs(5), || async {
+        first.logged(&["web", "com.docker.lb.context_root"])
+    })
+    .await
+    .expect("the broken label is reported");
+    assert_eq!(first.get("web.test", "/").await, (200, "web".to_string()));
+    first.kill();
+
+    let second = Interlock::start(&file.path, &with_state).await;
+    assert_eq!(second.get("web.test", "/").await, (200, "web".to_string()));
+    assert!(
+        second.logged(&["web", "kept its last good routes"]),
+        "{:?}",
+        second.log()
+    );
+    drop(second);
+
+    let blind = Interlock::start(&file.path, &["--watch-interval-ms", "50"]).await;
+    assert_eq!(blind.get("web.test", "/").await.0, 503);
+    let _ = std::fs::remove_file(&state);
+}
