@@ -42,9 +42,12 @@ struct Verdict {
 impl Verdict {
     fn of(load: LoadReport, note: impl Into<String>) -> Verdict {
         let failed = (load.failures > 0).then(|| {
+            let mut samples = load.samples.clone();
+            samples.sort();
+            samples.dedup();
             format!(
                 "{} of {} requests failed, e.g. {:?}",
-                load.failures, load.requests, load.samples
+                load.failures, load.requests, samples
             )
         });
         Verdict {
@@ -481,10 +484,25 @@ fn restart_proxy(w: &World, i: usize, limit: Duration) -> Result<Duration, Strin
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // What the proxies said about their snapshots and state file, before and after.
+    let said = |id: &str| -> Vec<String> {
+        container_logs(node, id)
+            .lines()
+            .filter(|l| {
+                (l.contains("snapshot") || l.contains("state"))
+                    && (l.contains("WARN") || l.contains("ERROR") || l.contains("cannot"))
+            })
+            .map(|l| l.chars().take(240).collect())
+            .take(2)
+            .collect()
+    };
     Err(match new {
         None => format!("no new proxy container within {limit:?}"),
-        Some(_) => format!(
-            "the restarted proxy did not answer 200 within {limit:?} (it answered: {seen:?})"
+        Some(new) => format!(
+            "the restarted proxy did not answer 200 within {limit:?} (it answered: {seen:?}; \
+             the killed proxy logged {:?}, the restarted one {:?})",
+            said(&old),
+            said(&new)
         ),
     })
 }
@@ -718,21 +736,30 @@ fn swarm_of_five_nodes_routes_every_task_through_failures() {
     );
 
     type Scenario = fn(&World) -> Verdict;
-    let scenarios: [(&str, Scenario); 7] = [
-        ("1-every-endpoint-routed", every_endpoint),
-        ("3-worker-drained", drain_worker),
-        ("2-rolling-update", rolling_update),
-        ("4-worker-daemon-killed", worker_daemon_killed),
+    // (name, scenario, whether it needs the service routed at all to mean anything)
+    let scenarios: [(&str, Scenario, bool); 7] = [
+        ("1-every-endpoint-routed", every_endpoint, false),
+        ("3-worker-drained", drain_worker, true),
+        ("2-rolling-update", rolling_update, true),
+        ("4-worker-daemon-killed", worker_daemon_killed, true),
         (
             "5-proxy-restart-controller-down",
             proxy_restart_controller_down,
+            true,
         ),
-        ("6-broken-label-proxy-restart", broken_label_restart),
-        ("7-engine-log-quiet", quiet_engine_log),
+        ("6-broken-label-proxy-restart", broken_label_restart, true),
+        ("7-engine-log-quiet", quiet_engine_log, false),
     ];
     let mut failed = Vec::new();
-    for (name, run) in scenarios {
+    for (name, run, needs_routes) in scenarios {
         let start = Instant::now();
+        if needs_routes && !world.answers(0) && !world.answers(1) {
+            // Not run: its outcome would only repeat that nothing is routed.
+            let why = format!("not run: no proxy routes {HOST} (see scenario 1)");
+            println!("scenario {name}: requests=0 failures=0 FAIL ({why})");
+            failed.push(format!("{name}: {why}"));
+            continue;
+        }
         let verdict = catch_unwind(AssertUnwindSafe(|| run(&world))).unwrap_or_else(|p| {
             let why = p
                 .downcast_ref::<String>()
