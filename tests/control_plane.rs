@@ -661,6 +661,17 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
         service("web", "prod", "web.test", &web, ""),
         service("other", "prod", "other.test", &other, "")
     );
+    let broken = format!(
+        "{}{}",
+        service(
+            "web",
+            "prod",
+            "web.test",
+            &web,
+            "\"com.docker.lb.context_root\" = \"no-slash\"\n"
+        ),
+        service("other", "prod", "other.test", &other, "")
+    );
     s.write_services(&good);
     let api = free_port();
     let ctl_args = [
@@ -679,17 +690,7 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
         .metric("interlock_snapshot_version", &[])
         .await
         .unwrap();
-    s.write_services(&format!(
-        "{}{}",
-        service(
-            "web",
-            "prod",
-            "web.test",
-            &web,
-            "\"com.docker.lb.context_root\" = \"no-slash\"\n"
-        ),
-        service("other", "prod", "other.test", &other, "")
-    ));
+    s.write_services(&broken);
     eventually(Duration::from_secs(10), || async {
         first.metric("interlock_snapshot_version", &[]).await > Some(version)
     })
@@ -749,17 +750,7 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     let ctl = Node::start("controller", &ctl_args).await;
     let (sixth, addr) = proxy(&s, api, "prod", "proxy-prod").await;
     until_answer(addr, "other.test", "other").await;
-    s.write_services(&format!(
-        "{}{}",
-        service(
-            "web",
-            "prod",
-            "web.test",
-            &web,
-            "\"com.docker.lb.context_root\" = \"no-slash\"\n"
-        ),
-        service("other", "prod", "other.test", &other, "")
-    ));
+    s.write_services(&broken);
     eventually(Duration::from_secs(10), || async {
         sixth.logged(&["web", "com.docker.lb.context_root"])
     })

@@ -113,6 +113,21 @@ impl Swarm {
         s
     }
 
+    /// A backend service `<prefix>-<name>` routed at `<name>.<prefix>.test` on port 9001,
+    /// with `extra` labels.
+    fn routed(&self, name: &str, extra: &[(&str, &str)]) -> String {
+        let host = self.host(name);
+        let labels = [
+            &[
+                ("com.docker.lb.hosts", host.as_str()),
+                ("com.docker.lb.port", "9001"),
+            ][..],
+            extra,
+        ]
+        .concat();
+        self.service(name, 1, &labels)
+    }
+
     /// Creates a backend service `<prefix>-<name>` on the test network with these labels.
     fn service(&self, name: &str, replicas: u32, labels: &[(&str, &str)]) -> String {
         let full = format!("{}-{name}", self.prefix);
@@ -722,38 +737,12 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
         "prod",
     ]);
     sw.services.lock().unwrap().push(proxy);
-    let good = sw.service(
-        "good",
-        1,
-        &[
-            ("com.docker.lb.hosts", &sw.host("good")),
-            ("com.docker.lb.port", "9001"),
-            ("com.docker.lb.service_cluster", "prod"),
-        ],
-    );
-    let dev = sw.service(
-        "dev",
-        1,
-        &[
-            ("com.docker.lb.hosts", &sw.host("dev")),
-            ("com.docker.lb.port", "9001"),
-            ("com.docker.lb.service_cluster", "dev"),
-        ],
-    );
-    let unclustered = sw.service(
-        "demo",
-        1,
-        &[
-            ("com.docker.lb.hosts", &sw.host("demo")),
-            ("com.docker.lb.port", "9001"),
-        ],
-    );
-    let astray = sw.service(
+    let good = sw.routed("good", &[("com.docker.lb.service_cluster", "prod")]);
+    let dev = sw.routed("dev", &[("com.docker.lb.service_cluster", "dev")]);
+    let unclustered = sw.routed("demo", &[]);
+    let astray = sw.routed(
         "astray",
-        1,
         &[
-            ("com.docker.lb.hosts", &sw.host("astray")),
-            ("com.docker.lb.port", "9001"),
             ("com.docker.lb.service_cluster", "prod"),
             ("com.docker.lb.network", &other),
         ],
