@@ -599,7 +599,10 @@ fn broken_label_restart(w: &World) -> Verdict {
         WEB,
     ]);
     let fixed = wait_for(Duration::from_secs(30), || w.answers(0) && w.answers(1));
-    let report = load.finish();
+    let mut report = load.finish();
+    report.requests += window.requests;
+    report.failures += window.failures;
+    report.samples.extend(window.samples.iter().cloned());
     let mut v = Verdict::of(
         report,
         format!(
