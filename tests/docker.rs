@@ -6,14 +6,14 @@
 //! locally (`docker import` of the test binaries and their libraries; nothing is pulled).
 //! Plain-container tests run interlock on the host: bridge IPs are reachable from it.
 //!
-//! Set INTERLOCK_SKIP_DOCKER=1 to skip these tests on a machine without Docker; they fail
-//! otherwise, never pass silently.
+//! INTERLOCK_SKIP_DOCKER=1 marks these tests ignored (build.rs) on a machine without Docker;
+//! they fail otherwise, never pass silently.
 
 mod common;
 
 use common::engine::{
     backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image,
-    run_backend_container, skip, wait_until,
+    run_backend_container, wait_until,
 };
 use common::{free_port, Proc};
 use std::collections::{BTreeMap, HashSet};
@@ -215,10 +215,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn swarm_tasks_are_routed_scaled_and_rolled_without_errors() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let sw = Swarm::new("roll");
     let host = sw.host("web");
@@ -307,10 +305,8 @@ fn swarm_tasks_are_routed_scaled_and_rolled_without_errors() {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn label_changes_go_live_fast_and_a_bad_label_stays_isolated() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let sw = Swarm::new("labels");
     let good = sw.host("good");
@@ -409,10 +405,8 @@ fn label_changes_go_live_fast_and_a_bad_label_stays_isolated() {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let sw = Swarm::new("canary");
     let host = sw.host("app");
@@ -505,10 +499,8 @@ fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream() {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn check_reads_the_live_engine_and_names_the_bad_label() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let sw = Swarm::new("check");
     let good = sw.service(
@@ -600,10 +592,8 @@ fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn containers_mode_survives_engine_loss_and_resyncs() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     prepare();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -690,10 +680,8 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
 }
 
 #[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
-    if skip() {
-        return;
-    }
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let sw = Swarm::new("clusters");
     // A second network that prod's proxies are not attached to.
