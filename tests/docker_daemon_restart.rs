@@ -1,135 +1,182 @@
-//! The real Docker daemon killed (SIGKILL) and started again under a running controller
-//! and proxy. This test restarts this machine's dockerd with its own command line and
-//! environment, so it runs alone in its own test binary, and it fails (never passes
-//! silently) if it cannot. INTERLOCK_SKIP_DOCKER=1 skips it with the other Docker tests.
+//! A Docker daemon killed (SIGKILL) and started again under a running controller and proxy.
 //!
-//! Backends are plain containers on the default bridge (reachable from the host), so the
-//! controller reads the engine in containers mode; the proxy has no Docker access at all.
+//! The daemon is one this test starts itself: a one-node bed of tests/common/multinode.rs
+//! (tests/multinode/bed.sh), a private dockerd with its own data root, exec root, pid file,
+//! socket, containerd namespace and cgroup parent, in a network namespace of its own, all
+//! removed on drop (also on panic). The machine's own Docker Engine is never used: DOCKER_HOST
+//! points at the bed's socket for the whole test binary, and the bed's storage driver is given
+//! (vfs unless INTERLOCK_MULTINODE_STORAGE_DRIVER says otherwise), so bed.sh never asks the
+//! machine's engine for one.
+//!
+//! The bed initialises a swarm; the node leaves it again, and the controller reads it in
+//! containers mode. The bed's daemon has no default bridge: the backends are containers on a
+//! user-defined bridge network of that daemon, whose addresses exist only in the node's
+//! network namespace, so the proxy runs there (`nsenter --net`), listening on the node's
+//! address; the controller runs on the host, its API on the host's address on the bed's /24
+//! (the proxy reaches it through the bed's switch), its Docker access the bed's unix socket.
+//! The test process sends its load to the node's address. All traffic stays on 127.0.0.1 and
+//! in the bed's namespaces.
+//!
+//! INTERLOCK_SKIP_DOCKER=1 marks the test ignored (build.rs); a machine that cannot host the
+//! bed (root, ip, nsenter, unshare, dockerd) fails it.
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::engine::{backend_image, docker_quiet, http_get, run_backend_container, skip};
+use common::engine::{backend_image, run_backend_container};
 use common::free_port;
-use common::node::{eventually, Node, Scratch};
+use common::multinode::{missing_tools, probe, Bed, BedNode, Load};
+use common::node::{eventually, try_http, Node, Scratch, BIN};
 
 const BACKEND_IMAGE: &str = "interlock-test/backend:restart";
+/// The daemon's user-defined bridge network the backends are on.
+const NETWORK: &str = "backends";
+/// The proxy's listeners on the node's address.
+const PROXY_PORT: u16 = 8080;
+const PROXY_ADMIN_PORT: u16 = 9090;
 
-/// The running dockerd: pid, command line and environment (to start it the same way).
-struct Daemon {
-    pid: u32,
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
+/// An `interlock` process in the node's network namespace, killed on drop; its stderr is
+/// printed if the test fails.
+struct NsNode {
+    child: Child,
+    name: &'static str,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn nul_split(bytes: &[u8]) -> Vec<String> {
-    bytes
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-impl Daemon {
-    fn find() -> Daemon {
-        let out = Command::new("pidof")
-            .arg("dockerd")
-            .output()
-            .expect("pidof runs");
-        let pid: u32 = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a dockerd process runs on this machine");
-        let argv = nul_split(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap());
-        let env = nul_split(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
-            .into_iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
-            .collect();
-        Daemon { pid, argv, env }
-    }
-
-    fn kill(&self) {
-        let st = Command::new("kill")
-            .args(["-KILL", &self.pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "killing dockerd (needs root)");
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
-        });
-        assert!(gone, "dockerd did not die");
-    }
-
-    /// Starts dockerd again, detached from this test (its own session), as it was started.
-    fn start(&self) {
-        let log =
-            std::fs::File::create(std::env::temp_dir().join("interlock-test-dockerd.log")).unwrap();
-        let st = Command::new("setsid")
-            .arg("-f")
-            .args(&self.argv)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+impl NsNode {
+    async fn start(
+        node: &BedNode,
+        name: &'static str,
+        args: &[String],
+        admin: SocketAddr,
+    ) -> NsNode {
+        let mut child = node
+            .command_in_netns(BIN)
+            .args(args)
+            .args(["--admin", &admin.to_string()])
+            .env_remove("INTERLOCK_LOG")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
-        assert!(st.success(), "restarting dockerd");
-        let up = (0..240).any(|_| {
-            std::thread::sleep(Duration::from_millis(250));
-            Command::new("docker")
-                .args(["info", "--format", "{{.ServerVersion}}"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nsenter runs the interlock binary");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
         });
-        assert!(up, "dockerd did not come back within 60 s");
+        let n = NsNode {
+            child,
+            name,
+            stderr,
+        };
+        let up = eventually(Duration::from_secs(20), || async {
+            matches!(
+                try_http(admin, "admin", "/healthz").await,
+                Some((200 | 503, _))
+            )
+        })
+        .await;
+        assert!(up.is_some(), "{name} did not start in {}", node.hostname);
+        n
     }
 }
 
-/// Restarts the daemon if the test dies while it is down.
-struct Guard<'a>(&'a Daemon, bool);
-
-impl Drop for Guard<'_> {
+impl Drop for NsNode {
     fn drop(&mut self) {
-        if self.1 {
-            self.0.start();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} stderr ---\n{}",
+                self.name,
+                self.stderr.lock().unwrap().join("\n")
+            );
         }
     }
 }
 
-fn run_backend(id: &str, name: &str, host: &str) -> String {
-    let full = format!("{id}-{name}");
-    run_backend_container(&full, BACKEND_IMAGE, name, host, &["--restart", "always"]);
-    full
+/// Starts backend container `name` on the bed's network, answering as `name` for `host`;
+/// restarted by its daemon (`--restart always`), stopped within 1 s when the daemon stops it
+/// (the example backend ignores SIGTERM as pid 1), which is what a restarted dockerd without
+/// live-restore does to the containers it finds running.
+fn run_backend(name: &str, host: &str) {
+    run_backend_container(
+        name,
+        BACKEND_IMAGE,
+        name,
+        host,
+        &[
+            "--restart",
+            "always",
+            "--stop-timeout",
+            "1",
+            "--network",
+            NETWORK,
+        ],
+    );
 }
 
 fn answers(proxy: SocketAddr, host: &str, backend: &str) -> bool {
-    http_get(proxy, host, "/")
-        .is_some_and(|r| r.status == 200 && r.backend.as_deref() == Some(backend))
+    matches!(probe(proxy, host), Ok((200, Some(b))) if b == backend)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
-    if skip() {
-        return;
+#[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
+fn a_killed_and_restarted_docker_daemon_costs_no_request() {
+    let missing = missing_tools();
+    assert!(
+        missing.is_empty(),
+        "this test starts a dockerd of its own and needs {missing:?}"
+    );
+    let t0 = Instant::now();
+    // Set before any other thread of this test binary runs. bed.sh picks the storage driver
+    // from this variable when it starts the daemon and again when it restarts it.
+    if std::env::var_os("INTERLOCK_MULTINODE_STORAGE_DRIVER").is_none() {
+        std::env::set_var("INTERLOCK_MULTINODE_STORAGE_DRIVER", "vfs");
     }
+    let bed = Bed::up(1, 0);
+    let node = bed.manager().clone();
+    // Every `docker` this process runs, and the controller, talk to the bed's daemon.
+    std::env::set_var("DOCKER_HOST", &node.host);
+    node.docker(&["swarm", "leave", "--force"]);
+    node.docker(&["network", "create", "-d", "bridge", NETWORK]);
     backend_image(BACKEND_IMAGE);
-    let id = format!("ild{}", std::process::id());
-    let certs = Scratch::new("dockerd");
-    certs.issue_certs(&["127.0.0.1"], &[""]);
-    let file = |n: &str| certs.path(n);
-    let mut containers = vec![run_backend(&id, "one", "one.test")];
+    eprintln!(
+        "bed {} ({}) up in {:.1} s, backend image on it at {:.1} s",
+        node.hostname,
+        node.addr,
+        bed.started_in.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 
-    let api = free_port();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(scenario(&bed, &node));
+    eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
+    // The bed (daemon, containers, namespaces, folders) goes here.
+}
+
+async fn scenario(bed: &Bed, node: &BedNode) {
+    run_backend("one", "one.test");
+
+    // The host's address on the bed's /24: the proxy in the node's namespace reaches it.
+    let host_addr: Ipv4Addr = format!("{}.1", bed.net).parse().unwrap();
+    let certs = Scratch::new("dockerd");
+    certs.issue_certs(&[&host_addr.to_string()], &[""]);
+    let file = |n: &str| certs.path(n);
+    let api = SocketAddr::from((host_addr, free_port()));
     let ctl = Node::start(
         "controller",
         &[
@@ -140,7 +187,7 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
             "--docker-poll-ms",
             "250",
             "--api-listen",
-            &format!("127.0.0.1:{api}"),
+            &api.to_string(),
             "--control-ca",
             &file("ca.pem"),
             "--control-cert",
@@ -151,13 +198,14 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
         .map(String::from),
     )
     .await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _proxy = Node::start(
+    let listen = SocketAddr::from((node.addr, PROXY_PORT));
+    let _proxy = NsNode::start(
+        node,
         "proxy",
         &[
             "proxy",
             "--controller",
-            &format!("https://127.0.0.1:{api}"),
+            &format!("https://{api}"),
             "--poll-wait",
             "5",
             "--control-ca",
@@ -170,60 +218,76 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
             &listen.to_string(),
         ]
         .map(String::from),
+        SocketAddr::from((node.addr, PROXY_ADMIN_PORT)),
     )
     .await;
-    eventually(Duration::from_secs(30), || async {
+    let took = eventually(Duration::from_secs(30), || async {
         answers(listen, "one.test", "one")
     })
     .await
     .expect("one.test routed through controller and proxy");
+    eprintln!("one.test routed {took:?} after the proxy started");
+    assert_eq!(ctl.metric("interlock_docker_up", &[]).await, Some(1.0));
 
-    // Continuous traffic while the daemon is dead.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if answers(listen, "one.test", "one") {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let daemon = Daemon::find();
+    // Continuous keep-alive traffic while the daemon is dead.
+    let load = Load::start(
+        listen,
+        "one.test",
+        2,
+        1_000_000,
+        Duration::from_secs(30),
+        Duration::from_millis(2),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
-    daemon.kill();
-    let mut guard = Guard(&daemon, true);
-    eventually(Duration::from_secs(15), || async {
+    bed.kill_daemon(node);
+    assert!(
+        node.try_docker(&["info"]).is_err(),
+        "the bed's dockerd still answers after SIGKILL"
+    );
+    let seen = eventually(Duration::from_secs(15), || async {
         ctl.metric("interlock_docker_up", &[]).await == Some(0.0)
     })
     .await
     .expect("the controller reports the engine gone");
+    eprintln!("interlock_docker_up 0 {seen:?} after the daemon was gone");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let report = tokio::task::spawn_blocking(move || load.finish())
+        .await
+        .unwrap();
     eprintln!(
-        "while dockerd was dead ({:?}): {ok} ok, {failed} failed",
-        t0.elapsed()
+        "while dockerd was dead ({:?}): {} requests, {} failed, backends {:?}, {} idle \
+         connections closed and retried",
+        t0.elapsed(),
+        report.requests,
+        report.failures,
+        report.backends,
+        report.retried_idle_closes
     );
-    assert!(ok > 0);
-    assert_eq!(failed, 0, "the last good routes must keep serving");
+    assert!(report.requests > 0, "the load sent nothing");
+    assert_eq!(
+        report.failures, 0,
+        "the last good routes must keep serving: {:?}",
+        report.samples
+    );
+    assert_eq!(
+        report.backends.keys().collect::<Vec<_>>(),
+        ["one"],
+        "only one.test's backend answers"
+    );
 
-    // Back: the controller reconnects and resyncs; new containers are routed, and the old
-    // one again once the daemon has restarted it (it may get a new address).
-    daemon.start();
-    guard.1 = false;
+    // Back: the controller reconnects and resyncs; a container started after the restart is
+    // routed, and the old one again once the daemon has restarted it (it may get a new
+    // address).
+    bed.start_daemon(node);
     eprintln!("dockerd back after {:?}", t0.elapsed());
-    eventually(Duration::from_secs(30), || async {
+    let back = eventually(Duration::from_secs(30), || async {
         ctl.metric("interlock_docker_up", &[]).await == Some(1.0)
     })
     .await
     .expect("the controller reconnects");
-    containers.push(run_backend(&id, "two", "two.test"));
+    eprintln!("interlock_docker_up 1 {back:?} after the daemon answered again");
+    run_backend("two", "two.test");
     let took = eventually(Duration::from_secs(30), || async {
         answers(listen, "two.test", "two")
     })
@@ -235,7 +299,4 @@ async fn a_killed_and_restarted_docker_daemon_costs_no_request() {
     })
     .await
     .expect("the restarted container is routed again");
-    for c in &containers {
-        docker_quiet(&["rm", "-f", c]);
-    }
 }

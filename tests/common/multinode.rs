@@ -121,6 +121,27 @@ impl BedNode {
             .any(|a| Path::new(a) == want)
             .then_some(pid)
     }
+
+    /// The network namespace this node's dockerd runs in (`/var/run/netns/<prefix>n<index>`,
+    /// made by bed.sh).
+    pub fn netns(&self) -> PathBuf {
+        let suffix = format!("-n{}", self.index);
+        let prefix = self
+            .hostname
+            .strip_suffix(&suffix)
+            .unwrap_or(&self.hostname);
+        PathBuf::from(format!("/var/run/netns/{prefix}n{}", self.index))
+    }
+
+    /// `program` run in this node's network namespace (`nsenter --net=...`, which execs it:
+    /// the child's pid is the program's own); it keeps the host's file system. A process so
+    /// started is killed with the bed at the latest.
+    pub fn command_in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns().display()))
+            .arg(program);
+        cmd
+    }
 }
 
 /// The running bed; everything it made goes on drop.
