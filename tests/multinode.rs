@@ -621,9 +621,23 @@ fn broken_label_restart(w: &World) -> Verdict {
     if !kept {
         let mut samples = window.samples.clone();
         samples.dedup();
+        // What worker 2's proxy logged meanwhile (upstream errors, table swaps).
+        let said: Vec<String> = w
+            .container_on(w.worker(1), "proxy-prod")
+            .map(|c| container_logs(w.worker(1), &c))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("swapped"))
+            .map(|l| l.chars().take(300).collect())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .take(12)
+            .collect();
         v = v.fail(format!(
             "a proxy stopped routing the service when its label broke (worker-2's proxy: \
-             {} of {} requests failed, e.g. {samples:?}; worker-1's answers: {})",
+             {} of {} requests failed, e.g. {samples:?}; worker-1's answers: {}; worker-2's \
+             proxy logged, newest first: {said:#?})",
             window.failures,
             window.requests,
             w.answers(0)

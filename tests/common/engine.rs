@@ -6,11 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether Docker tests are switched off (INTERLOCK_SKIP_DOCKER=1).
-pub fn skip() -> bool {
-    std::env::var("INTERLOCK_SKIP_DOCKER").is_ok_and(|v| v == "1")
-}
-
 /// Runs `docker ARGS`, returns stdout; panics with stderr on failure.
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
