@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The test command (README's): installs what the tests use when it is missing, then checks
+# formatting and lints and runs the whole suite. Works by itself on a fresh machine of the
+# kind the tests need (Linux, root or passwordless sudo, a Docker Engine, Debian's packages
+# and PyPI reachable).
+#   1. installs, when missing: curl (tests/tls.rs), procps for `kill` (tests/process.rs),
+#      iproute2 and util-linux for the multi-node bed's network namespaces
+#      (tests/multinode.rs), Python's grpcio (tests/grpc.rs: a real gRPC client and server);
+#   2. cargo fmt --check, cargo clippy --all-targets -- -D warnings;
+#   3. cargo test (extra arguments are passed on, e.g. `scripts/test.sh --test process`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+type -P curl >/dev/null || missing+=(curl)
+type -P kill >/dev/null || missing+=(procps)
+type -P ip >/dev/null || missing+=(iproute2)
+type -P nsenter >/dev/null || missing+=(util-linux)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    "${sudo[@]}" apt-get update -q </dev/null
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+if ! python3 -c 'import grpc' 2>/dev/null; then
+    echo "==> installing grpcio (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check grpcio </dev/null
+fi
+
+echo "==> toolchain"
+cargo --version
+rustc --version
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+echo "==> cargo test $*"
+cargo test "$@"
