@@ -24,26 +24,6 @@ fn service(name: &str, cluster: &str, host: &str, backend: &TestBackend, extra: 
     )
 }
 
-fn controller_args(s: &Scratch, api: u16) -> Vec<String> {
-    [
-        "controller",
-        "--config",
-        &s.path("services.toml"),
-        "--watch-interval-ms",
-        "50",
-        "--api-listen",
-        &format!("127.0.0.1:{api}"),
-        "--control-ca",
-        &s.path("ca.pem"),
-        "--control-cert",
-        &s.path("controller.pem"),
-        "--control-key",
-        &s.path("controller.key"),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// A proxy of `cluster` presenting the certificate `stem` (normally `proxy-<cluster>`).
 async fn proxy(s: &Scratch, api: u16, cluster: &str, stem: &str) -> (Node, SocketAddr) {
     proxy_with(s, api, cluster, stem, &[]).await
@@ -124,7 +104,7 @@ async fn clusters_get_only_their_own_routes_and_a_broken_dev_label_cannot_touch_
     );
     s.write_services(&base);
     let api = free_port();
-    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let ctl = Node::start("controller", &s.controller_args(api)).await;
     let (prod, prod_addr) = proxy(&s, api, "prod", "proxy-prod").await;
     let (dev, dev_addr) = proxy(&s, api, "dev", "proxy-dev").await;
 
@@ -205,7 +185,7 @@ async fn a_proxy_can_read_only_the_cluster_its_certificate_names() {
     let be = TestBackend::named("prod-web").await;
     s.write_services(&service("prod-web", "prod", "web.test", &be, ""));
     let api = free_port();
-    let _ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let _ctl = Node::start("controller", &s.controller_args(api)).await;
 
     // dev's key asking for prod: refused with a message naming the expected identity.
     let (thief, thief_addr) = proxy(&s, api, "prod", "proxy-dev").await;
@@ -278,7 +258,7 @@ async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it
     );
     s.write_services(&service("web", "prod", "web.test", &web, ""));
     let api = free_port();
-    let mut ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let mut ctl = Node::start("controller", &s.controller_args(api)).await;
     let (prod, addr) = proxy(&s, api, "prod", "proxy-prod").await;
     until_answer(addr, "web.test", "web").await;
 
@@ -300,7 +280,7 @@ async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it
         service("web", "prod", "web.test", &web, ""),
         service("api", "prod", "api.test", &api_be, ""),
     ));
-    let mut args = controller_args(&s, api);
+    let mut args = s.controller_args(api);
     args.push("--docker".into());
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut blind = Node::spawn(
@@ -330,7 +310,7 @@ async fn proxies_keep_serving_while_the_controller_is_gone_and_follow_it_when_it
 
     // The controller returns (file provider only): the proxy resumes and picks up what
     // changed while it was away.
-    let _ctl = Node::start("controller again", &controller_args(&s, api)).await;
+    let _ctl = Node::start("controller again", &s.controller_args(api)).await;
     let took = until_answer(addr, "api.test", "api").await;
     eprintln!("route live {took:?} after the controller came back");
     assert_eq!(answer(addr, "web.test").await, "web");
@@ -349,7 +329,7 @@ async fn a_restarted_proxy_serves_its_saved_snapshot_while_the_controller_is_dow
     s.write_services(&service("web", "prod", "web.test", &web, ""));
     let api = free_port();
     let state = s.path("prod-snapshot.json");
-    let mut ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let mut ctl = Node::start("controller", &s.controller_args(api)).await;
     let (mut first, addr) =
         proxy_with(&s, api, "prod", "proxy-prod", &["--state-file", &state]).await;
     until_answer(addr, "web.test", "web").await;
@@ -375,7 +355,7 @@ async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
     let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
     s.write_services(&service("svc", "prod", "svc.test", &a, ""));
     let api = free_port();
-    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let ctl = Node::start("controller", &s.controller_args(api)).await;
     let (_p1, addr1) = proxy(&s, api, "prod", "proxy-prod").await;
     let (_p2, addr2) = proxy(&s, api, "prod", "proxy-prod").await;
     until_answer(addr1, "svc.test", "a").await;
@@ -440,7 +420,7 @@ async fn a_long_poll_whose_proxy_goes_away_is_no_longer_counted_as_waiting() {
     let web = TestBackend::named("web").await;
     s.write_services(&service("web", "prod", "web.test", &web, ""));
     let api = free_port();
-    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let ctl = Node::start("controller", &s.controller_args(api)).await;
     let waiting_is = |want: f64| {
         let ctl = &ctl;
         async move {
@@ -578,12 +558,12 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
     s.write_services(&service("web", "prod", "web.test", &web, ""));
     let no_engine = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
     let api = free_port();
-    let ctl = Node::start("controller", &controller_args(&s, api)).await;
+    let ctl = Node::start("controller", &s.controller_args(api)).await;
     let (prod, addr) = proxy(&s, api, "prod", "proxy-prod").await;
     until_answer(addr, "web.test", "web").await;
     let docker_ctl = Node::spawn(
         "controller --docker",
-        &[controller_args(&s, free_port()), vec!["--docker".into()]].concat(),
+        &[s.controller_args(free_port()), vec!["--docker".into()]].concat(),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         &no_engine,
     );
@@ -675,7 +655,7 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     s.write_services(&good);
     let api = free_port();
     let ctl_args = [
-        controller_args(&s, api),
+        s.controller_args(api),
         vec!["--state-file".into(), s.path("controller-state.json")],
     ]
     .concat();
@@ -732,7 +712,7 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     // 4. The controller moved and lost its file (one without --state-file): the proxies keep
     //    the last good labels they received, and save them with the new controller's
     //    snapshot, so a proxy restarted after that still routes web.
-    let moved = Node::start("controller", &controller_args(&s, api)).await;
+    let moved = Node::start("controller", &s.controller_args(api)).await;
     for round in 0..2 {
         let (p, addr) = proxy_with(&s, api, "prod", "proxy-prod", &with_state).await;
         eventually(Duration::from_secs(10), || async {

@@ -31,26 +31,6 @@ fn health_of(admin: SocketAddr) -> (i32, String, String) {
     health(&["--admin", &admin.to_string()], &[])
 }
 
-fn controller_args(s: &Scratch, api: u16) -> Vec<String> {
-    [
-        "controller",
-        "--config",
-        &s.path("services.toml"),
-        "--watch-interval-ms",
-        "50",
-        "--api-listen",
-        &format!("127.0.0.1:{api}"),
-        "--control-ca",
-        &s.path("ca.pem"),
-        "--control-cert",
-        &s.path("controller.pem"),
-        "--control-key",
-        &s.path("controller.key"),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 fn proxy_args(s: &Scratch, api: u16, state_file: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = [
         "proxy",
@@ -166,7 +146,7 @@ async fn health_follows_whether_each_role_serves() {
 
     // The controller comes: the controller is healthy, then the proxy once its table is in.
     let ctl_admin = admin_addr();
-    let ctl = Node::spawn("controller", &controller_args(&s, api), ctl_admin, &[]);
+    let ctl = Node::spawn("controller", &s.controller_args(api), ctl_admin, &[]);
     eventually(Duration::from_secs(20), || async {
         health_of(ctl_admin).0 == 0
     })

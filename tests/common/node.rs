@@ -228,6 +228,28 @@ impl Scratch {
         std::fs::rename(&tmp, self.0.join("services.toml")).unwrap();
     }
 
+    /// `interlock controller` on this directory's `services.toml` (watched every 50 ms) and
+    /// certificates, its snapshot API on 127.0.0.1:`api`.
+    pub fn controller_args(&self, api: u16) -> Vec<String> {
+        [
+            "controller",
+            "--config",
+            &self.path("services.toml"),
+            "--watch-interval-ms",
+            "50",
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+            "--control-ca",
+            &self.path("ca.pem"),
+            "--control-cert",
+            &self.path("controller.pem"),
+            "--control-key",
+            &self.path("controller.key"),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// `interlock certs` into this directory: the controller's certificate for `names`, a
     /// client certificate per cluster (`""`: the default cluster).
     pub fn issue_certs(&self, names: &[&str], clusters: &[&str]) {
