@@ -201,6 +201,19 @@ impl Drop for Swarm {
     }
 }
 
+/// `interlock check --docker --docker-mode swarm ARGS`: its exit code and standard output.
+fn check_swarm(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
+        .args(["check", "--docker", "--docker-mode", "swarm"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Distinct backends answering `host` over `n` requests (all must be 200).
 fn backends_seen(addr: SocketAddr, host: &str, n: usize) -> HashSet<String> {
     (0..n)
@@ -519,12 +532,8 @@ fn check_reads_the_live_engine_and_names_the_bad_label() {
             ("com.docker.lb.port", "80x"),
         ],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
-        .args(["check", "--docker", "--docker-mode", "swarm"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check_swarm(&[]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&format!("ok    {good}")), "{text}");
     assert!(text.contains(&format!("ERROR {bad}")), "{text}");
     assert!(
@@ -749,12 +758,8 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
         .count()
             == 2
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
-        .args(["check", "--docker", "--docker-mode", "swarm"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check_swarm(&[]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("== cluster \"prod\""), "{text}");
     assert!(text.contains("== cluster \"dev\""), "{text}");
     assert!(text.contains("== the default cluster"), "{text}");
@@ -775,18 +780,7 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
         "{text}"
     );
     // One cluster at a time still works.
-    let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
-        .args([
-            "check",
-            "--docker",
-            "--docker-mode",
-            "swarm",
-            "--cluster",
-            "prod",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check_swarm(&["--cluster", "prod"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(!text.contains(&dev), "{text}");
 }

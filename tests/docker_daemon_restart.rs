@@ -22,16 +22,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::engine::{backend_image, run_backend_container};
 use common::free_port;
 use common::multinode::{missing_tools, probe, Bed, BedNode, Load};
-use common::node::{eventually, try_http, Node, Scratch, BIN};
+use common::node::{eventually, Node, Scratch, BIN};
 
 const BACKEND_IMAGE: &str = "interlock-test/backend:restart";
 /// The daemon's user-defined bridge network the backends are on.
@@ -40,68 +37,11 @@ const NETWORK: &str = "backends";
 const PROXY_PORT: u16 = 8080;
 const PROXY_ADMIN_PORT: u16 = 9090;
 
-/// An `interlock` process in the node's network namespace, killed on drop; its stderr is
-/// printed if the test fails.
-struct NsNode {
-    child: Child,
-    name: &'static str,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl NsNode {
-    async fn start(
-        node: &BedNode,
-        name: &'static str,
-        args: &[String],
-        admin: SocketAddr,
-    ) -> NsNode {
-        let mut child = node
-            .command_in_netns(BIN)
-            .args(args)
-            .args(["--admin", &admin.to_string()])
-            .env_remove("INTERLOCK_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nsenter runs the interlock binary");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let n = NsNode {
-            child,
-            name,
-            stderr,
-        };
-        let up = eventually(Duration::from_secs(20), || async {
-            matches!(
-                try_http(admin, "admin", "/healthz").await,
-                Some((200 | 503, _))
-            )
-        })
-        .await;
-        assert!(up.is_some(), "{name} did not start in {}", node.hostname);
-        n
-    }
-}
-
-impl Drop for NsNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} stderr ---\n{}",
-                self.name,
-                self.stderr.lock().unwrap().join("\n")
-            );
-        }
-    }
+/// An `interlock` process in the node's network namespace (`nsenter --net`), killed on drop.
+async fn start_in_netns(node: &BedNode, name: &str, args: &[String], admin: SocketAddr) -> Node {
+    let mut cmd = node.command_in_netns(BIN);
+    cmd.args(args);
+    Node::spawn_command(name, cmd, admin).ready().await
 }
 
 /// Starts backend container `name` on the bed's network, answering as `name` for `host`;
@@ -199,7 +139,7 @@ async fn scenario(bed: &Bed, node: &BedNode) {
     )
     .await;
     let listen = SocketAddr::from((node.addr, PROXY_PORT));
-    let _proxy = NsNode::start(
+    let _proxy = start_in_netns(
         node,
         "proxy",
         &[

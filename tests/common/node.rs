@@ -44,10 +44,16 @@ impl Node {
 
     /// Spawns without waiting; `env` is added to the child's environment.
     pub fn spawn(name: &str, args: &[String], admin: SocketAddr, env: &[(&str, &str)]) -> Node {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).envs(env.iter().copied());
+        Self::spawn_command(name, cmd, admin)
+    }
+
+    /// Spawns `cmd` (the binary with its arguments, or a wrapper that runs it, e.g.
+    /// `nsenter`) with `--admin <admin>` added, without waiting.
+    pub fn spawn_command(name: &str, mut cmd: Command, admin: SocketAddr) -> Node {
+        let mut child = cmd
             .args(["--admin", &admin.to_string()])
-            .envs(env.iter().copied())
             .env_remove("INTERLOCK_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
