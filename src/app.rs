@@ -89,10 +89,8 @@ impl Applier {
         ));
         if let Some(tls) = &self.tls {
             // Certificates first, so a new host's routes never go live before its certificate.
-            for (service, e) in tls.refresh(&table) {
-                self.metrics.cert_errors.inc();
-                tracing::error!(%service, "{e}; its hosts get the default certificate, if any");
-            }
+            // Problems are logged (once) and counted there.
+            tls.refresh(&table);
         }
         let old = self.store.swap(table.clone());
         for upstream in compile::departed_upstreams(&old, &table) {
@@ -283,21 +281,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let tls = if cfg.tls_listen.is_empty() {
         None
     } else {
-        let default = match &cfg.default_cert {
-            Some((cert, key)) => Some(
-                crate::tls::certs::load_pair(cert, key)
-                    .context("loading the default certificate")?,
-            ),
-            None => None,
-        };
-        let tls = TlsState::new(cfg.secrets_dir.clone(), default)
-            .context("building the TLS configuration")?;
+        let tls = TlsState::new(
+            cfg.secrets_dir.clone(),
+            cfg.default_cert.clone(),
+            metrics.clone(),
+        )
+        .context("building the TLS configuration")?;
         applier = applier.with_tls(tls.clone());
         Some(tls)
     };
     let applier = Arc::new(applier);
     let providers = start_providers(&cfg.providers, &metrics).await?;
     applier.apply(&providers.merged());
+    if let Some(tls) = &tls {
+        // Certificate files renewed in place are picked up at the services file's interval
+        // (the proxy role, which has none, checks every second).
+        let every = match cfg.providers.watch_interval {
+            d if d.is_zero() => Duration::from_secs(1),
+            d => d,
+        };
+        tokio::spawn(crate::tls::watch::run(tls.clone(), every));
+    }
     tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
     tokio::spawn(crate::upstream::reaper::run(
         applier.store.clone(),

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub docker_resyncs: IntCounter,
     pub docker_errors: IntCounter,
     pub cert_errors: IntCounter,
+    /// The `notAfter` of the certificate served for each host pattern (`*`: the default).
+    pub cert_expiry: IntGaugeVec,
     /// Proxy role: 1 while the last poll of the controller succeeded.
     pub controller_up: IntGauge,
     /// Proxy role: version of the snapshot the live table was compiled from.
@@ -54,7 +56,8 @@ pub enum Part {
     /// `interlock_request_duration_seconds`, `interlock_upstream_errors_total`,
     /// `interlock_no_route_total`, `interlock_open_connections`, `interlock_open_tunnels`,
     /// `interlock_table_generation`, `interlock_reload_timestamp_seconds`,
-    /// `interlock_services_rejected`, `interlock_tls_certificate_errors_total`.
+    /// `interlock_services_rejected`, `interlock_tls_certificate_errors_total`,
+    /// `interlock_certificate_expiry_timestamp_seconds`.
     Traffic,
     /// The Docker provider (`--docker`): `interlock_docker_*`.
     Docker,
@@ -176,6 +179,13 @@ impl Metrics {
                 "interlock_tls_certificate_errors_total",
                 "Certificates named by ssl_cert/ssl_key that could not be loaded",
             ),
+            cert_expiry: must(IntGaugeVec::new(
+                Opts::new(
+                    "interlock_certificate_expiry_timestamp_seconds",
+                    "Unix time the certificate served for a host expires (notAfter), by host pattern as written in labels (*: the default certificate)",
+                ),
+                &["host"],
+            )),
             controller_up: gauge(
                 "interlock_controller_up",
                 "1 while this proxy's last poll of the controller succeeded (0: serving the last good snapshot)",
@@ -228,6 +238,7 @@ impl Metrics {
                 Box::new(self.reload_timestamp.clone()),
                 Box::new(self.services_rejected.clone()),
                 Box::new(self.cert_errors.clone()),
+                Box::new(self.cert_expiry.clone()),
             ],
             Part::Docker => vec![
                 Box::new(self.docker_up.clone()),

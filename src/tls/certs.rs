@@ -1,6 +1,7 @@
 //! Certificates by server name, for TLS termination. The store is rebuilt whenever the
-//! routing table changes and swapped in atomically; the resolver reads it lock-free, so
-//! certificates change (a new secret, a renewed file) without a restart.
+//! routing table changes or a certificate file does ([`super::watch`]) and swapped in
+//! atomically; the resolver reads it lock-free, so certificates change (a new secret, a
+//! renewed file) without a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,10 +32,35 @@ pub enum CertError {
     },
 }
 
-/// Loads a PEM certificate chain and private key.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
+/// Largest certificate or key file read (a chain is a few KB; this bounds a name pointing
+/// at something that is not a certificate file).
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// Reads one certificate or key file, at most [`MAX_FILE`] bytes.
+pub fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE} bytes: not a certificate or key file"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Builds a certificate pair from the PEM text of its files (`cert` and `key` name them in
+/// errors): the chain must hold a certificate and the key must be the leaf's.
+pub fn load_pair_pem(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| CertError::Cert {
             path: cert.into(),
             message: e.to_string(),
@@ -45,7 +71,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError
             message: "no PEM certificate in the file".into(),
         });
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| CertError::Key {
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::Key {
         path: key.into(),
         message: e.to_string(),
     })?;
@@ -64,15 +90,46 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError
     Ok(Arc::new(ck))
 }
 
+/// A loaded pair and its leaf's expiry.
+#[derive(Clone)]
+pub struct Loaded {
+    pub ck: Arc<CertifiedKey>,
+    /// The leaf's `notAfter` in Unix seconds (`None`: rustls took the certificate but
+    /// [`super::expiry`] could not read its validity).
+    pub not_after: Option<i64>,
+}
+
+impl Loaded {
+    pub fn new(ck: Arc<CertifiedKey>) -> Self {
+        let not_after = ck
+            .cert
+            .first()
+            .and_then(|leaf| super::expiry::not_after(leaf.as_ref()).ok());
+        Loaded { ck, not_after }
+    }
+}
+
 /// Certificates by host name: exact, then wildcard, then the default.
 #[derive(Default)]
 pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Each served host pattern's certificate expiry (Unix seconds), as written in labels
+    /// (`*.example.com` for a wildcard); [`DEFAULT_HOST`] for the default certificate.
+    expiry: std::collections::BTreeMap<String, i64>,
 }
 
+/// The `host` the default certificate's expiry is reported under: `*`, the names nothing
+/// else claims (no label can name it: a host pattern is a name or `*.name`).
+pub const DEFAULT_HOST: &str = "*";
+
 impl CertStore {
+    /// Each served host pattern's certificate expiry, in Unix seconds.
+    pub fn expiry(&self) -> &std::collections::BTreeMap<String, i64> {
+        &self.expiry
+    }
+
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = sni else {
             return self.default.clone();
@@ -110,19 +167,20 @@ pub fn resolve_name(name: &str, secrets_dir: &Path) -> PathBuf {
     }
 }
 
-/// Builds the store for a table: each service's `ssl_cert`/`ssl_key` serve its hosts; the
-/// `default` pair (if any) answers names nothing else claims. Returns the errors by service.
-pub fn build_store(
-    table: &RoutingTable,
-    secrets_dir: &Path,
-    default: Option<Arc<CertifiedKey>>,
-) -> (CertStore, Vec<(String, CertError)>) {
-    let mut store = CertStore {
-        default,
-        ..CertStore::default()
-    };
-    let mut errors = Vec::new();
-    let mut cache: HashMap<(PathBuf, PathBuf), Arc<CertifiedKey>> = HashMap::new();
+/// One service's use of a certificate pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Use {
+    pub service: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub hosts: Vec<HostPattern>,
+    pub default_backend: bool,
+}
+
+/// The certificate pairs a table's services name (`ssl_cert`/`ssl_key`, resolved against
+/// `secrets_dir`), in service order.
+pub fn uses(table: &RoutingTable, secrets_dir: &Path) -> Vec<Use> {
+    let mut out = Vec::new();
     for (name, svc) in &table.services {
         let Some(l) = svc.labels.as_ref() else {
             continue;
@@ -130,37 +188,55 @@ pub fn build_store(
         let (Some(cert), Some(key)) = (&l.ssl_cert, &l.ssl_key) else {
             continue;
         };
-        let paths = (
-            resolve_name(cert, secrets_dir),
-            resolve_name(key, secrets_dir),
-        );
-        let ck = match cache.get(&paths) {
-            Some(ck) => ck.clone(),
-            None => match load_pair(&paths.0, &paths.1) {
-                Ok(ck) => {
-                    cache.insert(paths, ck.clone());
-                    ck
-                }
-                Err(e) => {
-                    errors.push((name.clone(), e));
-                    continue;
-                }
-            },
+        out.push(Use {
+            service: name.clone(),
+            cert: resolve_name(cert, secrets_dir),
+            key: resolve_name(key, secrets_dir),
+            hosts: l.hosts.clone(),
+            default_backend: l.default_backend,
+        });
+    }
+    out
+}
+
+/// Builds the store: each use's pair (as `pair` finds it loaded) serves its hosts, first
+/// service first; `default` (if any) answers names nothing else claims, unless a
+/// `default_backend` service brings its own. A use whose pair is not loaded serves nothing
+/// (its hosts fall back to the default).
+pub fn build_store<'a>(
+    uses: &[Use],
+    default: Option<&'a Loaded>,
+    pair: impl Fn(&Path, &Path) -> Option<&'a Loaded>,
+) -> CertStore {
+    let mut store = CertStore::default();
+    let mut default = default;
+    for u in uses {
+        let Some(loaded) = pair(&u.cert, &u.key) else {
+            continue;
         };
-        for h in &l.hosts {
-            match h {
-                HostPattern::Exact(n) => store.exact.entry(n.clone()).or_insert_with(|| ck.clone()),
-                HostPattern::Wildcard(s) => store
-                    .wildcard
-                    .entry(s.clone())
-                    .or_insert_with(|| ck.clone()),
+        for h in &u.hosts {
+            let slot = match h {
+                HostPattern::Exact(n) => store.exact.entry(n.clone()),
+                HostPattern::Wildcard(s) => store.wildcard.entry(s.clone()),
             };
+            if let std::collections::hash_map::Entry::Vacant(v) = slot {
+                v.insert(loaded.ck.clone());
+                if let Some(t) = loaded.not_after {
+                    store.expiry.insert(h.to_string(), t);
+                }
+            }
         }
-        if l.default_backend && store.default.is_none() {
-            store.default = Some(ck.clone());
+        if u.default_backend && default.is_none() {
+            default = Some(loaded);
         }
     }
-    (store, errors)
+    if let Some(d) = default {
+        store.default = Some(d.ck.clone());
+        if let Some(t) = d.not_after {
+            store.expiry.insert(DEFAULT_HOST.to_string(), t);
+        }
+    }
+    store
 }
 
 /// The rustls certificate resolver over the live store.
