@@ -3,8 +3,9 @@
 //! Kubernetes and Docker tooling do) and certbot-style `live/` symlinks re-pointed; each new
 //! certificate is served within a few intervals while a keep-alive TLS connection opened
 //! before the swap keeps working; a broken certificate is logged and the last good one
-//! keeps serving until the files are fixed; the expiry gauge follows every swap, for
-//! services and for the default certificate, and leaves with its host.
+//! keeps serving until the files are fixed, and a certificate missing at start is served
+//! once its files appear; the expiry gauge follows every swap, for services and for the
+//! default certificate, and leaves with its host.
 
 mod common;
 
@@ -420,6 +421,13 @@ async fn certbot_live_symlinks_and_the_default_certificate_are_followed() {
          \"com.docker.lb.ssl_key\" = \"live/cb/privkey.pem\"\n",
         backend.addr,
         live.join("fullchain.pem").display(),
+    ) + &format!(
+        // Its files do not exist yet.
+        "[[service]]\nname = \"late\"\nendpoints = [\"{}\"]\n[service.labels]\n\
+         \"com.docker.lb.hosts\" = \"late.test\"\n\
+         \"com.docker.lb.ssl_cert\" = \"late.crt\"\n\
+         \"com.docker.lb.ssl_key\" = \"late.key\"\n",
+        backend.addr,
     );
     let r = start(
         &dir,
@@ -430,6 +438,23 @@ async fn certbot_live_symlinks_and_the_default_certificate_are_followed() {
     assert_eq!(served(r.https, "elsewhere.test").await, d1.der);
     assert_eq!(expiry(r.admin, "*.cb.test").await, Some(T1));
     assert_eq!(expiry(r.admin, "*").await, Some(T5));
+    // A service whose files are missing: its host gets the default, the error is logged
+    // once, and its certificate is served once the files are there.
+    assert_eq!(served(r.https, "late.test").await, d1.der);
+    assert_eq!(expiry(r.admin, "late.test").await, None);
+    let late = issue(&["late.test"], T3);
+    std::fs::write(dir.join("late.key"), &late.key).unwrap();
+    std::fs::write(dir.join("late.crt"), &late.cert).unwrap();
+    until_served(&r, "late.test", &late, "late files").await;
+    assert_eq!(expiry(r.admin, "late.test").await, Some(T3));
+    let log = std::fs::read_to_string(&r.log).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("late.crt"))
+            .count(),
+        1,
+        "{log}"
+    );
     let mut kept = connect(r.https, "www.cb.test").await;
     assert_eq!(get(&mut kept, "www.cb.test").await.1, "cb");
 

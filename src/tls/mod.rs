@@ -143,9 +143,11 @@ impl TlsState {
             match (&pair.error, outcome) {
                 (None, Outcome::Loaded) => {
                     changed = true;
+                    // Said when it replaces a certificate, or ends a reported problem.
+                    let news = had_good || pair.reported.is_some();
                     pair.reported = None;
                     let not_after = pair.good.as_ref().and_then(|g| g.not_after);
-                    if had_good {
+                    if news {
                         tracing::info!(
                             %services,
                             cert = %pair.cert.display(),
