@@ -53,5 +53,6 @@ pub mod routing;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
+pub mod trailers;
 pub mod upstream;
 pub mod wire;

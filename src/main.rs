@@ -74,8 +74,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: &str) {
+    // The h2 crate WARNs of what clients do wrong (reset floods, unasked PING acks): a
+    // client would control the log's volume. interlock counts and summarises those itself
+    // (proxy/misbehaviour.rs); h2's own lines show only when INTERLOCK_LOG names h2.
+    let wanted = std::env::var("INTERLOCK_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if wanted.contains("h2") {
+        wanted
+    } else {
+        format!("{wanted},h2=error")
+    };
     let filter =
-        EnvFilter::try_from_env("INTERLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,h2=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub no_route: IntCounter,
     pub open_connections: IntGauge,
     pub open_tunnels: IntGauge,
+    /// HTTP/2 client connections the proxy closed for the client's misbehaviour, by the
+    /// GOAWAY's reason (`ENHANCE_YOUR_CALM`: too many resets, a rapid-reset flood).
+    pub h2_client_goaways: IntCounterVec,
     pub table_generation: IntGauge,
     pub reload_timestamp: IntGauge,
     pub reload_failures: IntCounter,
@@ -55,8 +58,8 @@ pub enum Part {
     /// routing table and the listeners. `interlock_requests_total`,
     /// `interlock_request_duration_seconds`, `interlock_upstream_errors_total`,
     /// `interlock_no_route_total`, `interlock_open_connections`, `interlock_open_tunnels`,
-    /// `interlock_table_generation`, `interlock_reload_timestamp_seconds`,
-    /// `interlock_services_rejected`, `interlock_tls_certificate_errors_total`,
+    /// `interlock_http2_client_goaways_total`, `interlock_table_generation`,
+    /// `interlock_reload_timestamp_seconds`, `interlock_services_rejected`, `interlock_tls_certificate_errors_total`,
     /// `interlock_certificate_expiry_timestamp_seconds`.
     Traffic,
     /// The Docker provider (`--docker`): `interlock_docker_*`.
@@ -156,6 +159,13 @@ impl Metrics {
             no_route: counter("interlock_no_route_total", "Requests that matched no route (503)"),
             open_connections: gauge("interlock_open_connections", "Open client connections"),
             open_tunnels: gauge("interlock_open_tunnels", "Open upgraded (websocket) tunnels"),
+            h2_client_goaways: must(IntCounterVec::new(
+                Opts::new(
+                    "interlock_http2_client_goaways_total",
+                    "HTTP/2 client connections closed for the client's misbehaviour, by GOAWAY reason (ENHANCE_YOUR_CALM: too many resets)",
+                ),
+                &["reason"],
+            )),
             table_generation: gauge("interlock_table_generation", "Generation of the live routing table"),
             reload_timestamp: gauge(
                 "interlock_reload_timestamp_seconds",
@@ -234,6 +244,7 @@ impl Metrics {
                 Box::new(self.no_route.clone()),
                 Box::new(self.open_connections.clone()),
                 Box::new(self.open_tunnels.clone()),
+                Box::new(self.h2_client_goaways.clone()),
                 Box::new(self.table_generation.clone()),
                 Box::new(self.reload_timestamp.clone()),
                 Box::new(self.services_rejected.clone()),

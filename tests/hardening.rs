@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::h2frames::{frame, h2_get, read_frames};
 use common::*;
 use interlock::config::settings::ProxySettings;
 use interlock::config::{DesiredState, EndpointSpec};
@@ -229,15 +230,15 @@ async fn transfer_encoding_not_ending_in_chunked_or_obfuscated_is_400() {
 
 #[tokio::test]
 async fn chunked_spellings_hyper_accepts_are_reframed() {
-    // Variants that are valid HTTP: optional whitespace around the value, case, a coding
-    // list ending in chunked. hyper decodes them as chunked, and the backend gets a body
-    // framed by the proxy (no Transfer-Encoding of the client's, no Content-Length of it).
+    // Variants that are valid HTTP: optional whitespace around the value, case. hyper
+    // decodes them as chunked, and the backend gets a body framed by the proxy (no
+    // Transfer-Encoding of the client's, no Content-Length of it). A list with another
+    // coding before chunked is 501 (tests/edge_conformance.rs).
     for te in [
         "Transfer-Encoding:chunked",
         "Transfer-Encoding: \tchunked \t",
         "Transfer-Encoding: CHUNKED",
         "transfer-encoding: Chunked",
-        "Transfer-Encoding: identity, chunked",
     ] {
         let case = format!(
             "POST /a HTTP/1.1\r\nHost: app.local\r\n{te}\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n{SMUGGLED}"
@@ -950,75 +951,6 @@ async fn upstream_reset_mid_body_truncates_and_is_not_pooled() {
 // 7. HTTP/2 (h2c prior knowledge), raw frames: hyper's client will not send the
 //    forbidden fields, so the frames are built by hand.
 // ---------------------------------------------------------------------------------------
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK string literal (no Huffman), lengths < 127.
-fn hpack_str(out: &mut Vec<u8>, s: &str) {
-    assert!(s.len() < 127);
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// HEADERS (END_STREAM | END_HEADERS) of `GET /` for app.local plus `extra` fields.
-fn h2_get(stream: u32, extra: &[(&str, &str)]) -> Vec<u8> {
-    // :method GET (static 2), :scheme http (6), :path / (4).
-    let mut block = vec![0x82, 0x86, 0x84];
-    // :authority, literal without indexing, indexed name (static 1).
-    block.push(0x01);
-    hpack_str(&mut block, "app.local");
-    for (k, v) in extra {
-        block.push(0x00); // literal without indexing, new name
-        hpack_str(&mut block, k);
-        hpack_str(&mut block, v);
-    }
-    frame(0x1, 0x5, stream, &block)
-}
-
-/// Frames read from the proxy: (type, flags, stream, payload), answering its SETTINGS.
-async fn read_frames(
-    s: &mut TcpStream,
-    until: impl Fn(&[(u8, u8, u32, Vec<u8>)]) -> bool,
-) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut frames = Vec::new();
-    let mut buf = Vec::new();
-    let res = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            while buf.len() >= 9 {
-                let len =
-                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                let payload = buf[9..9 + len].to_vec();
-                buf.drain(..9 + len);
-                if kind == 0x4 && flags & 0x1 == 0 {
-                    s.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
-                }
-                frames.push((kind, flags, stream, payload));
-                if until(&frames) {
-                    return;
-                }
-            }
-            let mut chunk = [0u8; 16384];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(res.is_ok(), "no expected frame within 5 s: {frames:?}");
-    frames
-}
 
 #[tokio::test]
 async fn h2c_connection_specific_fields_reset_the_stream_only() {

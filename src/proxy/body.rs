@@ -43,8 +43,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::H1(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ProxyBody::H2(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            // An upstream's trailers lose the fields no trailer may carry.
+            ProxyBody::H1(b, _) => Pin::new(b)
+                .poll_frame(cx)
+                .map_ok(crate::trailers::frame)
+                .map_err(Into::into),
+            ProxyBody::H2(b, _) => Pin::new(b)
+                .poll_frame(cx)
+                .map_ok(crate::trailers::frame)
+                .map_err(Into::into),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }

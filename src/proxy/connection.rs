@@ -29,18 +29,21 @@ use tokio::time::Instant;
 
 use super::body::BoxError;
 use super::headers::ClientInfo;
+use super::preface::PREFACE as H2_PREFACE;
 use super::rewind::Rewind;
 use super::server::End;
 use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes. `h2`: TLS negotiated ALPN `h2`, so
+/// only HTTP/2 is served (see `preface.rs`).
 pub(super) async fn serve<S>(
     proxy: Arc<Proxy>,
     stream: S,
     peer: SocketAddr,
     mut shutdown: Shutdown,
     _guard: TrackGuard,
+    h2: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -79,9 +82,17 @@ pub(super) async fn serve<S>(
     // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper (which
     // also detects HTTP/2).
     let conn = async {
-        let (io, read) = match super::server::serve(&proxy, &client, peer, &activity, io).await {
-            End::Closed => return Ok::<(), BoxError>(()),
-            End::Handoff(io, read) => (io, read),
+        let (io, read) = if h2 {
+            let mut io = io;
+            match super::preface::expect(&activity, &mut io).await {
+                Some(read) => (io, read),
+                None => return Ok::<(), BoxError>(()),
+            }
+        } else {
+            match super::server::serve(&proxy, &client, peer, &activity, io).await {
+                End::Closed => return Ok::<(), BoxError>(()),
+                End::Handoff(io, read) => (io, read),
+            }
         };
         let io = TokioIo::new(Rewind::new(read.freeze(), io));
         let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
@@ -142,7 +153,12 @@ pub(super) async fn serve<S>(
         match event {
             Event::Ended(res) => {
                 if let Err(e) = res {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    match super::misbehaviour::h2_goaway(&*e) {
+                        Some(reason) => proxy.misbehaviour.record(&proxy.metrics, peer, reason),
+                        None => {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error")
+                        }
+                    }
                 }
                 break;
             }
@@ -308,9 +324,6 @@ struct Monitored<S> {
     activity: Arc<Activity>,
     first_read: bool,
 }
-
-/// What an HTTP/2 client sends first (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> Monitored<S> {
     fn touch(&self) {

@@ -32,6 +32,10 @@ pub enum ProxyError {
     BodyTooLarge(u64),
     #[error("the request body sent nothing for {0:?}")]
     BodyStalled(std::time::Duration),
+    #[error("transfer coding {0:?} is not supported; only chunked is")]
+    UnknownCoding(String),
+    #[error("the request body is chunked more than once")]
+    ChunkedTwice,
 }
 
 impl ProxyError {
@@ -41,7 +45,10 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoRoute | ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost | ProxyError::ClientBody(_) | ProxyError::ChunkedTwice => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -61,6 +68,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_)
                 | ProxyError::ClientBody(_)
                 | ProxyError::BodyTooLarge(_)
+                | ProxyError::UnknownCoding(_)
+                | ProxyError::ChunkedTwice
         )
     }
 

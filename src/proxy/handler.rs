@@ -100,30 +100,59 @@ pub(super) fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
     }
 }
 
-/// The host the client asked for: the Host field (HTTP/1), else the URI authority (h2).
-/// An HTTP/1 absolute-form target's authority wins over Host (RFC 9112 §3.2.2). More than
-/// one Host field is no host at all (RFC 9112 §3.2: 400).
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+/// Where a request names its host.
+enum NamedHost<'a> {
+    /// The target's authority: HTTP/2's `:authority`, an HTTP/1 absolute-form target.
+    Authority(&'a http::uri::Authority),
+    /// The Host field.
+    Field(&'a HeaderValue),
+}
+
+/// The host the client asked for, or `None` when the request has no usable one (400):
+/// - more than one Host field is no host at all (RFC 9112 §3.2);
+/// - an HTTP/1 absolute-form target's authority wins over Host (RFC 9112 §3.2.2);
+/// - HTTP/2 names its host in `:authority`; a Host field beside it must name the same
+///   host, else the request is malformed (RFC 9113 §8.3.1). Without `:authority`, Host.
+fn request_host<'a>(
+    version: Version,
+    uri: &'a Uri,
+    fields: &'a http::HeaderMap,
+) -> Option<NamedHost<'a>> {
+    let mut hosts = fields.get_all(header::HOST).iter();
     let (host, more) = (hosts.next(), hosts.next());
     if more.is_some() {
         return None;
     }
-    if let Some(a) = absolute_form_authority(req.version(), req.uri()) {
-        return Some(a.as_str());
+    let Some(authority) = uri.authority() else {
+        return host.map(NamedHost::Field);
+    };
+    if version == Version::HTTP_2 {
+        let agrees = |h: &HeaderValue| {
+            h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        };
+        if !host.is_none_or(agrees) {
+            return None;
+        }
     }
-    match host {
-        Some(h) => h.to_str().ok(),
-        None => req.uri().authority().map(|a| a.as_str()),
-    }
+    Some(NamedHost::Authority(authority))
 }
 
-/// The authority of an HTTP/1 absolute-form request target (`GET http://host/ HTTP/1.1`).
-fn absolute_form_authority(version: Version, uri: &Uri) -> Option<&http::uri::Authority> {
-    if version == Version::HTTP_2 {
-        return None;
+impl NamedHost<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            NamedHost::Authority(a) => Some(a.as_str()),
+            NamedHost::Field(h) => h.to_str().ok(),
+        }
     }
-    uri.authority()
+
+    /// The value sent upstream as Host.
+    fn to_value(&self) -> Option<HeaderValue> {
+        match self {
+            NamedHost::Authority(a) => HeaderValue::from_str(a.as_str()).ok(),
+            NamedHost::Field(h) => Some((*h).clone()),
+        }
+    }
 }
 
 async fn route_and_forward(
@@ -137,7 +166,9 @@ async fn route_and_forward(
     // forwarded (forwarded, a 2xx from a backend would turn the connection into a tunnel).
     // TRACE would echo the request, cookies and credentials included, back to a script
     // (cross-site tracing): refused too, as nginx does.
-    let refused = if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+    let refused = if let Err(e) = headers::check_transfer_coding(req.headers()) {
+        Some(e)
+    } else if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         Some(ProxyError::MethodNotAllowed(req.method().clone()))
     } else {
         // A declared body over the limit is refused before any upstream is involved; a
@@ -152,7 +183,8 @@ async fn route_and_forward(
         return (error_response(&e), None);
     }
     let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-    let route = match resolve(proxy, request_host(&req), pq) {
+    let host = request_host(req.version(), req.uri(), req.headers());
+    let route = match resolve(proxy, host.as_ref().and_then(NamedHost::as_str), pq) {
         Ok(route) => route,
         Err(answer) => return (*answer, None),
     };
@@ -237,16 +269,7 @@ pub(super) fn is_idempotent(method: &str) -> bool {
 
 /// The host sent upstream: the one the request was routed by (see `request_host`).
 fn upstream_host(parts: &Parts) -> Option<HeaderValue> {
-    match (
-        absolute_form_authority(parts.version, &parts.uri),
-        parts.headers.get(header::HOST),
-    ) {
-        (None, Some(h)) => Some(h.clone()),
-        _ => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    }
+    request_host(parts.version, &parts.uri, &parts.headers).and_then(|h| h.to_value())
 }
 
 /// Builds the upstream request in place (h2c endpoints): origin-form target (context root

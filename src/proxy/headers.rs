@@ -16,15 +16,61 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Settings of an `Upgrade: h2c` (RFC 7540 §3.2.1): connection-specific by definition.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// True when the request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade` +
-/// `Upgrade`).
+/// `Upgrade`) that is forwarded. An `Upgrade` that offers `h2c` is declined whole (a
+/// server may always ignore `Upgrade`, RFC 9110 §7.8): forwarded, a backend's 101 would
+/// turn the connection into a raw tunnel past routing and the `X-Forwarded-*` fields. The
+/// request then goes on as plain HTTP/1.1, without its `Upgrade` and `HTTP2-Settings`.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+        && !offers_h2c(headers)
+}
+
+/// Checks a request's `Transfer-Encoding` (RFC 9112 §6.1): `chunked` is the one coding a
+/// proxy must know, and it may be applied once. Any other coding (`identity`, `gzip`, a
+/// coding with parameters) is answered 501, `chunked` twice 400; both close the
+/// connection, as the body's end cannot be trusted. (A list not ending in `chunked` is
+/// hyper's 400 before it gets here.)
+pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), super::error::ProxyError> {
+    use super::error::ProxyError;
+    let mut chunked = 0;
+    let mut unknown = None;
+    let codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    for coding in codings {
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            chunked += 1;
+        } else if unknown.is_none() {
+            unknown = Some(String::from_utf8_lossy(coding).into_owned());
+        }
+    }
+    match (chunked, unknown) {
+        (2.., _) => Err(ProxyError::ChunkedTwice),
+        (_, Some(coding)) => Err(ProxyError::UnknownCoding(coding)),
+        _ => Ok(()),
+    }
+}
+
+/// True when an `Upgrade` field lists `h2c` (RFC 7540 §3.2, HTTP/2 over cleartext by
+/// upgrade, which a proxy in front of other servers must not pass on).
+fn offers_h2c(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -70,7 +116,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(&name);
         }
     }
-    for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+    for name in HOP_BY_HOP
+        .iter()
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION, &HTTP2_SETTINGS])
+    {
         headers.remove(name);
     }
 }
@@ -142,6 +191,7 @@ fn kind(name: &[u8]) -> Kind {
         10 if is("connection") => Kind::Connection,
         10 if is("keep-alive") => Kind::HopByHop,
         14 if is("content-length") => Kind::ContentLength,
+        14 if is("http2-settings") => Kind::HopByHop,
         15 if is("x-forwarded-for") => Kind::ForwardedFor,
         16 if is("proxy-connection") => Kind::HopByHop,
         16 if is("x-forwarded-host") => Kind::ForwardedHost,
@@ -320,7 +370,10 @@ mod tests {
 
     #[test]
     fn fast_path_knows_every_hop_by_hop_name() {
-        for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+        for name in HOP_BY_HOP
+            .iter()
+            .chain([&KEEP_ALIVE, &PROXY_CONNECTION, &HTTP2_SETTINGS])
+        {
             assert!(is_hop_by_hop(name), "{name}");
             let mut h = map(&[(name.as_str(), "x"), ("x-kept", "yes")]);
             strip_hop_by_hop(&mut h);

@@ -14,8 +14,11 @@ mod connection;
 pub mod error;
 mod handler;
 pub mod headers;
+mod misbehaviour;
+mod preface;
 mod rewind;
-mod server;
+// `pub(crate)`: the request-head reader is fuzzed (crate::fuzzing).
+pub(crate) mod server;
 mod tls;
 mod upgrade;
 
@@ -70,6 +73,8 @@ pub struct Proxy {
     pub access_log: bool,
     /// Connections and tunnels, for draining.
     pub tracker: Tracker,
+    /// Client connections closed for breaking the protocol: counted, logged sparingly.
+    misbehaviour: misbehaviour::Summary,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -102,6 +107,7 @@ impl Proxy {
             metrics,
             access_log,
             tracker: Tracker::default(),
+            misbehaviour: misbehaviour::Summary::default(),
             builder,
         })
     }
@@ -117,6 +123,7 @@ impl Proxy {
                 peer,
                 shutdown.clone(),
                 guard,
+                false,
             ));
         }
     }

@@ -67,7 +67,8 @@ impl Proxy {
         let tls = tokio::time::timeout(timeout, acceptor.accept(Rewind::new(hello, stream)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        super::connection::serve(self, tls, peer, shutdown, guard).await;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        super::connection::serve(self, tls, peer, shutdown, guard, h2).await;
         Ok(())
     }
 

@@ -104,7 +104,7 @@ impl Body for UpstreamBody {
                                 *left -= n;
                             }
                         }
-                        Poll::Ready(Some(Ok(frame)))
+                        Poll::Ready(Some(Ok(crate::trailers::frame(frame))))
                     }
                     Some(Err(e)) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
                     None => Poll::Ready(None),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod h2frames;
 pub mod multinode;
 pub mod node;
 
@@ -218,21 +219,75 @@ impl TestProxy {
     }
 }
 
-/// A pooled HTTP/1.1 client (hyper-util legacy client).
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
+/// A pooled client (hyper-util's legacy client), HTTP/1.1 or h2c with prior knowledge,
+/// on loopback. Requests carry the proxy's loopback address in their URI and the routed
+/// host in a Host field. Over HTTP/2 that field would disagree with `:authority` (which
+/// the proxy answers 400, RFC 9113 §8.3.1), so the h2c client moves it into the URI's
+/// authority, keeping the port, as real HTTP/2 clients do (curl `-H Host:`, h2load); every
+/// name connects to 127.0.0.1.
+#[derive(Clone)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector<Loopback>,
+        Full<Bytes>,
+    >,
+    h2: bool,
+}
+
+impl Client {
+    pub fn request(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        if self.h2 {
+            if let Some(host) = req.headers_mut().remove(http::header::HOST) {
+                let host = host.to_str().unwrap();
+                let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+                let port = req.uri().port_u16().unwrap_or(80);
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                *req.uri_mut() = format!("http://{name}:{port}{pq}").parse().unwrap();
+            }
+        }
+        self.inner.request(req)
+    }
+}
+
+/// A resolver that sends every name to 127.0.0.1.
+#[derive(Clone)]
+pub struct Loopback;
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for Loopback {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()))
+    }
+}
+
+fn build_client(h2: bool) -> Client {
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(Loopback);
+    let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build(connector);
+    Client { inner, h2 }
+}
 
 pub fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+    build_client(false)
 }
 
 /// An HTTP/2 prior-knowledge (h2c) client.
 pub fn h2c_client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
+    build_client(true)
 }
 
 /// A fetched response: status, headers and the whole body.
