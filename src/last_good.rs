@@ -31,7 +31,7 @@ impl LastGood {
         let labels = file
             .as_deref()
             .and_then(|path| match std::fs::read(path) {
-                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(bytes) => match parse_state(&bytes) {
                     Ok(l) => Some(l),
                     Err(e) => {
                         tracing::warn!(file = %path.display(), error = %e, "the controller's state file is not valid; starting without last good labels");
@@ -95,6 +95,11 @@ impl LastGood {
             tracing::warn!(file = %path.display(), error = %e, "cannot save the controller's state file; last good labels will not survive a restart");
         }
     }
+}
+
+/// The saved labels in a state file's bytes.
+pub(crate) fn parse_state(bytes: &[u8]) -> serde_json::Result<BTreeMap<String, Labels>> {
+    serde_json::from_slice(bytes)
 }
 
 /// Writes `body` to a temporary file beside `path` and renames it into place.

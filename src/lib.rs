@@ -44,6 +44,8 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod controller;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod last_good;
 pub mod metrics;

@@ -42,13 +42,13 @@ pub const HEALTH_PATH: &str = "com.docker.lb.health_path";
 pub const HEALTH_INTERVAL: &str = "com.docker.lb.health_interval";
 
 /// Labels Interlock documented but never honoured; reported as warnings.
-const UNSUPPORTED: &[&str] = &[
+pub(crate) const UNSUPPORTED: &[&str] = &[
     "com.docker.lb.ssl_only",
     "com.docker.lb.ssl_backend",
     "com.docker.lb.ssl_backend_tls_verify",
 ];
 
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     HOSTS,
     PORT,
     NETWORK,

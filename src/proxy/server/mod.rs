@@ -15,6 +15,9 @@
 mod request;
 mod response;
 
+#[doc(hidden)]
+pub(crate) use request::{may_end_head, MAX_FIELDS};
+
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,7 +41,7 @@ use crate::config::labels::BackendProtocol;
 use crate::upstream::h1::{Outcome, RequestFraming, ResponseHead};
 use crate::upstream::UpstreamBody;
 use crate::wire::Sender;
-use request::{Head, Parsed};
+pub(crate) use request::{Head, Parsed};
 use response::Framing;
 
 /// Read buffer size (and what it grows by).

@@ -9,13 +9,13 @@ use crate::upstream::h1::parse_length;
 
 /// Most fields a head may have on the fast path (more go to hyper, which applies the
 /// configured limit).
-pub(super) const MAX_FIELDS: usize = 128;
+pub(crate) const MAX_FIELDS: usize = 128;
 
 /// A plain request head: HTTP/1.1, origin-form target, one Host field, no body or one of
 /// a single `Content-Length`, no upgrade, no `Expect`. Everything else (chunked bodies,
 /// HTTP/1.0, upgrades, malformed or oversized heads, HTTP/2) is hyper's.
 #[derive(Default)]
-pub(super) struct Head {
+pub(crate) struct Head {
     /// Length of the head in the buffer.
     pub len: usize,
     pub method: Range<usize>,
@@ -34,7 +34,7 @@ pub(super) struct Head {
 }
 
 /// What the buffer holds.
-pub(super) enum Parsed {
+pub(crate) enum Parsed {
     /// A plain head, read whole.
     Plain,
     /// Not all of a head yet.
@@ -45,7 +45,7 @@ pub(super) enum Parsed {
 
 impl Head {
     /// Parses the head at the start of `buf` into `self` (its field list reused).
-    pub(super) fn parse(&mut self, buf: &[u8], max_fields: usize) -> Parsed {
+    pub(crate) fn parse(&mut self, buf: &[u8], max_fields: usize) -> Parsed {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut slots[..max_fields.min(MAX_FIELDS)])
@@ -118,7 +118,7 @@ impl Head {
 
 /// True when `buf`, scanned before up to `from`, may now hold the end of a head: an empty
 /// line (`\n\n` or `\n\r\n`, as httparse accepts) in the bytes that came since.
-pub(super) fn may_end_head(buf: &[u8], from: usize) -> bool {
+pub(crate) fn may_end_head(buf: &[u8], from: usize) -> bool {
     let start = from.saturating_sub(2);
     let tail = buf.get(start..).unwrap_or_default();
     tail.iter().enumerate().any(|(i, &b)| {

@@ -23,7 +23,7 @@ const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How the body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     /// This many bytes are left (0: none, or all read).
     Length(u64),
     Chunked(Chunk),
@@ -32,14 +32,14 @@ pub(super) enum Framing {
 }
 
 impl Framing {
-    pub(super) fn chunked() -> Self {
+    pub(crate) fn chunked() -> Self {
         Framing::Chunked(Chunk::Size)
     }
 }
 
 /// Where a chunked body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes left.
@@ -51,7 +51,7 @@ pub(super) enum Chunk {
     Done,
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -59,7 +59,7 @@ enum Decoded {
 
 impl Chunk {
     /// Decodes what the buffer holds; `None`: more bytes are needed.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, H1Error> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, H1Error> {
         loop {
             match *self {
                 Chunk::Size => {
@@ -154,6 +154,17 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     Ok(size)
 }
 
+/// The next bytes of a body framed by length, `left` bytes to go: at most that many of
+/// what `buf` holds (`None`: `buf` is empty).
+pub(crate) fn length_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+    *left -= n as u64;
+    Some(buf.split_to(n).freeze())
+}
+
 /// An upstream response body.
 pub struct ResponseBody {
     /// `None` once the body ended (the connection went back to the pool or was closed).
@@ -240,13 +251,7 @@ impl Body for ResponseBody {
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) => {
-                    if !conn.rbuf.is_empty() {
-                        let n = conn
-                            .rbuf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        let data = conn.rbuf.split_to(n).freeze();
-                        *left -= n as u64;
+                    if let Some(data) = length_data(&mut conn.rbuf, left) {
                         if *left == 0 {
                             this.finish();
                         }

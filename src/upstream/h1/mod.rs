@@ -22,6 +22,11 @@ pub use body::ResponseBody;
 pub use request::{HeadWriter, RequestFraming};
 pub use response::{parse_length, ResponseHead};
 
+#[doc(hidden)]
+pub(crate) use body::{length_data, Chunk, Decoded, Framing};
+#[doc(hidden)]
+pub(crate) use response::parse_head;
+
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;

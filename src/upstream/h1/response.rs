@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
@@ -12,11 +12,11 @@ use super::body::Framing;
 use super::{H1Conn, H1Error, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// A parsed response head.
-pub(super) struct Head {
-    pub(super) head: ResponseHead,
-    pub(super) framing: Framing,
+pub(crate) struct Head {
+    pub(crate) head: ResponseHead,
+    pub(crate) framing: Framing,
     /// The connection may carry another request once this body is read.
-    pub(super) keep_alive: bool,
+    pub(crate) keep_alive: bool,
 }
 
 /// A response head as it came from the upstream: status, and the fields as slices of the
@@ -100,14 +100,19 @@ type FieldAt = [u32; 4];
 
 /// Parses a complete head off the front of the buffer (`None`: not complete yet).
 fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error> {
+    parse_head(&mut conn.rbuf, head_request)
+}
+
+/// [`parse`] on a buffer (fuzzed through `crate::fuzzing`).
+pub(crate) fn parse_head(rbuf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
     let mut framing = Fields::default();
     let (len, code, minor, fields) = {
         // Uninitialised: httparse writes the slots it fills (no 3 KiB memset per answer).
         let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        let base = conn.rbuf.as_ptr() as usize;
+        let base = rbuf.as_ptr() as usize;
         let parsed = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, &conn.rbuf, &mut raw);
+            .parse_response_with_uninit_headers(&mut resp, rbuf, &mut raw);
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -130,7 +135,7 @@ fn parse(conn: &mut H1Conn, head_request: bool) -> Result<Option<Head>, H1Error>
             fields,
         )
     };
-    let raw = conn.rbuf.split_to(len).freeze();
+    let raw = rbuf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
     let head = ResponseHead {
         status,
