@@ -261,3 +261,91 @@ impl ResolvesServerCert for Resolver {
         self.store.load().lookup(sni.as_deref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(name: &str, not_after: i64) -> Loaded {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ck = load_pair_pem(
+            Path::new("c"),
+            cert.pem().as_bytes(),
+            Path::new("k"),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let l = Loaded::new(ck);
+        assert_eq!(l.not_after, Some(not_after));
+        l
+    }
+
+    fn use_of(service: &str, pair: &str, hosts: &[HostPattern], default_backend: bool) -> Use {
+        Use {
+            service: service.into(),
+            cert: format!("{pair}.crt").into(),
+            key: format!("{pair}.key").into(),
+            hosts: hosts.to_vec(),
+            default_backend,
+        }
+    }
+
+    #[test]
+    fn the_store_serves_each_host_from_its_first_service_and_reports_each_expiry() {
+        let exact = |s: &str| HostPattern::Exact(s.into());
+        let pairs: HashMap<PathBuf, Loaded> = [
+            ("a", loaded("a.test", 2_000_000_000)),
+            ("b", loaded("b.test", 3_000_000_000)),
+            ("fallback", loaded("fallback.test", 4_000_000_000)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (PathBuf::from(format!("{k}.crt")), v))
+        .collect();
+        let uses = [
+            use_of("a", "a", &[exact("a.test"), exact("shared.test")], false),
+            use_of(
+                "b",
+                "b",
+                &[exact("shared.test"), HostPattern::Wildcard("b.test".into())],
+                true,
+            ),
+            use_of("broken", "missing", &[exact("broken.test")], false),
+        ];
+        let find = |cert: &Path, _: &Path| pairs.get(cert);
+        // No --tls-cert: the default_backend's certificate is the default.
+        let store = build_store(&uses, None, find);
+        let want: Vec<(&str, i64)> = vec![
+            ("*", 3_000_000_000),
+            ("*.b.test", 3_000_000_000),
+            ("a.test", 2_000_000_000),
+            ("shared.test", 2_000_000_000),
+        ];
+        let got: Vec<(&str, i64)> = store
+            .expiry()
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(got, want);
+        let served = |sni| store.lookup(Some(sni)).map(|c| c.cert[0].clone());
+        let cert_of = |k: &str| Some(pairs[Path::new(&format!("{k}.crt"))].ck.cert[0].clone());
+        assert_eq!(served("shared.test"), cert_of("a"));
+        assert_eq!(served("x.b.test"), cert_of("b"));
+        assert_eq!(
+            served("broken.test"),
+            cert_of("b"),
+            "falls back to the default"
+        );
+        // --tls-cert wins over a default_backend's certificate.
+        let fallback = &pairs[Path::new("fallback.crt")];
+        let store = build_store(&uses, Some(fallback), find);
+        assert_eq!(store.expiry().get(DEFAULT_HOST), Some(&4_000_000_000));
+        assert_eq!(served_default(&store), Some(fallback.ck.cert[0].clone()));
+    }
+
+    fn served_default(store: &CertStore) -> Option<CertificateDer<'static>> {
+        store.lookup(None).map(|c| c.cert[0].clone())
+    }
+}
