@@ -3,9 +3,11 @@
 //! loads it once, resolves its route and drops the guard before any await.
 
 mod host;
+mod report;
 mod store;
 
 pub use host::normalize_host;
+pub use report::{CompileReport, CompiledService, ServiceError, ServiceStatus};
 pub use store::TableStore;
 
 use std::collections::BTreeMap;
@@ -16,7 +18,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::balance::BackendSet;
-use crate::compile::{CompileReport, CompiledService};
 use crate::config::labels::Redirect;
 use crate::upstream::Upstream;
 

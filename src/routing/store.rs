@@ -21,12 +21,6 @@ impl Default for TableStore {
 }
 
 impl TableStore {
-    pub fn new(table: RoutingTable) -> Self {
-        TableStore {
-            live: ArcSwap::from_pointee(table),
-        }
-    }
-
     /// The live table, for a short read (never hold the guard across an await).
     pub fn load(&self) -> Guard<Arc<RoutingTable>> {
         self.live.load()
