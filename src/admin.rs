@@ -8,7 +8,6 @@
 //! its providers' first read it answers proxies 503 by design, and they keep their tables).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,33 +18,21 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::controller::feeds::Feeds;
 use crate::metrics::Metrics;
-use crate::routing::TableStore;
 use crate::shutdown::Shutdown;
 
-/// What the admin listener shows besides metrics: a proxy's live table (and whether it is
-/// serving yet), or a controller's snapshot versions.
-#[derive(Clone)]
-pub enum View {
-    Table(Arc<TableStore>, Ready),
-    Feeds(Arc<Feeds>),
+/// What an instance shows on the admin listener besides metrics. The roles implement it:
+/// a proxying instance shows its live table, a controller its snapshot versions.
+pub trait Status: Send + Sync {
+    /// Once the instance serves, what `/healthz` tells about it after `ok` (e.g.
+    /// `generation=3`); `None` while it starts (`/healthz` answers 503).
+    fn serving(&self) -> Option<String>;
+    /// The JSON answer of `/routes`.
+    fn routes(&self) -> serde_json::Value;
 }
 
-/// Set once a proxying instance's table holds what its providers delivered (not the empty
-/// table it starts with); `/healthz` answers 503 until then.
-#[derive(Clone, Debug, Default)]
-pub struct Ready(Arc<AtomicBool>);
-
-impl Ready {
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
+/// The instance an admin listener shows.
+pub type View = Arc<dyn Status>;
 
 /// Binds `addr` and serves the admin endpoints on it until shutdown.
 pub async fn start(
@@ -74,7 +61,7 @@ pub async fn serve(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let resp = answer(&req, &view, &metrics);
+                let resp = answer(&req, &*view, &metrics);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -84,7 +71,7 @@ pub async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, view: &dyn Status, metrics: &Metrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -98,35 +85,18 @@ fn answer(req: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<F
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        "/healthz" => match view {
-            View::Table(store, ready) if ready.get() => reply(
-                StatusCode::OK,
-                "text/plain",
-                format!("ok generation={}\n", store.load().generation),
-            ),
-            View::Table(..) => reply(
+        "/healthz" => match view.serving() {
+            Some(what) => reply(StatusCode::OK, "text/plain", format!("ok {what}\n")),
+            None => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "starting: no routing table yet (waiting for the first state of every provider: \
                  a proxy for a snapshot from its controller or its --state-file)\n"
                     .into(),
             ),
-            View::Feeds(feeds) => reply(
-                StatusCode::OK,
-                "text/plain",
-                format!("ok epoch={}\n", feeds.epoch()),
-            ),
         },
         "/routes" => {
-            let body = match view {
-                View::Table(store, _) => serde_json::to_string_pretty(&store.snapshot().describe()),
-                View::Feeds(feeds) => serde_json::to_string_pretty(&serde_json::json!({
-                    "epoch": feeds.epoch(),
-                    "clusters": feeds.versions().into_iter().map(|(cluster, version, services)| {
-                        serde_json::json!({"cluster": cluster, "version": version, "services": services})
-                    }).collect::<Vec<_>>(),
-                })),
-            };
+            let body = serde_json::to_string_pretty(&view.routes());
             reply(StatusCode::OK, "application/json", body.unwrap_or_default())
         }
         _ => reply(

@@ -1,19 +1,22 @@
-//! One running instance: applies provider states to the live table (compile -> swap ->
-//! retire departed endpoints), and runs listeners, the admin server and draining.
+//! One proxying instance (the all-in-one and proxy roles), in order: the [`Applier`]
+//! (provider states -> compile -> swap -> retire departed endpoints), the providers
+//! ([`crate::providers::start`]), the table's background tasks ([`crate::maintenance`]),
+//! the listeners, the admin server, and draining on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::compile::{self, CompileOptions};
 use crate::config::settings::ProxySettings;
 use crate::config::DesiredState;
 use crate::metrics::{Metrics, Part};
+use crate::providers::{self, ProviderConfig, Providers};
 use crate::proxy::Proxy;
 use crate::routing::{RoutingTable, TableStore};
 use crate::shutdown;
@@ -29,10 +32,11 @@ pub struct Applier {
     /// Each service's last good labels, kept in a file across restarts (all-in-one role
     /// with `--state-file`; a proxy gets them from its controller and snapshot file).
     pub last_good: Option<std::sync::Mutex<crate::last_good::LastGood>>,
-    /// Whether every provider has reported: before that, the merged state is partial, and
-    /// the last good labels are neither used nor updated (a service not listed yet must not
-    /// be forgotten).
-    synced: std::sync::atomic::AtomicBool,
+    /// Set once every provider has reported and the table compiled from their states is
+    /// live ([`Applier::apply_synced`]): the instance serves (`/healthz` answers 200). Before
+    /// that the merged state is partial, and the last good labels are neither used nor
+    /// updated (a service not listed yet must not be forgotten).
+    serving: AtomicBool,
 }
 
 impl Applier {
@@ -43,14 +47,13 @@ impl Applier {
             opts,
             tls: None,
             last_good: None,
-            synced: std::sync::atomic::AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         }
     }
 
-    /// Every provider has reported: the states applied from now on are complete.
-    pub fn mark_synced(&self) {
-        self.synced
-            .store(true, std::sync::atomic::Ordering::Release);
+    /// Whether the instance serves: every provider has reported and that table is live.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 
     /// Also keeps each service's last good labels in `file` across restarts.
@@ -67,12 +70,25 @@ impl Applier {
         self
     }
 
+    /// Applies a complete state, one every provider has reported to: with the last good
+    /// labels; once its table is live, the instance serves.
+    pub fn apply_synced(&self, state: &DesiredState) -> Arc<RoutingTable> {
+        let table = self.compile_and_swap(state, true);
+        self.serving.store(true, Ordering::Release);
+        table
+    }
+
+    /// Applies `state`, complete only once the instance serves (see [`Applier::apply_synced`]).
+    pub fn apply(&self, state: &DesiredState) -> Arc<RoutingTable> {
+        self.compile_and_swap(state, self.is_serving())
+    }
+
     /// Compiles `state` against the live table and publishes the result. Never fails:
     /// services with bad labels are reported and skipped or kept at their last good routes.
-    pub fn apply(&self, state: &DesiredState) -> Arc<RoutingTable> {
+    /// `complete`: every provider has reported, so the last good labels apply.
+    fn compile_and_swap(&self, state: &DesiredState, complete: bool) -> Arc<RoutingTable> {
         let previous = self.store.snapshot();
-        let synced = self.synced.load(std::sync::atomic::Ordering::Acquire);
-        let remembered = self.last_good.as_ref().filter(|_| synced).map(|store| {
+        let remembered = self.last_good.as_ref().filter(|_| complete).map(|store| {
             let mut state = state.clone();
             // A poisoned lock still holds whole maps (every write is one insert or retain).
             store
@@ -121,127 +137,22 @@ impl Applier {
             "routing table swapped"
         );
         // Log each error and warning once, when it first appears.
-        for e in &table.report.errors {
-            if !old.report.errors.iter().any(|o| {
-                o.service == e.service
-                    && o.errors == e.errors
-                    && o.kept_last_good == e.kept_last_good
-            }) {
-                tracing::error!(service = %e.service, kept_last_good = e.kept_last_good, "{e}");
-            }
-        }
-        for w in &table.report.warnings {
-            if !old.report.warnings.contains(w) {
-                tracing::warn!(service = %w.0, "{}", w.1);
-            }
-        }
+        table.report.log_new_errors(&old.report, None);
+        table.report.log_new_warnings(&old.report);
     }
 }
 
-/// Where desired state comes from; shared by the all-in-one, proxy and controller roles.
-#[derive(Debug, Clone, Default)]
-pub struct ProviderConfig {
-    /// Services file (file provider), if any.
-    pub config: Option<PathBuf>,
-    /// How often the services file is checked for changes.
-    pub watch_interval: Duration,
-    /// Watch the Docker engine (Docker provider).
-    pub docker: Option<crate::providers::docker::DockerOptions>,
-    /// Follow a controller's snapshots (the proxy role).
-    pub controller: Option<crate::providers::controller::ControllerOptions>,
-}
-
-/// The running providers' state channels.
-pub struct Providers {
-    pub sources: Vec<watch::Receiver<DesiredState>>,
-    /// Sources that have not reported yet (the Docker provider before its first list).
-    unsynced: Vec<watch::Receiver<DesiredState>>,
-}
-
-impl Providers {
-    /// Resolves once every provider has reported its state at least once.
-    pub async fn synced(&mut self) {
-        for rx in &mut self.unsynced {
-            let _ = rx.changed().await;
-        }
-        self.unsynced.clear();
+/// A proxying instance on its admin listener: serving once its first complete table is
+/// live; `/routes` shows the live table.
+impl crate::admin::Status for Applier {
+    fn serving(&self) -> Option<String> {
+        self.is_serving()
+            .then(|| format!("generation={}", self.store.load().generation))
     }
 
-    /// The union of every provider's current state.
-    pub fn merged(&self) -> DesiredState {
-        merge(&self.sources)
+    fn routes(&self) -> serde_json::Value {
+        self.store.snapshot().describe()
     }
-
-    /// A notification that fires whenever any provider publishes a new state (changes
-    /// that come while nobody waits are folded into one).
-    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
-        let changed = Arc::new(tokio::sync::Notify::new());
-        for mut rx in self.sources.iter().cloned() {
-            let changed = changed.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    changed.notify_one();
-                }
-            });
-        }
-        changed
-    }
-}
-
-/// Starts the providers `cfg` names. The services file must load: there is no last good
-/// state to fall back to yet.
-pub async fn start_providers(
-    cfg: &ProviderConfig,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Providers> {
-    anyhow::ensure!(
-        cfg.config.is_some() || cfg.docker.is_some() || cfg.controller.is_some(),
-        "nothing to route: give --config FILE, --docker, or both"
-    );
-    let mut p = Providers {
-        sources: Vec::new(),
-        unsynced: Vec::new(),
-    };
-    if let Some(path) = &cfg.config {
-        let initial = crate::providers::file::load(path)
-            .await
-            .with_context(|| "loading the initial configuration")?;
-        let (tx, rx) = watch::channel(initial);
-        let reload_failures = metrics.reload_failures.clone();
-        tokio::spawn(crate::providers::file::watch(
-            path.clone(),
-            cfg.watch_interval,
-            tx,
-            move |e| {
-                reload_failures.inc();
-                tracing::error!("{e}; keeping the last good configuration");
-            },
-        ));
-        p.sources.push(rx);
-    }
-    if let Some(opts) = &cfg.docker {
-        metrics.export(Part::Docker);
-        let (tx, rx) = watch::channel(DesiredState::default());
-        tokio::spawn(crate::providers::docker::run(
-            opts.clone(),
-            tx,
-            metrics.clone(),
-        ));
-        p.unsynced.push(rx.clone());
-        p.sources.push(rx);
-    }
-    if let Some(opts) = &cfg.controller {
-        metrics.export(Part::ControllerClient);
-        let (tx, rx) = watch::channel(DesiredState::default());
-        tokio::spawn(crate::providers::controller::run(
-            opts.clone(),
-            tx,
-            metrics.clone(),
-        ));
-        p.unsynced.push(rx.clone());
-        p.sources.push(rx);
-    }
-    Ok(p)
 }
 
 /// Everything one proxying instance (all-in-one or proxy role) needs.
@@ -291,7 +202,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         Some(tls)
     };
     let applier = Arc::new(applier);
-    let providers = start_providers(&cfg.providers, &metrics).await?;
+    let providers = providers::start(&cfg.providers, &metrics).await?;
     applier.apply(&providers.merged());
     if let Some(tls) = &tls {
         // Certificate files renewed in place are picked up at the services file's interval
@@ -302,13 +213,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         };
         tokio::spawn(crate::tls::watch::run(tls.clone(), every));
     }
-    tokio::spawn(crate::upstream::probe::run(applier.store.clone()));
-    tokio::spawn(crate::upstream::reaper::run(
+    tokio::spawn(crate::maintenance::run_probes(applier.store.clone()));
+    tokio::spawn(crate::maintenance::reap_idle(
         applier.store.clone(),
         cfg.settings.pool_idle_timeout,
     ));
-    let ready = crate::admin::Ready::default();
-    tokio::spawn(follow(applier.clone(), providers, ready.clone()));
+    tokio::spawn(follow(applier.clone(), providers));
 
     let (trigger, shutdown) = shutdown::channel();
     let proxy = Proxy::new(
@@ -349,11 +259,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         proxies.push(https);
     }
     if let Some(addr) = cfg.admin {
-        let view = crate::admin::View::Table(applier.store.clone(), ready);
-        crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
+        crate::admin::start(addr, applier.clone(), metrics.clone(), shutdown.clone()).await?;
     }
 
-    wait_for_signal().await;
+    shutdown::wait_for_signal().await;
     tracing::info!(drain_timeout = ?cfg.settings.drain_timeout, "shutting down: draining connections");
     trigger.trigger();
     let mut left = 0;
@@ -371,53 +280,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The union of every provider's current state.
-fn merge(sources: &[watch::Receiver<DesiredState>]) -> DesiredState {
-    DesiredState {
-        services: sources
-            .iter()
-            .flat_map(|rx| rx.borrow().services.clone())
-            .collect(),
-    }
-}
-
-/// Applies the merged state whenever any provider publishes a new one; sets `ready` once
-/// every provider has delivered its first state and that table is live.
-pub async fn follow(applier: Arc<Applier>, mut providers: Providers, ready: crate::admin::Ready) {
+/// Applies the merged state whenever any provider publishes a new one, once every
+/// provider has delivered its first state (the first such table live, the instance serves).
+pub async fn follow(applier: Arc<Applier>, mut providers: Providers) {
     let changed = providers.changes();
     providers.synced().await;
-    applier.mark_synced();
     let state = providers.merged();
     let first = applier.clone();
-    if tokio::task::spawn_blocking(move || first.apply(&state))
-        .await
-        .is_ok()
-    {
-        ready.set();
-    }
+    let _ = tokio::task::spawn_blocking(move || first.apply_synced(&state)).await;
     loop {
         changed.notified().await;
         // Compiling thousands of services takes milliseconds of CPU: off the runtime's
         // threads, so proxying never waits for it.
         let state = providers.merged();
         let applier = applier.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || applier.apply(&state)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || applier.apply_synced(&state)).await {
             tracing::error!(error = %e, "applying a new state failed; the last good table stays");
         }
-    }
-}
-
-pub async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

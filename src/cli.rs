@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::{ProviderConfig, RunConfig};
-use crate::compile::{compile, CompileOptions, ServiceStatus};
+use crate::app::RunConfig;
+use crate::compile::{compile, CompileOptions};
 use crate::config::settings::ProxySettings;
 use crate::config::DesiredState;
 use crate::controller::ControllerConfig;
 use crate::metrics::Metrics;
 use crate::providers::controller::ControllerOptions;
-use crate::routing::RoutingTable;
+use crate::providers::ProviderConfig;
+use crate::routing::{RoutingTable, ServiceStatus};
 use crate::tls::control::ControlTlsFiles;
 
 #[derive(Parser, Debug)]

@@ -48,6 +48,7 @@ pub mod controller;
 pub mod fuzzing;
 pub mod health;
 pub mod last_good;
+pub mod maintenance;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -1,5 +1,6 @@
-//! Graceful shutdown: a signal every connection task watches, and a tracker of the tasks
-//! (connections and upgraded tunnels) that draining waits for.
+//! Graceful shutdown: the operator's SIGTERM/SIGINT ([`wait_for_signal`]), a signal every
+//! connection task watches, and a tracker of the tasks (connections and upgraded tunnels)
+//! that draining waits for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -91,5 +92,21 @@ impl Drop for TrackGuard {
         if self.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inner.idle.notify_waiters();
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (SIGINT alone when SIGTERM cannot be watched).
+pub async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -191,7 +191,9 @@ async fn active_health_check_takes_a_failing_endpoint_out_and_back() {
         &[bad.endpoint(), good.endpoint()],
     )]))
     .await;
-    tokio::spawn(interlock::upstream::probe::run(proxy.applier.store.clone()));
+    tokio::spawn(interlock::maintenance::run_probes(
+        proxy.applier.store.clone(),
+    ));
     let c = client();
     let only_good = async {
         loop {

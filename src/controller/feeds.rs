@@ -153,6 +153,23 @@ impl Feeds {
     }
 }
 
+/// The controller on its admin listener: serving once its snapshot API listens; `/routes`
+/// lists each cluster's version.
+impl crate::admin::Status for Feeds {
+    fn serving(&self) -> Option<String> {
+        Some(format!("epoch={}", self.epoch()))
+    }
+
+    fn routes(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch(),
+            "clusters": self.versions().into_iter().map(|(cluster, version, services)| {
+                serde_json::json!({"cluster": cluster, "version": version, "services": services})
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

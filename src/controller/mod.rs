@@ -16,11 +16,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::app::{start_providers, wait_for_signal, ProviderConfig, Providers};
 use crate::compile::{self, CompileOptions};
 use crate::config::DesiredState;
 use crate::last_good::LastGood;
 use crate::metrics::Metrics;
+use crate::providers::{self, ProviderConfig, Providers};
 use crate::routing::RoutingTable;
 use crate::shutdown;
 use crate::tls::control::{self, ControlTlsFiles};
@@ -42,7 +42,7 @@ pub struct ControllerConfig {
 pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let tls = control::server_config(&cfg.tls).context("setting up the snapshot API's TLS")?;
-    let providers = start_providers(&cfg.providers, &metrics).await?;
+    let providers = providers::start(&cfg.providers, &metrics).await?;
     let feeds = Feeds::new();
     let (trigger, shutdown) = shutdown::channel();
 
@@ -58,11 +58,10 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     if let Some(addr) = cfg.admin {
-        let view = crate::admin::View::Feeds(feeds.clone());
-        crate::admin::start(addr, view, metrics.clone(), shutdown.clone()).await?;
+        crate::admin::start(addr, feeds.clone(), metrics.clone(), shutdown.clone()).await?;
     }
     tokio::spawn(publish(providers, feeds, metrics, cfg.state_file.clone()));
-    wait_for_signal().await;
+    crate::shutdown::wait_for_signal().await;
     tracing::info!("controller shutting down");
     trigger.trigger();
     Ok(())
@@ -136,16 +135,9 @@ fn update(
             ..CompileOptions::default()
         };
         let table = compile::compile(&DesiredState { services }, &previous, &opts, metrics);
-        for e in &table.report.errors {
-            if !previous
-                .report
-                .errors
-                .iter()
-                .any(|o| o.service == e.service && o.errors == e.errors)
-            {
-                tracing::error!(cluster = %cluster, service = %e.service, kept_last_good = e.kept_last_good, "{e}");
-            }
-        }
+        table
+            .report
+            .log_new_errors(&previous.report, Some(cluster.as_str()));
         reported.insert(cluster, Arc::new(table));
     }
     reported

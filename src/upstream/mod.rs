@@ -10,7 +10,6 @@ mod h2;
 mod health;
 mod pool;
 pub mod probe;
-pub mod reaper;
 
 pub use body::{ClientBodyError, UpstreamBody};
 pub use health::{now_ms, HealthPolicy};

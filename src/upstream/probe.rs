@@ -2,19 +2,16 @@
 //! a labelled route gets `GET <path>` at the interval on a fresh connection; a non-2xx/3xx
 //! answer, a failed connection or a timeout takes it out until a probe succeeds again.
 //! Swarm's own task health still decides which tasks exist; this catches an app that runs
-//! but does not answer.
+//! but does not answer. The schedule over the live table's routes is
+//! `crate::maintenance::run_probes`'s.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Request};
-use tokio::time::Instant;
 
 use super::{h1, Upstream};
-use crate::routing::TableStore;
 
 impl Upstream {
     /// False while the last active probe failed.
@@ -22,7 +19,8 @@ impl Upstream {
         !self.probe_down.load(Ordering::Relaxed)
     }
 
-    fn set_probe(&self, healthy: bool) {
+    /// Records the outcome of an active probe; a change is logged.
+    pub fn set_probe(&self, healthy: bool) {
         let was_down = self.probe_down.swap(!healthy, Ordering::Relaxed);
         if was_down == healthy {
             tracing::warn!(
@@ -65,42 +63,4 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
         tokio::time::timeout(timeout, exchange).await,
         Ok(Some(true))
     )
-}
-
-/// Runs forever: probes every endpoint of every route that asks for it, when due.
-pub async fn run(store: Arc<TableStore>) {
-    let mut next_due: HashMap<(Box<str>, SocketAddr), Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let table = store.snapshot();
-        let now = Instant::now();
-        let mut live = HashMap::with_capacity(next_due.len());
-        for (host, route) in table.routes() {
-            let Some(check) = &route.check else { continue };
-            for b in &route.backends.backends {
-                // The default backend has no name: probe it by its address.
-                let host: Box<str> = match host {
-                    "*" => b.upstream.label().into(),
-                    h => h.trim_start_matches("*.").into(),
-                };
-                let key = (host.clone(), b.upstream.addr());
-                let due = next_due.get(&key).copied().unwrap_or(now);
-                if due <= now {
-                    let (upstream, host, path) =
-                        (b.upstream.clone(), host.clone(), check.path.clone());
-                    let timeout = check.interval.min(Duration::from_secs(5));
-                    tokio::spawn(async move {
-                        let ok = probe(&upstream, &host, &path, timeout).await;
-                        upstream.set_probe(ok);
-                    });
-                    live.insert(key, now + check.interval);
-                } else {
-                    live.insert(key, due);
-                }
-            }
-        }
-        next_due = live;
-    }
 }
