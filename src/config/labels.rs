@@ -11,67 +11,52 @@ use thiserror::Error;
 /// Prefix shared by every label interlock reads.
 pub const PREFIX: &str = "com.docker.lb.";
 
-pub const HOSTS: &str = "com.docker.lb.hosts";
-pub const PORT: &str = "com.docker.lb.port";
-pub const NETWORK: &str = "com.docker.lb.network";
-pub const CONTEXT_ROOT: &str = "com.docker.lb.context_root";
-pub const CONTEXT_ROOT_REWRITE: &str = "com.docker.lb.context_root_rewrite";
-pub const SSL_CERT: &str = "com.docker.lb.ssl_cert";
-pub const SSL_KEY: &str = "com.docker.lb.ssl_key";
-pub const SSL_PASSTHROUGH: &str = "com.docker.lb.ssl_passthrough";
-pub const WEBSOCKET_ENDPOINTS: &str = "com.docker.lb.websocket_endpoints";
-pub const STICKY_SESSION_COOKIE: &str = "com.docker.lb.sticky_session_cookie";
-pub const IP_HASH: &str = "com.docker.lb.ip_hash";
-pub const REDIRECTS: &str = "com.docker.lb.redirects";
-pub const SERVICE_CLUSTER: &str = "com.docker.lb.service_cluster";
-pub const BACKEND_MODE: &str = "com.docker.lb.backend_mode";
-pub const DEFAULT_BACKEND: &str = "com.docker.lb.default_backend";
-pub const MAX_FAILS: &str = "com.docker.lb.max_fails";
-pub const FAIL_TIMEOUT: &str = "com.docker.lb.fail_timeout";
-/// interlock extension: `round_robin` (default) or `least_conn`.
-pub const BALANCE: &str = "com.docker.lb.balance";
-/// interlock extension: relative weight of each of the service's endpoints (1-100).
-pub const WEIGHT: &str = "com.docker.lb.weight";
-/// interlock extension: status of `redirects` (301, 302, 303, 307, 308; default 302).
-pub const REDIRECT_CODE: &str = "com.docker.lb.redirect_code";
-/// interlock extension: `http1` (default) or `h2c` (HTTP/2 cleartext, e.g. gRPC) upstream.
-pub const BACKEND_PROTOCOL: &str = "com.docker.lb.backend_protocol";
-/// interlock extension: active health check path (e.g. `/healthz`).
-pub const HEALTH_PATH: &str = "com.docker.lb.health_path";
-/// interlock extension: active health check interval (default 5s).
-pub const HEALTH_INTERVAL: &str = "com.docker.lb.health_interval";
+/// Declares each label's constant and [`KNOWN`], the list of them all, from one list.
+macro_rules! labels {
+    ($($(#[$doc:meta])* $name:ident = $value:literal;)*) => {
+        $($(#[$doc])* pub const $name: &str = $value;)*
+        /// Every label interlock reads (anything else under [`PREFIX`] is warned about).
+        pub(crate) const KNOWN: &[&str] = &[$($name),*];
+    };
+}
+
+labels! {
+    HOSTS = "com.docker.lb.hosts";
+    PORT = "com.docker.lb.port";
+    NETWORK = "com.docker.lb.network";
+    CONTEXT_ROOT = "com.docker.lb.context_root";
+    CONTEXT_ROOT_REWRITE = "com.docker.lb.context_root_rewrite";
+    SSL_CERT = "com.docker.lb.ssl_cert";
+    SSL_KEY = "com.docker.lb.ssl_key";
+    SSL_PASSTHROUGH = "com.docker.lb.ssl_passthrough";
+    WEBSOCKET_ENDPOINTS = "com.docker.lb.websocket_endpoints";
+    STICKY_SESSION_COOKIE = "com.docker.lb.sticky_session_cookie";
+    IP_HASH = "com.docker.lb.ip_hash";
+    REDIRECTS = "com.docker.lb.redirects";
+    SERVICE_CLUSTER = "com.docker.lb.service_cluster";
+    BACKEND_MODE = "com.docker.lb.backend_mode";
+    DEFAULT_BACKEND = "com.docker.lb.default_backend";
+    MAX_FAILS = "com.docker.lb.max_fails";
+    FAIL_TIMEOUT = "com.docker.lb.fail_timeout";
+    /// interlock extension: `round_robin` (default) or `least_conn`.
+    BALANCE = "com.docker.lb.balance";
+    /// interlock extension: relative weight of each of the service's endpoints (1-100).
+    WEIGHT = "com.docker.lb.weight";
+    /// interlock extension: status of `redirects` (301, 302, 303, 307, 308; default 302).
+    REDIRECT_CODE = "com.docker.lb.redirect_code";
+    /// interlock extension: `http1` (default) or `h2c` (HTTP/2 cleartext, e.g. gRPC) upstream.
+    BACKEND_PROTOCOL = "com.docker.lb.backend_protocol";
+    /// interlock extension: active health check path (e.g. `/healthz`).
+    HEALTH_PATH = "com.docker.lb.health_path";
+    /// interlock extension: active health check interval (default 5s).
+    HEALTH_INTERVAL = "com.docker.lb.health_interval";
+}
 
 /// Labels Interlock documented but never honoured; reported as warnings.
 pub(crate) const UNSUPPORTED: &[&str] = &[
     "com.docker.lb.ssl_only",
     "com.docker.lb.ssl_backend",
     "com.docker.lb.ssl_backend_tls_verify",
-];
-
-pub(crate) const KNOWN: &[&str] = &[
-    HOSTS,
-    PORT,
-    NETWORK,
-    CONTEXT_ROOT,
-    CONTEXT_ROOT_REWRITE,
-    SSL_CERT,
-    SSL_KEY,
-    SSL_PASSTHROUGH,
-    WEBSOCKET_ENDPOINTS,
-    STICKY_SESSION_COOKIE,
-    IP_HASH,
-    REDIRECTS,
-    SERVICE_CLUSTER,
-    BACKEND_MODE,
-    DEFAULT_BACKEND,
-    MAX_FAILS,
-    FAIL_TIMEOUT,
-    BALANCE,
-    WEIGHT,
-    REDIRECT_CODE,
-    BACKEND_PROTOCOL,
-    HEALTH_PATH,
-    HEALTH_INTERVAL,
 ];
 
 /// A label whose value could not be used.

@@ -188,6 +188,20 @@ async fn converge(
     }
 }
 
+/// Network IDs the service's tasks are attached to.
+fn service_networks(s: &bollard::models::Service) -> Vec<String> {
+    let spec = s.spec.as_ref();
+    let from_template = spec
+        .and_then(|s| s.task_template.as_ref())
+        .and_then(|t| t.networks.as_ref());
+    #[allow(deprecated)]
+    let legacy = spec.and_then(|s| s.networks.as_ref());
+    from_template
+        .or(legacy)
+        .map(|n| n.iter().filter_map(|a| a.target.clone()).collect())
+        .unwrap_or_default()
+}
+
 fn stream_ended() -> DockerError {
     DockerError::Api {
         call: "events",

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bollard::models::Service;
 
-use super::swarm::service_networks;
+use super::service_networks;
 use crate::config::labels::{self, LabelError};
 
 /// Per cluster: the proxy services serving it and the network IDs they share with apps.

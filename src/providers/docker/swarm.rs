@@ -19,7 +19,7 @@ use bollard::models::Service;
 use bollard::Docker;
 
 use super::proxies::ProxyServices;
-use super::{api, tasks, DockerError};
+use super::{api, service_networks, tasks, DockerError};
 use crate::config::labels::{self, BackendMode, LabelError};
 use crate::config::{DesiredState, EndpointSpec, ServiceSpec};
 
@@ -119,20 +119,6 @@ fn has_lb_labels(s: &Service) -> bool {
         .as_ref()
         .and_then(|s| s.labels.as_ref())
         .is_some_and(|l| l.keys().any(|k| k.starts_with(labels::PREFIX)))
-}
-
-/// Network IDs the service's tasks are attached to.
-pub(super) fn service_networks(s: &Service) -> Vec<String> {
-    let spec = s.spec.as_ref();
-    let from_template = spec
-        .and_then(|s| s.task_template.as_ref())
-        .and_then(|t| t.networks.as_ref());
-    #[allow(deprecated)]
-    let legacy = spec.and_then(|s| s.networks.as_ref());
-    from_template
-        .or(legacy)
-        .map(|n| n.iter().filter_map(|a| a.target.clone()).collect())
-        .unwrap_or_default()
 }
 
 /// The network whose task IPs are the service's upstreams: `com.docker.lb.network` if set
