@@ -56,7 +56,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
-    while let Some((stream, _)) = crate::proxy::accept(&listener, &mut shutdown).await {
+    while let Some((stream, _)) = crate::accept::next(&listener, &mut shutdown).await {
         let view = view.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {

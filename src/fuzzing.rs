@@ -14,11 +14,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
-use crate::proxy::server::{Head, Parsed};
+use crate::proxy::fast_h1::{Head, Parsed};
 use crate::upstream::h1::{Chunk, Decoded, Framing};
 
 /// Most fields a request head may have on the fast path.
-pub const MAX_REQUEST_FIELDS: usize = crate::proxy::server::MAX_FIELDS;
+pub const MAX_REQUEST_FIELDS: usize = crate::proxy::fast_h1::MAX_FIELDS;
 
 /// The fast path's reading of the bytes at the start of a connection's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct PlainHead {
     pub body_len: u64,
 }
 
-/// `request::Head::parse` of the fast path (`src/proxy/server/request.rs`).
+/// `request::Head::parse` of the fast path (`src/proxy/fast_h1/request.rs`).
 pub fn request_head(buf: &[u8], max_fields: usize) -> RequestHead {
     let mut head = Head::default();
     match head.parse(buf, max_fields) {
@@ -67,7 +67,7 @@ pub fn request_head(buf: &[u8], max_fields: usize) -> RequestHead {
 
 /// `request::may_end_head`: whether a head's end may have come since `from`.
 pub fn may_end_head(buf: &[u8], from: usize) -> bool {
-    crate::proxy::server::may_end_head(buf, from)
+    crate::proxy::fast_h1::may_end_head(buf, from)
 }
 
 /// How a response body is framed (RFC 9112 §6.3), as the upstream client decided.

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! providers (file, docker) -> config::DesiredState -> compile -> routing::RoutingTable
-//!                                                               |  arc-swap (table::TableStore)
+//!                                                               |  arc-swap (routing::TableStore)
 //!                                                               v
 //!   proxy (own HTTP/1.1 server for plain requests; hyper for the rest) -> balance -> upstream (pools, own HTTP/1.1 client; h2c via hyper)
 //! ```
@@ -19,16 +19,18 @@
 //! | module      | owns |
 //! |-------------|------|
 //! | `config`    | the desired-state model, label parsing, proxy settings and their defaults |
-//! | `providers` | sources of desired state: the watched TOML file, Docker, a controller |
-//! | `compile`   | desired state -> immutable routing table, validated per service |
-//! | `routing`   | the routing table and its host/path lookup; the swappable store |
+//! | `providers` | sources of desired state: the watched TOML file, Docker, a controller; starting them and following them as one |
+//! | `compile`   | desired state -> immutable routing table, in named steps (validate, fallback, group, build, reuse, hosts), validated per service |
+//! | `routing`   | the routing table and its host/path lookup; the compile report it carries; the swappable store |
 //! | `balance`   | choosing an endpoint of a route (round robin, least connections) |
 //! | `upstream`  | one backend endpoint: its connection pool and live counters; `upstream::h1`, the HTTP/1.1 client that runs inside the client connection's task |
-//! | `proxy`     | the data plane: listeners, connections, forwarding, upgrades, errors; `proxy::server`, the HTTP/1.1 fast path for plain requests (hyper serves the rest) |
+//! | `proxy`     | the data plane: listeners, connections, forwarding, upgrades, errors; `proxy::fast_h1`, the HTTP/1.1 fast path for plain requests (hyper serves the rest) |
 //! | `wire`      | writing an HTTP/1.1 head and body with vectored writes, both directions |
 //! | `admin`     | the admin listener: `/metrics`, `/healthz`, `/routes` |
 //! | `metrics`   | Prometheus metric families and per-route handles |
-//! | `app`       | wiring of one running instance: provider -> compile -> swap, shutdown |
+//! | `app`       | wiring of one proxying instance: provider -> compile -> swap, listeners, draining |
+//! | `maintenance` | background tasks over the live table: active health probes, closing idle pooled connections |
+//! | `shutdown`  | SIGTERM/SIGINT, the shutdown signal connections watch, the drain tracker |
 //! | `snapshot`  | the per-cluster routing snapshot a controller serves, and the partition |
 //! | `last_good` | each service's last good labels, kept by the controller and the proxies across restarts |
 //! | `controller`| the controller role: versioned snapshots per cluster over mutual TLS |
@@ -37,6 +39,7 @@
 //! | `health`    | `interlock health`: the admin listener's `/healthz` as an exit code (HEALTHCHECK) |
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod balance;

@@ -1,7 +1,7 @@
 //! Writing an HTTP/1.1 message to a socket: a head already encoded, then the body's frames
 //! as they come, framed by length or chunked, with vectored writes (the first frame rides
 //! with the head). Both directions use it: requests to upstreams
-//! ([`crate::upstream::h1`]) and responses to clients ([`crate::proxy::server`]).
+//! ([`crate::upstream::h1`]) and responses to clients ([`crate::proxy::fast_h1`]).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -54,7 +54,7 @@ async fn accept_loop(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut stop = shutdown.clone();
-    while let Some((stream, peer)) = crate::proxy::accept(&listener, &mut stop).await {
+    while let Some((stream, peer)) = crate::accept::next(&listener, &mut stop).await {
         let (acceptor, feeds, metrics, shutdown) = (
             acceptor.clone(),
             feeds.clone(),

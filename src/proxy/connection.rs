@@ -1,4 +1,4 @@
-//! One client connection: plain HTTP/1.1 requests on our fast path (`server/`), then, from
+//! One client connection: plain HTTP/1.1 requests on our fast path (`fast_h1/`), then, from
 //! the first other request on, hyper (HTTP/1.1 or h2c on the same socket); a watchdog for
 //! idle connections and slow request heads, and graceful close on shutdown (both paths
 //! read `Activity::closing`).
@@ -11,10 +11,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -24,14 +23,14 @@ use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::activity::{Activity, InFlight, Monitored};
 use super::body::BoxError;
+use super::fast_h1::End;
 use super::headers::ClientInfo;
-use super::preface::PREFACE as H2_PREFACE;
 use super::rewind::Rewind;
-use super::server::End;
 use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
 
@@ -71,7 +70,8 @@ pub(super) async fn serve<S>(
             async move {
                 // Pinned in place: awaiting a future held by value would store it twice in
                 // this one (hyper moves this future once per request).
-                let resp = std::pin::pin!(super::handler::handle(proxy, client, peer, req)).await?;
+                let resp =
+                    std::pin::pin!(super::hyper_service::handle(proxy, client, peer, req)).await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,
@@ -89,7 +89,7 @@ pub(super) async fn serve<S>(
                 None => return Ok::<(), BoxError>(()),
             }
         } else {
-            match super::server::serve(&proxy, &client, peer, &activity, io).await {
+            match super::fast_h1::serve(&proxy, &client, peer, &activity, io).await {
                 End::Closed => return Ok::<(), BoxError>(()),
                 End::Handoff(io, read) => (io, read),
             }
@@ -247,51 +247,6 @@ impl Wake for Gate {
     }
 }
 
-/// What the idle watchdog reads. A connection makes progress when a request starts or ends,
-/// and when its socket moves bytes while a request is in flight. Traffic with no request in
-/// flight is not progress: otherwise the HTTP/2 keep-alive pings (every 20 s) would keep an
-/// idle h2 connection open forever.
-#[derive(Default)]
-pub(super) struct Activity {
-    progress: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Reads that brought bytes while no request was in flight: the start of a head.
-    head_reads: AtomicU64,
-    /// `head_reads` when a request last started or ended: more since is a pending head.
-    heads_at_boundary: AtomicU64,
-    /// The client spoke HTTP/2 (its preface), whose frames between requests are no heads.
-    h2: AtomicBool,
-    /// Shutting down or idle too long: finish what is in flight, start nothing new.
-    pub(super) closing: AtomicBool,
-}
-
-impl Activity {
-    fn mark_boundary(&self) {
-        let heads = self.head_reads.load(Ordering::Relaxed);
-        self.heads_at_boundary.store(heads, Ordering::Relaxed);
-    }
-}
-
-/// Marks one request in flight on its connection until dropped.
-pub(super) struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    pub(super) fn start(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.progress.fetch_add(1, Ordering::Relaxed);
-        activity.mark_boundary();
-        InFlight(activity)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.progress.fetch_add(1, Ordering::Relaxed);
-        self.0.mark_boundary();
-    }
-}
-
 /// A response body that keeps its request in flight until hyper is done with it.
 struct Tracked {
     body: ProxyBody,
@@ -315,92 +270,5 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// A stream that reports its successful reads and writes to the idle watchdog.
-struct Monitored<S> {
-    inner: S,
-    activity: Arc<Activity>,
-    first_read: bool,
-}
-
-impl<S> Monitored<S> {
-    fn touch(&self) {
-        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
-            self.activity.progress.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A read brought `bytes`: progress of a request in flight, or part of a next head.
-    fn read(&mut self, bytes: &[u8]) {
-        if self.first_read {
-            self.first_read = false;
-            let n = bytes.len().min(H2_PREFACE.len());
-            if bytes[..n] == H2_PREFACE[..n] {
-                self.activity.h2.store(true, Ordering::Relaxed);
-            }
-        }
-        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
-            self.activity.progress.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.activity.head_reads.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Monitored<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let filled = &buf.filled()[before..];
-            if !filled.is_empty() {
-                self.read(filled);
-            }
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Monitored<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if res.is_ready() {
-            self.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if res.is_ready() {
-            self.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use thiserror::Error;
 
-use crate::upstream::ConnectError;
+use crate::upstream::{ClientBodyError, ConnectError};
 
 /// A failed request, with the status it maps to.
 #[derive(Debug, Error)]
@@ -102,5 +102,33 @@ impl From<ConnectError> for ProxyError {
             ConnectError::Refused(_) => ProxyError::Refused(e),
             _ => ProxyError::Connect(e),
         }
+    }
+}
+
+impl From<ClientBodyError> for ProxyError {
+    /// The client's body failed while it was sent upstream: 400, 408 or 413, never a 502.
+    fn from(e: ClientBodyError) -> Self {
+        match e {
+            ClientBodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+            ClientBodyError::Stalled(after) => ProxyError::BodyStalled(after),
+            ClientBodyError::Broken(e) => ProxyError::ClientBody(e),
+        }
+    }
+}
+
+impl ProxyError {
+    /// hyper's error for a request sent to an h2c endpoint. hyper reports a failure of the
+    /// request body (ours: [`crate::upstream::UpstreamBody`]) as a user error caused by that
+    /// body's error: the client's fault (see the `From<ClientBodyError>` above). Anything
+    /// else is the upstream's, handed back.
+    pub fn from_send_error(e: hyper::Error) -> Result<ProxyError, hyper::Error> {
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<ClientBodyError>());
+        let body = match cause.filter(|_| e.is_user()) {
+            None => return Err(e),
+            Some(ClientBodyError::Broken(_)) => return Ok(ProxyError::ClientBody(e)),
+            Some(ClientBodyError::TooLarge(limit)) => ClientBodyError::TooLarge(*limit),
+            Some(ClientBodyError::Stalled(after)) => ClientBodyError::Stalled(*after),
+        };
+        Ok(body.into())
     }
 }

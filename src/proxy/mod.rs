@@ -1,24 +1,40 @@
 //! The data plane: accepting client connections and forwarding their requests.
 //!
-//! Lifecycle of a client connection (see `connection.rs`): accept -> plain HTTP/1.1
-//! requests on our own server (`server/`), until the first request that is not plain
-//! hands the connection to hyper (HTTP/1.1 and h2c, auto-detected) -> for each request,
-//! `handler.rs` loads the live table once, resolves a route and an endpoint, forwards
-//! through the endpoint's pool and streams the answer back
-//! -> an upgrade (websocket) becomes a tunnel task (`upgrade.rs`) that outlives the HTTP
-//! connection and every table swap -> idle timeout or shutdown closes the connection
-//! gracefully, letting in-flight requests finish.
+//! Lifecycle of a client connection (`connection.rs`): accepted (`crate::accept`; TLS
+//! first goes through `tls.rs`: SNI passthrough or termination) -> the front-ends, each
+//! a way of reading requests off the socket:
+//!   - `fast_h1/`: plain HTTP/1.1 requests, parsed in place, until the first request
+//!     that is not plain hands the connection, with its unread bytes, to
+//!   - `hyper_service.rs`: hyper's HTTP/1.1 and HTTP/2 (h2c auto-detected; after ALPN
+//!     `h2`, `preface.rs` checks the preface first);
+//!   - `upgrade.rs`: a websocket (or other upgrade) becomes a tunnel task that outlives
+//!     the HTTP connection and every table swap;
+//!
+//! -> every request goes through the one forwarding core, `forward.rs` (one table load,
+//! route, endpoint, retries, failure accounting) -> what interlock answers itself is made
+//! in `answer.rs`, from the one error type in `error.rs` -> idle timeout or shutdown closes
+//! the connection gracefully, letting in-flight requests finish (`activity.rs` is what the
+//! watchdog reads).
+//!
+//! Beside them: `headers.rs` (field rules both ways), `body.rs` (response bodies),
+//! `rewind.rs` (a stream replaying bytes already read), `misbehaviour.rs` (HTTP/2 clients
+//! closed for breaking the protocol), `delegate.rs` (one `AsyncWrite` pass-through).
 
+#[macro_use]
+mod delegate;
+mod activity;
+mod answer;
 mod body;
 mod connection;
 pub mod error;
-mod handler;
+mod forward;
 pub mod headers;
+mod hyper_service;
 mod misbehaviour;
 mod preface;
 mod rewind;
 // `pub(crate)`: the request-head reader is fuzzed (crate::fuzzing).
-pub(crate) mod server;
+pub(crate) mod fast_h1;
 mod tls;
 mod upgrade;
 
@@ -35,34 +51,6 @@ use crate::config::settings::ProxySettings;
 use crate::metrics::Metrics;
 use crate::routing::TableStore;
 use crate::shutdown::{Shutdown, Tracker};
-
-/// The next accepted connection (with `TCP_NODELAY`), or `None` once `shutdown` fires.
-/// Accept errors (out of file descriptors and the like) are retried with backoff: the
-/// listener neither spins nor dies.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    shutdown: &mut Shutdown,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait() => return None,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
 
 /// Shared state of the data plane (one per listener scheme).
 pub struct Proxy {
@@ -115,7 +103,7 @@ impl Proxy {
     /// Accepts connections until `shutdown` fires, then stops accepting; connections drain
     /// on their own (see [`Proxy::drain`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
-        while let Some((stream, peer)) = accept(&listener, &mut shutdown).await {
+        while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
             let guard = self.tracker.track();
             tokio::spawn(connection::serve(
                 self.clone(),

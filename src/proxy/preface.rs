@@ -11,7 +11,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::connection::Activity;
+use super::activity::Activity;
 
 /// What an HTTP/2 client sends first.
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

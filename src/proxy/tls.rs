@@ -30,7 +30,7 @@ impl Proxy {
         mut shutdown: Shutdown,
     ) {
         let acceptor = TlsAcceptor::from(tls.config.clone());
-        while let Some((stream, peer)) = super::accept(&listener, &mut shutdown).await {
+        while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
             let guard = self.tracker.track();
             let proxy = self.clone();
             let acceptor = acceptor.clone();

@@ -32,13 +32,14 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::connection::{Activity, InFlight};
+use super::activity::{Activity, InFlight};
+use super::answer;
 use super::error::ProxyError;
-use super::handler::{self, H1Request};
+use super::forward::{self, H1Request};
 use super::headers::{self, ClientInfo};
 use super::{Proxy, ProxyBody};
 use crate::config::labels::BackendProtocol;
-use crate::upstream::h1::{Outcome, RequestFraming, ResponseHead};
+use crate::upstream::h1::{Outcome, Outgoing, RequestFraming, ResponseHead};
 use crate::upstream::UpstreamBody;
 use crate::wire::Sender;
 pub(crate) use request::{Head, Parsed};
@@ -110,7 +111,7 @@ where
         let mut service = None;
         let plan = if stalled {
             let e = ProxyError::BodyStalled(settings.body_read_timeout);
-            Plan::Answer(handler::error_response(&e))
+            Plan::Answer(answer::error(&e))
         } else {
             plan(proxy, client, peer, &head, &buf)
         };
@@ -127,12 +128,12 @@ where
                 buf.advance(head.len);
                 if head.body_len > 0 {
                     let body = buf.split_to(head.body_len as usize).freeze();
-                    req.body = Some(UpstreamBody::Buffered(Some(body)));
+                    req.out.body = Some(UpstreamBody::Buffered(Some(body)));
                 }
                 if access.is_some() {
                     service = Some(backend.service.clone());
                 }
-                match std::pin::pin!(handler::forward_h1(proxy, &route, backend, req)).await {
+                match std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await {
                     Ok((Outcome::Response(head, body), active, backend)) => {
                         let elapsed = start.elapsed().as_secs_f64();
                         backend.metrics.record(head.status.as_u16(), elapsed);
@@ -140,9 +141,9 @@ where
                     }
                     // Not asked for: the client refuses an unasked 101.
                     Ok((Outcome::Upgraded(..), _, _)) => {
-                        made(handler::error_response(&ProxyError::UpgradeRefused))
+                        made(answer::error(&ProxyError::UpgradeRefused))
                     }
-                    Err((e, backend)) => made(handler::failed(&route, &backend, &e, start)),
+                    Err((e, backend)) => made(forward::failed(&route, &backend, &e, start)),
                 }
             }
         };
@@ -163,7 +164,7 @@ where
         let sent = poll_fn(|cx| sender.poll_send(&mut io, cx)).await;
         drop(sender);
         if let Some((method, path)) = access {
-            handler::log_access(peer, &method, &path, status, service.as_deref(), start);
+            forward::log_access(peer, &method, &path, status, service.as_deref(), start);
         }
         drop(in_flight);
         if let Err(e) = sent {
@@ -330,7 +331,7 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
     let (Some(method), Some(target)) = (text(&head.method), text(&head.target)) else {
         return Plan::Handoff;
     };
-    let route = match handler::resolve(proxy, host, target) {
+    let route = match forward::resolve(proxy, host, target) {
         Ok(route) => route,
         Err(answer) => return Plan::Answer(*answer),
     };
@@ -345,8 +346,8 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
     let cookies = fields()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
         .map(|(_, v)| v);
-    let Some(backend) = handler::pick(&route, cookies, peer.ip()) else {
-        return Plan::Answer(handler::error_response(&ProxyError::NoEndpoint));
+    let Some(backend) = forward::pick(&route, cookies, peer.ip()) else {
+        return Plan::Answer(answer::error(&ProxyError::NoEndpoint));
     };
     let framing = RequestFraming::of(head.body_len == 0, Some(head.body_len));
     let upstream_head = headers::upstream_head(
@@ -361,12 +362,14 @@ fn plan(proxy: &Proxy, client: &ClientInfo, peer: SocketAddr, head: &Head, buf: 
     );
     // The body (read whole) is the caller's to attach.
     let req = H1Request {
-        head: upstream_head,
-        body: None,
-        framing,
-        replayable: handler::is_idempotent(method) && head.body_len == 0,
-        head_request: method == "HEAD",
-        upgrade: false,
+        out: Outgoing {
+            head: upstream_head,
+            body: None,
+            framing,
+            head_request: method == "HEAD",
+            upgrade: false,
+        },
+        replayable: forward::is_idempotent(method) && head.body_len == 0,
     };
     Plan::Forward(route, backend, req)
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{response, H1Conn, H1Error, MAX_HEADERS};
+use super::{H1Conn, H1Error, MAX_HEADERS};
 use crate::upstream::Upstream;
 use crate::upstream::UpstreamBody;
 use crate::wire::{SendError, Sender};
@@ -115,7 +115,7 @@ impl Chunk {
                         }
                         Ok(httparse::Status::Partial) => return Ok(None),
                         Ok(httparse::Status::Complete((n, fields))) => {
-                            let map = response::trailers(fields)?;
+                            let map = trailers(fields)?;
                             buf.advance(n);
                             *self = Chunk::Done;
                             return Ok(Some(Decoded::Trailers(map)));
@@ -304,6 +304,19 @@ impl Body for ResponseBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// Response trailers (chunked body), as a field map.
+fn trailers(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, H1Error> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| H1Error::Chunk("trailer field name"))?;
+        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(f.value))
+            .map_err(|_| H1Error::Chunk("trailer field value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -244,19 +244,6 @@ pub fn parse_length(digits: &[u8]) -> Option<u64> {
     )
 }
 
-/// Response trailers (chunked body), as a field map.
-pub(super) fn trailers(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, H1Error> {
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| H1Error::Chunk("trailer field name"))?;
-        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(f.value))
-            .map_err(|_| H1Error::Chunk("trailer field value"))?;
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
