@@ -178,12 +178,7 @@ async fn cursor_and_pooled_connections_survive_table_swaps() {
 #[tokio::test]
 async fn removed_endpoint_has_its_idle_connections_closed() {
     let [a, b, _] = three().await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[a.endpoint(), b.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[a.endpoint(), b.endpoint()]).await;
     let c = client();
     for _ in 0..4 {
         assert_eq!(get(&c, &proxy, "app.local", "/").await.status, 200);
@@ -244,12 +239,7 @@ async fn connection_in_use_by_a_removed_endpoint_finishes_then_closes() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[slow.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[slow.endpoint()]).await;
     let c = client();
     let pending = {
         let c = c.clone();

@@ -136,12 +136,7 @@ async fn upgrade_h2c_is_not_forwarded_and_the_request_is_served_as_http1() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     for upgrade in ["h2c", "H2C", "websocket, h2c"] {
         let req = format!(
             "GET /u HTTP/1.1\r\nHost: app.local\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
@@ -328,12 +323,7 @@ async fn trailer_backend(log: Arc<Mutex<Vec<String>>>) -> RawBackend {
 async fn forbidden_trailer_fields_are_dropped_both_ways() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let backend = trailer_backend(log.clone()).await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let out = exchange(
         proxy.addr,
         b"POST /t HTTP/1.1\r\nHost: app.local\r\nTE: trailers\r\nConnection: close\r\n\
@@ -395,12 +385,7 @@ async fn forbidden_trailer_fields_from_an_upstream_never_reach_a_fast_path_clien
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let out = exchange(
         proxy.addr,
         b"GET /t HTTP/1.1\r\nHost: app.local\r\nTE: trailers\r\nConnection: close\r\n\r\n",
@@ -431,12 +416,7 @@ async fn an_unknown_coding_is_501_and_chunked_twice_is_400() {
     // chunked may be applied only once (400). Both close the connection: the smuggled
     // request after the body never reaches the backend.
     let rec = Recorder::start(Framing::Strict, |_| (ok_response("rec"), false)).await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[rec.backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for (te, want) in [
         ("Transfer-Encoding: identity, chunked", 501),
         ("Transfer-Encoding: gzip, chunked", 501),

@@ -14,10 +14,6 @@ use hyper::body::Incoming;
 use interlock::config::settings::ProxySettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn app(endpoints: &[interlock::config::EndpointSpec]) -> interlock::config::DesiredState {
-    state(vec![host_service("app", "app.local", endpoints)])
-}
-
 fn assert_text_plain(r: &Fetched) {
     assert!(
         r.header("content-type")
@@ -44,7 +40,7 @@ async fn no_route_is_503_with_a_text_body() {
 
 #[tokio::test]
 async fn route_without_endpoints_is_503() {
-    let proxy = TestProxy::start(&app(&[])).await;
+    let proxy = TestProxy::app(&[]).await;
     let r = get(&client(), &proxy, "app.local", "/").await;
     assert_eq!(r.status, 503);
     assert_text_plain(&r);
@@ -53,7 +49,7 @@ async fn route_without_endpoints_is_503() {
 
 #[tokio::test]
 async fn refused_upstream_is_502_with_a_readable_body() {
-    let proxy = TestProxy::start(&app(&[dead_endpoint()])).await;
+    let proxy = TestProxy::app(&[dead_endpoint()]).await;
     let c = client();
     for method in ["GET", "POST"] {
         let r = send(
@@ -90,7 +86,7 @@ async fn refused_upstream_is_502_with_a_readable_body() {
 #[tokio::test]
 async fn refused_endpoint_is_retried_on_another_endpoint() {
     let live = TestBackend::named("live").await;
-    let proxy = TestProxy::start(&app(&[dead_endpoint(), live.endpoint()])).await;
+    let proxy = TestProxy::app(&[dead_endpoint(), live.endpoint()]).await;
     let c = client();
     for _ in 0..6 {
         // POST too: a refused connect sent nothing, so any method may move on.
@@ -313,7 +309,7 @@ async fn too_many_header_fields_is_431() {
 #[tokio::test]
 async fn invalid_or_missing_host_is_400() {
     let backend = TestBackend::named("app").await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     for head in [
         "GET / HTTP/1.1\r\nHost: evil/..\r\nConnection: close\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",

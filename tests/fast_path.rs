@@ -14,13 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use interlock::config::settings::ProxySettings;
-use interlock::config::{DesiredState, EndpointSpec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn app(endpoints: &[EndpointSpec]) -> DesiredState {
-    state(vec![host_service("app", "app.local", endpoints)])
-}
 
 // ---------------------------------------------------------------------------------------
 // A scripted backend that records what it gets, and a raw client connection.
@@ -187,7 +182,7 @@ fn ok(r: &RawResponse, body: &str) {
 #[tokio::test]
 async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connection() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/one")).await;
     ok(&r, "/one");
@@ -216,7 +211,7 @@ async fn a_plain_get_then_a_post_with_a_body_then_a_get_are_served_on_one_connec
 #[tokio::test]
 async fn a_post_with_a_body_then_plain_gets_are_served_on_one_connection() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     ok(
         &c.request(chunked_post_req("/one", "hello")).await,
@@ -242,7 +237,7 @@ async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
     // A head that comes in pieces is parsed again only once an empty line may have come:
     // every split of the final CRLF CRLF must still end the head.
     let backend = scripted().await;
-    let proxy = TestProxy::start(&app(&[backend.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     for round in 0..2 {
         for b in get_req("/length").bytes() {
@@ -258,7 +253,7 @@ async fn a_head_dripped_a_byte_at_a_time_is_served_on_the_fast_path() {
 #[tokio::test]
 async fn small_bodies_are_read_whole_and_forwarded_on_the_fast_path() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     // With its head, then after it in a later write, then at the limit (16 KiB).
     ok(&c.request(post_req("/one", "hello")).await, "/one:hello");
@@ -314,7 +309,7 @@ async fn a_small_body_that_stalls_gets_408_and_the_connection_closes() {
 #[tokio::test]
 async fn plain_gets_pipelined_in_one_write_are_answered_in_order() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let paths = ["/p0", "/p1", "/p2", "/p3", "/p4"];
     c.send(paths.iter().map(|p| get_req(p)).collect::<String>())
@@ -334,7 +329,7 @@ async fn plain_gets_pipelined_in_one_write_are_answered_in_order() {
 #[tokio::test]
 async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_to_hyper() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     // All of it in one write: the GET is ours, the POST (head and body) was read with it
     // and must be replayed to hyper whole.
@@ -389,7 +384,7 @@ async fn a_plain_get_pipelined_with_a_post_in_one_write_hands_the_buffered_post_
 #[tokio::test]
 async fn an_upstream_length_body_reaches_the_client_with_its_length() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
         let r = c.request(get_req("/length")).await;
@@ -410,7 +405,7 @@ async fn an_upstream_length_body_reaches_the_client_with_its_length() {
 #[tokio::test]
 async fn an_upstream_chunked_body_reaches_the_client_chunked() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
         let r = c.request(get_req("/chunked")).await;
@@ -430,7 +425,7 @@ async fn an_upstream_chunked_body_reaches_the_client_chunked() {
 #[tokio::test]
 async fn a_close_delimited_upstream_body_is_chunked_to_the_client_and_the_connection_stays() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     for _ in 0..2 {
         let r = c.request(get_req("/close")).await;
@@ -447,7 +442,7 @@ async fn a_close_delimited_upstream_body_is_chunked_to_the_client_and_the_connec
 #[tokio::test]
 async fn a_head_answer_keeps_its_length_sends_no_body_and_the_connection_stays() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     // Pipelined: any body byte after the HEAD answer would garble the GET's answer.
     c.send(
@@ -467,7 +462,7 @@ async fn a_head_answer_keeps_its_length_sends_no_body_and_the_connection_stays()
 #[tokio::test]
 async fn no_content_and_not_modified_answers_have_no_body() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     c.send(get_req("/204") + &get_req("/304") + &get_req("/next"))
         .await;
@@ -492,7 +487,7 @@ async fn no_content_and_not_modified_answers_have_no_body() {
 #[tokio::test]
 async fn trailers_reach_a_client_that_sent_te_trailers() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c
         .request("GET /trailers HTTP/1.1\r\nHost: app.local\r\nX-Probe: 1\r\nTE: trailers\r\n\r\n")
@@ -507,7 +502,7 @@ async fn trailers_reach_a_client_that_sent_te_trailers() {
 #[tokio::test]
 async fn trailers_are_dropped_for_a_client_without_te_trailers_and_the_body_still_ends() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/trailers")).await;
     ok(&r, "hello world");
@@ -523,7 +518,7 @@ async fn trailers_are_dropped_for_a_client_without_te_trailers_and_the_body_stil
 #[tokio::test]
 async fn date_is_added_when_the_upstream_sent_none_and_never_doubled() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/length")).await;
     let dates = r.headers("date");
@@ -549,7 +544,7 @@ async fn date_is_added_when_the_upstream_sent_none_and_never_doubled() {
 #[tokio::test]
 async fn a_client_connection_close_gets_connection_close_and_the_proxy_closes() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     for field in ["Connection: close", "connection: Keep-Alive, CLOSE"] {
         let mut c = Conn::open(&proxy).await;
         ok(&c.request(get_req("/first")).await, "/first");
@@ -580,7 +575,7 @@ async fn a_client_connection_close_gets_connection_close_and_the_proxy_closes() 
 #[tokio::test]
 async fn hop_by_hop_response_fields_from_the_backend_do_not_reach_the_client() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c.request(get_req("/hop")).await;
     ok(&r, "ok");
@@ -597,7 +592,7 @@ async fn hop_by_hop_response_fields_from_the_backend_do_not_reach_the_client() {
 #[tokio::test]
 async fn hop_by_hop_request_fields_are_dropped_and_forwarding_fields_added_with_names_as_sent() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     let r = c
         .request(
@@ -721,7 +716,7 @@ async fn redirect_and_no_route_answers_keep_the_connection_alive() {
 #[tokio::test]
 async fn a_host_with_non_ascii_bytes_is_400_and_the_proxy_goes_on() {
     let be = scripted().await;
-    let proxy = TestProxy::start(&app(&[be.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[be.backend.endpoint()]).await;
     for host in [&b"app.l\xc3\xa9cal"[..], b"\xff\xfe", b"app.local\x80"] {
         let mut c = Conn::open(&proxy).await;
         let mut req = b"GET / HTTP/1.1\r\nHost: ".to_vec();
@@ -770,7 +765,7 @@ async fn a_plain_request_in_flight_at_shutdown_completes_with_connection_close()
         }
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let mut c = Conn::open(&proxy).await;
     c.send(get_req("/slow")).await;
     bounded("request at the backend", 10, arrived.notified()).await;

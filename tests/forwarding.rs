@@ -37,12 +37,7 @@ async fn header_names_backend() -> TestBackend {
 #[tokio::test]
 async fn http1_and_h2c_share_the_listener() {
     let backend = header_names_backend().await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
 
     let h1 = client()
         .request(
@@ -100,12 +95,7 @@ async fn h2c_over(proxy: &TestProxy, authority: &str, path: &str) -> Response<By
 #[tokio::test]
 async fn forwarding_headers_are_added_and_host_preserved() {
     let backend = TestBackend::named("app").await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
 
     let r = send(
@@ -150,12 +140,7 @@ async fn forwarding_headers_are_added_and_host_preserved() {
 #[tokio::test]
 async fn hop_by_hop_request_headers_are_stripped() {
     let backend = header_names_backend().await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     let r = send(
         &c,
@@ -227,12 +212,7 @@ async fn hop_by_hop_response_headers_are_stripped() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     for c in [client(), h2c_client()] {
         let r = get(&c, &proxy, "app.local", "/").await;
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
@@ -287,12 +267,7 @@ async fn streams_a_64_mib_upload() {
         Response::new(Full::new(Bytes::from(format!("{total} {frames}"))))
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let (tx, body) = body_channel(8);
     let producer = tokio::spawn(async move {
         for i in 0..CHUNKS {
@@ -336,12 +311,7 @@ async fn streams_a_64_mib_download() {
         Response::new(body.boxed())
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let resp = bounded(
         "download head",
         30,
@@ -409,12 +379,7 @@ async fn request_and_response_bodies_stream_without_buffering() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
 
     let (tx, body) = body_channel(1);
     let c = stream_client();
@@ -458,12 +423,7 @@ async fn request_and_response_bodies_stream_without_buffering() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let backend = TestBackend::named("app").await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let (h1, h2) = (client(), h2c_client());
     for i in 0..10 {
         let c = if i % 2 == 0 { &h1 } else { &h2 };
@@ -520,12 +480,7 @@ async fn stale_pooled_connection_closed_by_backend_is_not_used() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     for i in 0..3 {
         let r = get(&c, &proxy, "app.local", "/").await;
@@ -543,12 +498,7 @@ async fn idempotent_request_is_retried_once_when_a_reused_connection_dies() {
     // connection just as it is reused. Later connections answer normally.
     let seen: Seen = Arc::default();
     let backend = dies_on_second_request(seen.clone()).await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     let r = get(&c, &proxy, "app.local", "/a").await;
     assert_eq!((r.status, r.text().as_str()), (200, "conn0"));
@@ -575,12 +525,7 @@ async fn post_is_not_replayed_after_it_was_sent() {
     // Same backend as above: the reused connection reads the POST completely, then closes.
     let seen: Seen = Arc::default();
     let backend = dies_on_second_request(seen.clone()).await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     let r = get(&c, &proxy, "app.local", "/warm").await;
     assert_eq!((r.status, r.text().as_str()), (200, "conn0"));
@@ -614,12 +559,7 @@ async fn expect_100_continue_is_honoured_through_the_proxy() {
         Response::new(Full::new(Bytes::from(format!("got {}", body.len()))))
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(
@@ -661,12 +601,7 @@ async fn head_and_bodiless_responses_keep_the_upstream_connection() {
         resp
     })
     .await;
-    let proxy = TestProxy::start(&state(vec![host_service(
-        "app",
-        "app.local",
-        &[backend.endpoint()],
-    )]))
-    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     for _ in 0..3 {
         let r = send(

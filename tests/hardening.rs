@@ -17,13 +17,8 @@ use std::time::Duration;
 use common::h2frames::{frame, h2_get, read_frames};
 use common::*;
 use interlock::config::settings::ProxySettings;
-use interlock::config::{DesiredState, EndpointSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn app(endpoints: &[EndpointSpec]) -> DesiredState {
-    state(vec![host_service("app", "app.local", endpoints)])
-}
 
 /// A [`Recorder`] with strict framing that answers `200 rec`, and closes on anything it
 /// cannot frame (recorded as a request line `UNFRAMED`).
@@ -91,7 +86,7 @@ async fn still_serves(proxy: &TestProxy) {
 /// the backend received before that normal one.
 async fn smuggle(case: &str) -> (String, Vec<RawRequest>) {
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     let out = bounded(case, 8, exchange(&proxy, case.as_bytes())).await;
     still_serves(&proxy).await;
     let reqs = rec.requests();
@@ -300,7 +295,7 @@ async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
     // A client's broken body must not count as an upstream failure: otherwise any client
     // could get healthy endpoints ejected by passive health checks.
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for _ in 0..5 {
         let out = exchange(
             &proxy,
@@ -319,7 +314,7 @@ async fn pipelined_requests_reach_the_backend_one_by_one() {
     // Two pipelined requests on one connection are two requests, each framed by the
     // proxy; the second is never glued to the first's body.
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     let out = exchange(
         &proxy,
         b"POST /one HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello\
@@ -546,7 +541,7 @@ async fn extension_methods_are_forwarded_as_is_and_trace_is_refused() {
     // is an extension method, not GET. TRACE is answered 405 by the proxy (it would echo
     // cookies and credentials back to a script: cross-site tracing), as nginx does.
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for m in ["FOO", "PROPFIND", "PATCH", "M-SEARCH", "get"] {
         let out = exchange(
             &proxy,
@@ -618,7 +613,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
 async fn invalid_method_tokens_are_400() {
     // httparse: a method with a non-token byte is `Error::Token` -> hyper 400 and close.
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for m in ["G(T", "GE\"T", "G@T", "GET\x01", "G\x7fT", "GÉT", "G/T"] {
         let out = exchange(
             &proxy,
@@ -641,7 +636,7 @@ async fn connect_is_refused_not_tunnelled() {
     // routed by Host like any request, so `Host: app.local` forwarded a CONNECT to the
     // backend; hyper treats a 2xx to CONNECT as the start of a tunnel.)
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     let target = rec.backend.addr;
     for head in [
         format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
@@ -669,7 +664,7 @@ async fn connect_is_refused_not_tunnelled() {
 #[tokio::test]
 async fn h2c_connect_is_refused() {
     let backend = TestBackend::named("app").await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let (mut tx, _conn) = h2c_connect(proxy.addr).await;
     let req = http::Request::builder()
         .method("CONNECT")
@@ -694,7 +689,7 @@ async fn missing_duplicate_or_garbage_host_is_400() {
     // host check); control characters are invalid field values for httparse (400 from
     // hyper). A name with a bad port is looked up as is and matches no route: 503.
     let rec = recorder().await;
-    let proxy = TestProxy::start(&app(&[rec.backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     let long = "a".repeat(300);
     let longer = "a".repeat(10_000);
     let cases: Vec<(String, u16)> = vec![
@@ -813,7 +808,7 @@ async fn upstream_closing_mid_body_truncates_the_client_response() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n")
         .await
@@ -844,7 +839,7 @@ async fn upstream_closing_mid_chunked_body_truncates_the_client_response() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     let resp = c
         .request(
@@ -872,7 +867,7 @@ async fn post_unanswered_is_502(end: fn(TcpStream)) {
         end(s);
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let out = exchange(
         &proxy,
         b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
@@ -903,7 +898,7 @@ async fn upstream_garbage_status_line_is_502() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         })
         .await;
-        let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+        let proxy = TestProxy::app(&[backend.endpoint()]).await;
         let out = exchange(
             &proxy,
             b"GET / HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
@@ -940,7 +935,7 @@ async fn upstream_reset_mid_body_truncates_and_is_not_pooled() {
         reset(s);
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let out = exchange(&proxy, b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(out.split_once("\r\n\r\n").unwrap().1, "0123456789");
@@ -958,7 +953,7 @@ async fn h2c_connection_specific_fields_reset_the_stream_only() {
     // crate resets that stream (RST_STREAM PROTOCOL_ERROR) before hyper sees it; the
     // connection goes on and the next stream is served.
     let backend = TestBackend::named("app").await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, 0, 0, &[]));

@@ -14,15 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use interlock::config::{DesiredState, EndpointSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Request heads (lower-cased) and the body bytes exactly as they arrived.
 type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-fn app(endpoints: &[EndpointSpec]) -> DesiredState {
-    state(vec![host_service("app", "app.local", endpoints)])
-}
 
 /// A backend that answers every request on every connection with `answer` (raw bytes),
 /// then keeps reading (keep-alive) unless `close_after` says so.
@@ -63,7 +58,7 @@ async fn interim_answers_are_skipped_and_the_connection_is_reused() {
         false,
     )
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     for _ in 0..3 {
         let r = get_app(&proxy).await;
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
@@ -81,7 +76,7 @@ async fn close_delimited_body_streams_whole_and_is_never_pooled() {
         true,
     )
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     for _ in 0..2 {
         let r = get_app(&proxy).await;
         assert_eq!((r.status, r.text().as_str()), (200, "until the end"));
@@ -97,7 +92,7 @@ async fn chunked_body_and_trailers_pass_and_the_connection_is_reused() {
         false,
     )
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     // HTTP/1.1 client: the body, re-chunked by the proxy.
     for _ in 0..2 {
         let r = get_app(&proxy).await;
@@ -139,7 +134,7 @@ async fn head_answers_and_no_content_have_no_body_and_are_reused() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     let head = http::Request::head(proxy.url("/"))
         .header("host", "app.local")
@@ -175,7 +170,7 @@ async fn an_answer_before_the_body_reaches_the_client_and_blames_no_one() {
         while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let (tx, body) = body_channel(4);
     let feeder = tokio::spawn(async move {
         for _ in 0..64 {
@@ -219,7 +214,7 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_even_for_a_post() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let c = client();
     for i in 0..3 {
         let post = http::Request::post(proxy.url("/"))
@@ -260,7 +255,7 @@ async fn invalid_answers_are_502_and_the_proxy_recovers() {
             }
         })
         .await;
-        let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+        let proxy = TestProxy::app(&[backend.endpoint()]).await;
         let what = String::from_utf8_lossy(answer);
         let r = get_app(&proxy).await;
         assert_eq!(r.status, 502, "{what}");
@@ -283,7 +278,7 @@ async fn oversized_answer_head_is_502() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     assert_eq!(get_app(&proxy).await.status, 502);
 }
 
@@ -297,7 +292,7 @@ async fn answers_that_leave_the_connection_unclear_are_not_pooled() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     ] {
         let backend = scripted(answer, false).await;
-        let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+        let proxy = TestProxy::app(&[backend.endpoint()]).await;
         let what = String::from_utf8_lossy(answer);
         for _ in 0..2 {
             let r = get_app(&proxy).await;
@@ -353,7 +348,7 @@ async fn request_bodies_are_framed_by_the_proxy() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&app(&[backend.endpoint()])).await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let requests: [&[u8]; 3] = [
         // Chunked from the client, length unknown: chunked upstream.
         b"POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",

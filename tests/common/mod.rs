@@ -171,6 +171,11 @@ pub fn state(services: Vec<ServiceSpec>) -> DesiredState {
     DesiredState { services }
 }
 
+/// The usual table of a test: one service `app` for `app.local`.
+pub fn app(endpoints: &[EndpointSpec]) -> DesiredState {
+    state(vec![host_service("app", "app.local", endpoints)])
+}
+
 /// A running in-process proxy.
 pub struct TestProxy {
     pub addr: SocketAddr,
@@ -183,6 +188,11 @@ pub struct TestProxy {
 impl TestProxy {
     pub async fn start(state: &DesiredState) -> TestProxy {
         Self::with_settings(state, ProxySettings::default()).await
+    }
+
+    /// A proxy serving [`app`]: one service `app` for `app.local` on `endpoints`.
+    pub async fn app(endpoints: &[EndpointSpec]) -> TestProxy {
+        Self::start(&app(endpoints)).await
     }
 
     pub async fn with_settings(state: &DesiredState, settings: ProxySettings) -> TestProxy {
