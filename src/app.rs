@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, Part};
 use crate::providers::{self, ProviderConfig, Providers};
 use crate::proxy::Proxy;
 use crate::routing::{RoutingTable, TableStore};
-use crate::shutdown;
+use crate::shutdown::{self, Shutdown};
 use crate::tls::TlsState;
 
 /// Turns desired states into live tables.
@@ -179,6 +179,35 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     // This instance serves traffic (the controller, which does not, never exports these).
     metrics.export(Part::Traffic);
+    // 1. The applier, with the last good labels and the certificates it keeps in step.
+    let (applier, tls) = applier(&cfg, &metrics)?;
+    // 2. The providers. Their first states make a first table (partial until every
+    //    provider has reported: not serving yet).
+    let providers = providers::start(&cfg.providers, &metrics).await?;
+    applier.apply(&providers.merged());
+    // 3. Background tasks: certificate files, health probes, idle pools, and following
+    //    the providers.
+    background(&cfg, &applier, tls.as_ref());
+    tokio::spawn(follow(applier.clone(), providers));
+    // 4. Listeners: traffic (plain, then TLS) and admin.
+    let (trigger, shutdown) = shutdown::channel();
+    let proxies = listen(&cfg, &applier, tls.as_ref(), &metrics, &shutdown).await?;
+    if let Some(addr) = cfg.admin {
+        crate::admin::start(addr, applier.clone(), metrics.clone(), shutdown.clone()).await?;
+    }
+    // 5. Until SIGTERM/SIGINT; then drain.
+    shutdown::wait_for_signal().await;
+    tracing::info!(drain_timeout = ?cfg.settings.drain_timeout, "shutting down: draining connections");
+    trigger.trigger();
+    drain(&proxies).await;
+    Ok(())
+}
+
+/// The instance's applier, and its TLS state when it serves TLS.
+fn applier(
+    cfg: &RunConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<Applier>, Option<Arc<TlsState>>)> {
     let mut applier = Applier::new(
         metrics.clone(),
         CompileOptions {
@@ -201,10 +230,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         applier = applier.with_tls(tls.clone());
         Some(tls)
     };
-    let applier = Arc::new(applier);
-    let providers = providers::start(&cfg.providers, &metrics).await?;
-    applier.apply(&providers.merged());
-    if let Some(tls) = &tls {
+    Ok((Arc::new(applier), tls))
+}
+
+/// Spawns the tasks that follow the live table and the certificate files.
+fn background(cfg: &RunConfig, applier: &Applier, tls: Option<&Arc<TlsState>>) {
+    if let Some(tls) = tls {
         // Certificate files renewed in place are picked up at the services file's interval
         // (the proxy role, which has none, checks every second).
         let every = match cfg.providers.watch_interval {
@@ -218,9 +249,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         applier.store.clone(),
         cfg.settings.pool_idle_timeout,
     ));
-    tokio::spawn(follow(applier.clone(), providers));
+}
 
-    let (trigger, shutdown) = shutdown::channel();
+/// Binds and serves the traffic listeners; returns the proxies to drain.
+async fn listen(
+    cfg: &RunConfig,
+    applier: &Applier,
+    tls: Option<&Arc<TlsState>>,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<Arc<Proxy>>> {
     let proxy = Proxy::new(
         applier.store.clone(),
         cfg.settings.clone(),
@@ -235,7 +273,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
     }
     let mut proxies = vec![proxy.clone()];
-    if let Some(tls) = &tls {
+    if let Some(tls) = tls {
         let https = Proxy::new(
             applier.store.clone(),
             ProxySettings {
@@ -258,15 +296,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         proxies.push(https);
     }
-    if let Some(addr) = cfg.admin {
-        crate::admin::start(addr, applier.clone(), metrics.clone(), shutdown.clone()).await?;
-    }
+    Ok(proxies)
+}
 
-    shutdown::wait_for_signal().await;
-    tracing::info!(drain_timeout = ?cfg.settings.drain_timeout, "shutting down: draining connections");
-    trigger.trigger();
+/// Lets in-flight requests and tunnels finish, at most the drain timeout.
+async fn drain(proxies: &[Arc<Proxy>]) {
     let mut left = 0;
-    for p in &proxies {
+    for p in proxies {
         left += p.drain().await;
     }
     if left > 0 {
@@ -277,7 +313,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     } else {
         tracing::info!("drained");
     }
-    Ok(())
 }
 
 /// Applies the merged state whenever any provider publishes a new one, once every
