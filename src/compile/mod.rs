@@ -7,11 +7,11 @@
 //! no other service is affected. Endpoints, pools and round-robin cursors of the previous
 //! table are reused, so a swap loses no balancing state or warm connection.
 //!
-//! The steps, one file each: [`validate`] each service (its labels in force: [`fallback`];
-//! its addresses: [`endpoints`]), [`group`] the routed ones by (host, context root),
-//! [`build`] the routes on what [`reuse`] takes over from the previous table, and gather
-//! them into virtual [`hosts`]. The report types the table carries are
-//! [`crate::routing`]'s.
+//! The steps, one file each: `validate.rs` each service on its own (its labels in force:
+//! `fallback.rs`; its addresses: `endpoints.rs`), `group.rs` the routed ones by (host,
+//! context root), `build.rs` the routes on what `reuse.rs` takes over from the previous
+//! table, and gather them into virtual hosts (`hosts.rs`). The report types the table
+//! carries are [`crate::routing`]'s.
 
 mod build;
 mod endpoints;
