@@ -42,23 +42,33 @@ fuzz_target!(|data: &[u8]| {
     if let RequestHead::Plain(h) = &whole {
         check_plain(buf, h);
     }
-    // The pieces: sizes 1..=16 from the seed's bits, cycling.
-    let step = |i: usize| 1 + ((seed as usize).rotate_left(i as u32 % 8) % 16);
+    // The pieces: sizes 1..=32 from the seed's bits, cycling.
+    let step = |i: usize| 1 + ((seed as usize).rotate_left(i as u32 % 8) % 32);
     let mut end = 0;
     let mut scanned: Option<usize> = None;
     let mut decided = None;
     let mut i = 0;
+    // A complete head stays complete as bytes come, so the last piece of a run that
+    // `may_end_head` skipped is the one to check.
+    let mut skipped: Option<usize> = None;
+    let hid = |at: usize| {
+        let part = &buf[..at];
+        assert!(
+            !matches!(request_head(part, MAX_FIELDS), RequestHead::Plain(_)),
+            "may_end_head hid a complete head: {part:?}"
+        );
+    };
     while end < buf.len() {
         end = (end + step(i)).min(buf.len());
         i += 1;
         let part = &buf[..end];
         let may = scanned.is_none_or(|from| may_end_head(part, from));
         if !may {
-            assert!(
-                !matches!(request_head(part, MAX_FIELDS), RequestHead::Plain(_)),
-                "may_end_head hid a complete head: {part:?}"
-            );
+            skipped = Some(end);
             continue;
+        }
+        if let Some(at) = skipped.take() {
+            hid(at);
         }
         match request_head(part, MAX_FIELDS) {
             RequestHead::Partial => scanned = Some(end),
@@ -67,6 +77,9 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
+    }
+    if let Some(at) = skipped {
+        hid(at);
     }
     match decided {
         Some(RequestHead::Plain(h)) => {
