@@ -6,7 +6,7 @@
 #   1. installs, when missing: curl (tests/tls.rs), procps for `kill` (tests/process.rs),
 #      iproute2 and util-linux for the multi-node bed's network namespaces
 #      (tests/multinode.rs), Python's grpcio (tests/grpc.rs: a real gRPC client and server);
-#   2. cargo fmt --check, cargo clippy --all-targets -- -D warnings;
+#   2. cargo fmt --check, cargo clippy --workspace --all-targets -- -D warnings;
 #   3. cargo test (extra arguments are passed on, e.g. `scripts/test.sh --test process`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +38,8 @@ rustc --version
 echo "==> cargo fmt --check"
 cargo fmt --check
 
-echo "==> cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> cargo test $*"
 cargo test "$@"

@@ -1,7 +1,7 @@
 //! Load balancing through a real proxy: round robin, least connections, and balancing
 //! state (cursors, pools) across table swaps.
 
-mod common;
+use interlock_testkit as common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

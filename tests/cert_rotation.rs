@@ -7,7 +7,7 @@
 //! once its files appear; the expiry gauge follows every swap, for services and for the
 //! default certificate, and leaves with its host.
 
-mod common;
+use interlock_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! provider, so no Docker is needed) and `proxy` processes per service cluster, talking
 //! over mutual TLS on 127.0.0.1.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

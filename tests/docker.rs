@@ -9,7 +9,7 @@
 //! INTERLOCK_SKIP_DOCKER=1 marks these tests ignored (build.rs) on a machine without Docker;
 //! they fail otherwise, never pass silently.
 
-mod common;
+use interlock_testkit as common;
 
 use common::engine::{
     backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image,

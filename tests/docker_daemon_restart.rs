@@ -1,6 +1,6 @@
 //! A Docker daemon killed (SIGKILL) and started again under a running controller and proxy.
 //!
-//! The daemon is one this test starts itself: a one-node bed of tests/common/multinode.rs
+//! The daemon is one this test starts itself: a one-node bed of testkit/src/multinode.rs
 //! (tests/multinode/bed.sh), a private dockerd with its own data root, exec root, pid file,
 //! socket, containerd namespace and cgroup parent, in a network namespace of its own, all
 //! removed on drop (also on panic). The machine's own Docker Engine is never used: DOCKER_HOST
@@ -20,7 +20,7 @@
 //! INTERLOCK_SKIP_DOCKER=1 marks the test ignored (build.rs); a machine that cannot host the
 //! bed (root, ip, nsenter, unshare, dockerd) fails it.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::engine::{backend_image, run_backend_container};
 use common::free_port;
 use common::multinode::{missing_tools, probe, Bed, BedNode, Load};
-use common::node::{eventually, Node, Scratch, BIN};
+use common::node::{eventually, Node, Scratch};
 
 const BACKEND_IMAGE: &str = "interlock-test/backend:restart";
 /// The daemon's user-defined bridge network the backends are on.
@@ -39,7 +39,7 @@ const PROXY_ADMIN_PORT: u16 = 9090;
 
 /// An `interlock` process in the node's network namespace (`nsenter --net`), killed on drop.
 async fn start_in_netns(node: &BedNode, name: &str, args: &[String], admin: SocketAddr) -> Node {
-    let mut cmd = node.command_in_netns(BIN);
+    let mut cmd = node.command_in_netns(common::node::bin());
     cmd.args(args);
     Node::spawn_command(name, cmd, admin).ready().await
 }

@@ -7,7 +7,7 @@
 //! 5. a transfer coding other than `chunked` is 501, `chunked` twice 400;
 //! 6. HTTP/2 reset floods are counted and logged sparingly, not one WARN each.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

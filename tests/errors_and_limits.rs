@@ -1,7 +1,7 @@
 //! Failures and limits through a real proxy: the answers clients get when there is no
 //! route, the upstream fails or is slow, and when clients send too much or too slowly.
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! Which path served a request shows upstream: the fast path writes the client's field
 //! names as they came (`X-Probe`), hyper's path from its field map (`x-probe`).
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

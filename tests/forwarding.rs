@@ -1,7 +1,7 @@
 //! Forwarding through a real proxy: protocols, forwarding and hop-by-hop headers, streaming
 //! bodies, upstream keep-alive and the retry rules for stale pooled connections.
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! h2c client, interlock, an h2c backend (`backend_protocol=h2c`). Unary and streaming
 //! calls, an error status and custom trailing metadata: trailers must survive both hops.
 
-mod common;
+use interlock_testkit as common;
 
 use common::{free_port, Proc};
 use std::io::{BufRead, BufReader};

@@ -8,7 +8,7 @@
 //! interlock's own upstream client (src/upstream/h1), so the backend sees the proxy's
 //! framing, never the client's.
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -2,18 +2,18 @@
 //! serves (a proxy once it has a table from its controller or its state file), 1 otherwise,
 //! and quickly when nothing answers.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::free_port;
-use common::node::{eventually, Node, Scratch, BIN};
+use common::node::{eventually, Node, Scratch};
 
 /// `interlock health ARGS` with `env`: (exit code, stdout, stderr).
 fn health(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(common::node::bin())
         .arg("health")
         .args(args)
         .env_remove("INTERLOCK_ADMIN")

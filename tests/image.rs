@@ -3,7 +3,7 @@
 //! BuildKit, and `interlock certs` runs from the image exactly as docs/swarm.md shows it, as
 //! the caller's user. INTERLOCK_SKIP_DOCKER=1 marks the Docker parts ignored.
 
-mod common;
+use interlock_testkit as common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! examples/swarm/stack.yml on a real multi-node swarm started by the test itself
-//! (tests/common/multinode.rs): 3 managers and 2 workers, each a private Docker daemon in a
+//! (testkit/src/multinode.rs): 3 managers and 2 workers, each a private Docker daemon in a
 //! network namespace of its own. The controller runs on manager 1, prod's proxies on both
 //! workers (node labels, host-mode published ports), and the backends only on workers, so no
 //! manager has a task on the apps network.
@@ -11,7 +11,7 @@
 //! INTERLOCK_SKIP_MULTINODE=1 mark it ignored (build.rs); on a machine that cannot host the bed
 //! it fails.
 
-mod common;
+use interlock_testkit as common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -177,7 +177,7 @@ fn load_at(addr: SocketAddr, max_time: Duration) -> Load {
 
 fn deploy(bed: Bed) -> World {
     let manager = bed.manager().clone();
-    // The image helpers of tests/common/engine.rs use the `docker` CLI of this process's
+    // The image helpers of testkit/src/engine.rs use the `docker` CLI of this process's
     // environment: point it at node 1 (never the machine's own engine), then copy the images
     // to the other nodes. Nothing is pulled.
     std::env::set_var("DOCKER_HOST", &manager.host);

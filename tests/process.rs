@@ -1,7 +1,7 @@
 //! The real `interlock` binary as an operator runs it: a services file on disk, real
 //! backends on 127.0.0.1, signals, the admin listener and the log on stderr.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::node::{eventually, http, metric_value, parse_response, Node, BIN};
+use common::node::{eventually, http, metric_value, parse_response, Node};
 use common::{free_port, TestBackend};
 use http::Response;
 use http_body_util::{BodyExt, Full};
@@ -192,7 +192,7 @@ async fn hot_reload_adds_a_host_and_survives_an_invalid_file() {
 }
 
 fn check(config: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(common::node::bin())
         .arg("check")
         .arg("--config")
         .arg(config)

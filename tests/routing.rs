@@ -1,6 +1,6 @@
 //! Routing through a real proxy: hosts, wildcards, context roots, redirects, default backend.
 
-mod common;
+use interlock_testkit as common;
 
 use common::*;
 

@@ -21,7 +21,7 @@
 //!
 //! `cargo test --test soak -- --nocapture` (about 80 s with the defaults).
 
-mod common;
+use interlock_testkit as common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

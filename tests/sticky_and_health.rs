@@ -1,7 +1,7 @@
 //! Sticky sessions (`sticky_session_cookie`, `ip_hash`) and passive health (`max_fails`,
 //! `fail_timeout`) through a real proxy.
 
-mod common;
+use interlock_testkit as common;
 
 use bytes::Bytes;
 use common::*;

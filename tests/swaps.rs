@@ -1,6 +1,6 @@
 //! Table swaps under load, and per-service isolation of bad labels.
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! manager (the stack's variables), and the proxies publish in host mode (the ingress mesh
 //! needs IPVS, which this kernel lacks; see docs/testing.md). INTERLOCK_SKIP_DOCKER=1 marks it ignored.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::Path;

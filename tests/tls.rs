@@ -3,7 +3,7 @@
 //! certificates changed without a restart, passthrough by SNI to a TLS backend,
 //! HTTP -> HTTPS redirects, and a streamed answer over HTTP/1.1 TLS.
 
-mod common;
+use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! what the client gets and how many upstream connections the backend saw (a connection
 //! reused when it must not be would show up as one too few).
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Websockets through a real proxy: the upgrade, echo through the tunnel, and tunnels that
 //! outlive table swaps and the removal of their own route.
 
-mod common;
+use interlock_testkit as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

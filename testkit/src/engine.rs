@@ -31,16 +31,13 @@ pub fn docker_quiet(args: &[&str]) {
 }
 
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_interlock"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    super::node::bin().parent().unwrap().to_path_buf()
 }
 
 /// `docker/rootfs.sh`: what the image is made of, as the Dockerfile builds it too:
 /// `out/rootfs` (the root file system) and `out/state` (its /var/lib/interlock).
 pub fn rootfs(binary: &Path, out: &Path, name: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/rootfs.sh");
+    let script = super::repo().join("docker/rootfs.sh");
     let st = Command::new(script)
         .arg(binary)
         .arg(out)
@@ -142,7 +139,7 @@ pub fn build_image(tag: &str, binary: &Path) {
     ));
     let _ = std::fs::remove_dir_all(&ctx);
     rootfs(binary, &ctx, "interlock");
-    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prebuilt.Dockerfile");
+    let dockerfile = super::repo().join("docker/prebuilt.Dockerfile");
     let build = |buildkit: &str, tag: &str| -> Result<(), String> {
         let mut errors = Vec::new();
         for cli in ["docker", "/usr/bin/docker"] {

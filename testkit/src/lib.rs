@@ -1,6 +1,12 @@
-//! Shared test harness: real backends and a real proxy on 127.0.0.1 ephemeral ports, run
-//! in-process so tests can swap tables directly.
-#![allow(dead_code)]
+//! The harness of interlock's integration tests (`tests/`, which `use interlock_testkit as
+//! common;`): real backends and a real proxy on 127.0.0.1 ephemeral ports, run in-process
+//! so tests can swap tables directly; the binary as child processes (`node`), raw HTTP/2
+//! frames (`h2frames`), private Docker daemons (`engine`, `multinode`).
+
+/// The repository's root (where Cargo.toml, docker/ and tests/ are).
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 pub mod engine;
 pub mod h2frames;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 const FAMILY: &str = "ilmn";
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multinode/bed.sh")
+    super::repo().join("tests/multinode/bed.sh")
 }
 
 /// Runs bed.sh; panics with its output on failure.

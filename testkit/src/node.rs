@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,25 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_interlock");
+/// The `interlock` binary cargo built for the integration tests: beside the test
+/// executable's `deps/` folder (`target/<profile>/interlock`).
+pub fn bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let bin = profile.join("interlock");
+        assert!(
+            bin.is_file(),
+            "{} is missing: run the tests with cargo test",
+            bin.display()
+        );
+        bin
+    })
+}
 
 /// A running `interlock` process, killed on drop; its stderr is collected line by line
 /// and printed if the test fails.
@@ -44,7 +62,7 @@ impl Node {
 
     /// Spawns without waiting; `env` is added to the child's environment.
     pub fn spawn(name: &str, args: &[String], admin: SocketAddr, env: &[(&str, &str)]) -> Node {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(args).envs(env.iter().copied());
         Self::spawn_command(name, cmd, admin)
     }
@@ -259,7 +277,7 @@ impl Scratch {
     /// `interlock certs` into this directory: the controller's certificate for `names`, a
     /// client certificate per cluster (`""`: the default cluster).
     pub fn issue_certs(&self, names: &[&str], clusters: &[&str]) {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["certs", "--out"]).arg(&self.0);
         for n in names {
             cmd.args(["--controller-name", n]);
