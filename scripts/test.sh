@@ -6,7 +6,8 @@
 #   1. installs, when missing: curl (tests/tls.rs), procps for `kill` (tests/process.rs),
 #      iproute2 and util-linux for the multi-node bed's network namespaces
 #      (tests/multinode.rs), Python's grpcio (tests/grpc.rs: a real gRPC client and server);
-#   2. cargo fmt --check, cargo clippy --workspace --all-targets -- -D warnings;
+#   2. cargo fmt --check, no import cycles between modules or a module's files
+#      (scripts/import-cycles.py), cargo clippy --workspace --all-targets -- -D warnings;
 #   3. cargo test (extra arguments are passed on, e.g. `scripts/test.sh --test process`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ rustc --version
 
 echo "==> cargo fmt --check"
 cargo fmt --check
+
+echo "==> no import cycles (scripts/import-cycles.py)"
+python3 scripts/import-cycles.py
 
 echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

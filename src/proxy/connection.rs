@@ -84,7 +84,7 @@ pub(super) async fn serve<S>(
     let conn = async {
         let (io, read) = if h2 {
             let mut io = io;
-            match super::preface::expect(&activity, &mut io).await {
+            match super::preface::expect(&activity.closing, &mut io).await {
                 Some(read) => (io, read),
                 None => return Ok::<(), BoxError>(()),
             }

@@ -5,13 +5,11 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-
-use super::activity::Activity;
 
 /// What an HTTP/2 client sends first.
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -25,9 +23,10 @@ expected the HTTP/2 connection preface";
 
 /// Reads the client's first bytes: `Some` with what was read (the preface at least, for
 /// hyper's HTTP/2 server to read again) when they start with the preface; `None` when the
-/// connection closed, or was refused because they do not.
+/// connection closed, or was refused because they do not, or `closing` was set
+/// (shutdown, idle too long).
 pub(super) async fn expect<S: AsyncRead + AsyncWrite + Unpin>(
-    activity: &Activity,
+    closing: &AtomicBool,
     io: &mut S,
 ) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(PREFACE.len() * 2);
@@ -43,7 +42,7 @@ pub(super) async fn expect<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let read = poll_fn(|cx| {
             // Shutting down or idle for too long: nothing more is read.
-            if activity.closing.load(Ordering::Relaxed) {
+            if closing.load(Ordering::Relaxed) {
                 return Poll::Ready(Ok(0));
             }
             tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
