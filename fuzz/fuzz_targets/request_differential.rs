@@ -1,5 +1,5 @@
 //! Differential: the same bytes read by the fast path's request-head reader
-//! (`src/proxy/server/request.rs`), by httparse directly, and by hyper's HTTP/1.1 server
+//! (`src/proxy/fast_h1/request.rs`), by httparse directly, and by hyper's HTTP/1.1 server
 //! (configured as interlock configures it, driven in memory).
 //!
 //! Asserts: whenever the fast path says `Plain` (it serves the request itself), httparse

@@ -1,5 +1,5 @@
-//! The fast path's request-head reader (`src/proxy/server/request.rs`), used as
-//! `read_head` (`src/proxy/server/mod.rs`) uses it: the bytes arrive in pieces, and a
+//! The fast path's request-head reader (`src/proxy/fast_h1/request.rs`), used as
+//! `read_head` (`src/proxy/fast_h1/mod.rs`) uses it: the bytes arrive in pieces, and a
 //! piece is parsed only when `may_end_head` says a head's end may have come.
 //!
 //! Asserts: never a panic; `may_end_head` never hides a complete plain head (when it says
