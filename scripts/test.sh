@@ -8,7 +8,10 @@
 #      (tests/multinode.rs), Python's grpcio (tests/grpc.rs: a real gRPC client and server);
 #   2. cargo fmt --check, no import cycles between modules or a module's files
 #      (scripts/import-cycles.py), cargo clippy --workspace --all-targets -- -D warnings;
-#   3. cargo test (extra arguments are passed on, e.g. `scripts/test.sh --test process`).
+#   3. cargo test, and beside it, at the lowest CPU priority, the fuzz smoke
+#      (scripts/fuzz-smoke.sh: every fuzz target on its seeds plus a few seconds; it installs
+#      cargo-fuzz from crates.io when missing). With arguments, only `cargo test ARGS`
+#      (e.g. `scripts/test.sh --test process`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +48,35 @@ python3 scripts/import-cycles.py
 echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> cargo test $*"
-cargo test "$@"
+if [ "$#" -gt 0 ]; then
+    echo "==> cargo test $*"
+    cargo test "$@"
+    exit 0
+fi
+
+# The whole suite: the fuzz smoke (scripts/fuzz-smoke.sh: builds every fuzz target, runs
+# each on its seeds plus a few seconds) runs beside the tests at the lowest CPU priority. Most
+# of the suite's time is spent waiting on Docker daemons, which the fuzz build fills; the
+# tests keep the CPU whenever they want it.
+echo "==> cargo test --no-run"
+cargo test --no-run
+fuzz_log=$(mktemp)
+echo "==> fuzz smoke (scripts/fuzz-smoke.sh) beside the tests, at nice 19"
+setsid nice -n 19 ./scripts/fuzz-smoke.sh >"$fuzz_log" 2>&1 </dev/null &
+fuzz_pid=$!
+# Stops the smoke (its whole process group) if the tests fail first.
+trap '[ -z "$fuzz_pid" ] || kill -- -"$fuzz_pid" 2>/dev/null || true; rm -f "$fuzz_log"' EXIT
+
+echo "==> cargo test"
+cargo test
+
+echo "==> fuzz smoke: waiting for it"
+if wait "$fuzz_pid"; then
+    fuzz_pid=
+    grep '^fuzz-smoke:' "$fuzz_log"
+else
+    fuzz_pid=
+    cat "$fuzz_log"
+    echo "==> fuzz smoke FAILED"
+    exit 1
+fi
