@@ -389,3 +389,32 @@ async fn request_bodies_are_framed_by_the_proxy() {
         assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
     }
 }
+
+#[tokio::test]
+async fn a_head_dripped_byte_by_byte_is_read_whole_and_the_connection_reused() {
+    // The upstream client parses a head again only once its end may have come: whatever
+    // piece holds the blank line (here: every byte its own write), the head is found, with
+    // an interim answer before it, and the connection stays reusable.
+    let answer: &'static [u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+        HTTP/1.1 200 OK\r\ncontent-length: 7\r\nx-one: 1\r\nx-two: 2\n\r\ndripped";
+    let backend = RawBackend::start(move |mut s, _| async move {
+        let _ = s.set_nodelay(true);
+        let mut buf = Vec::new();
+        while read_request(&mut s, &mut buf).await.is_some() {
+            for b in answer {
+                if s.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
+    for _ in 0..2 {
+        let r = get_app(&proxy).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "dripped"));
+        assert_eq!(r.header("x-two"), Some("2"));
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}

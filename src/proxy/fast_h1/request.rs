@@ -116,20 +116,7 @@ impl Head {
     }
 }
 
-/// True when `buf`, scanned before up to `from`, may now hold the end of a head: an empty
-/// line (`\n\n` or `\n\r\n`, as httparse accepts) in the bytes that came since.
-pub(crate) fn may_end_head(buf: &[u8], from: usize) -> bool {
-    let start = from.saturating_sub(2);
-    let tail = buf.get(start..).unwrap_or_default();
-    tail.iter().enumerate().any(|(i, &b)| {
-        b == b'\n'
-            && match tail.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
-    })
-}
+pub(crate) use crate::upstream::h1::may_end_head;
 
 /// Longest request target hyper takes (it answers 414 past it): the same limit here.
 const MAX_TARGET: usize = u16::MAX as usize - 1;

@@ -20,7 +20,7 @@ mod response;
 
 pub use body::ResponseBody;
 pub use request::{HeadWriter, RequestFraming};
-pub use response::{parse_length, ResponseHead};
+pub use response::{may_end_head, parse_length, ResponseHead};
 
 #[doc(hidden)]
 pub(crate) use body::{length_data, Chunk, Decoded, Framing};
@@ -75,6 +75,9 @@ pub struct H1Conn {
     rbuf: BytesMut,
     /// How much room the next read asks for.
     read_size: usize,
+    /// Bytes of `rbuf` parsed without finding a whole response head (0: none yet). The
+    /// head is parsed again only once its end may have come since (see `poll_head`).
+    head_scanned: usize,
 }
 
 /// The end of a successful exchange.
@@ -115,6 +118,7 @@ impl H1Conn {
             io,
             rbuf: BytesMut::new(),
             read_size: FIRST_READ,
+            head_scanned: 0,
         }
     }
 

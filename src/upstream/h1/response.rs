@@ -72,13 +72,20 @@ pub(super) fn poll_head(
     head_request: bool,
 ) -> Poll<Result<Head, H1Error>> {
     loop {
-        if !conn.rbuf.is_empty() {
+        // A buffer parsed before without a whole head is parsed again only once its end may
+        // have come: an upstream dripping a large head byte by byte costs one scan of it,
+        // not one parse per byte.
+        let scanned = conn.head_scanned;
+        let may_be_whole = scanned == 0 || may_end_head(&conn.rbuf, scanned);
+        if !conn.rbuf.is_empty() && may_be_whole {
             if let Some(head) = parse(conn, head_request)? {
+                conn.head_scanned = 0;
                 return Poll::Ready(Ok(head));
             }
-            if conn.rbuf.len() >= MAX_HEAD_BYTES {
-                return Poll::Ready(Err(H1Error::HeadTooLarge));
-            }
+            conn.head_scanned = conn.rbuf.len();
+        }
+        if conn.rbuf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(H1Error::HeadTooLarge));
         }
         let had = conn.rbuf.len();
         match ready!(conn.poll_fill(cx)) {
@@ -92,6 +99,21 @@ pub(super) fn poll_head(
             Err(e) => return Poll::Ready(Err(H1Error::Io(e))),
         }
     }
+}
+
+/// True when `buf`, scanned before up to `from`, may now hold the end of a head: an empty
+/// line (`\n\n` or `\n\r\n`, as httparse accepts) in the bytes that came since.
+pub fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..).unwrap_or_default();
+    tail.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match tail.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// Where one field's name and value lie in the head: `[name start, name end, value start,
