@@ -76,7 +76,7 @@ pub struct H1Conn {
     /// How much room the next read asks for.
     read_size: usize,
     /// Bytes of `rbuf` parsed without finding a whole response head (0: none yet). The
-    /// head is parsed again only once its end may have come since (see `poll_head`).
+    /// head is parsed again only once a line has ended since (see `poll_head`).
     head_scanned: usize,
 }
 

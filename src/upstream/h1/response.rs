@@ -72,11 +72,15 @@ pub(super) fn poll_head(
     head_request: bool,
 ) -> Poll<Result<Head, H1Error>> {
     loop {
-        // A buffer parsed before without a whole head is parsed again only once its end may
-        // have come: an upstream dripping a large head byte by byte costs one scan of it,
-        // not one parse per byte.
+        // A buffer parsed before without a whole head is parsed again only once a line has
+        // ended since: an upstream dripping a large head byte by byte costs one parse per
+        // line, not one per byte, and a malformed line is still refused as soon as it ends.
         let scanned = conn.head_scanned;
-        let may_be_whole = scanned == 0 || may_end_head(&conn.rbuf, scanned);
+        let may_be_whole = scanned == 0
+            || conn
+                .rbuf
+                .get(scanned..)
+                .is_some_and(|new| new.contains(&b'\n'));
         if !conn.rbuf.is_empty() && may_be_whole {
             if let Some(head) = parse(conn, head_request)? {
                 conn.head_scanned = 0;
