@@ -22,24 +22,6 @@ use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Sends `bytes` on a fresh connection, returns all that came back until the proxy closed
-/// it (at most 5 s).
-async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(bytes).await;
-    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    assert!(closed.is_some(), "connection left open after: {out}");
-    out
-}
-
-fn status_of(out: &str) -> u16 {
-    out.strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. HTTP/2 :authority.
 // ---------------------------------------------------------------------------------------

@@ -242,16 +242,6 @@ async fn busy_connection_is_not_closed_by_idle_timeout() {
     assert_eq!((r.status, r.text().as_str()), (200, "slow"));
 }
 
-/// Sends `head` on a fresh connection and returns what came back before the close.
-async fn exchange(proxy: &TestProxy, head: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    // The proxy may close before reading everything; a failed write is fine.
-    let _ = s.write_all(head).await;
-    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
-    assert!(closed.is_some(), "connection left open");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn oversized_request_head_is_431() {
     let backend = TestBackend::named("app").await;
@@ -265,14 +255,14 @@ async fn oversized_request_head_is_431() {
         "GET / HTTP/1.1\r\nHost: app.local\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(8 * 1024)
     );
-    let out = exchange(&proxy, ok.as_bytes()).await;
+    let out = exchange(proxy.addr, ok.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // Above it: hyper answers 431 and closes.
     let big = format!(
         "GET / HTTP/1.1\r\nHost: app.local\r\nX-Big: {}\r\n\r\n",
         "a".repeat(32 * 1024)
     );
-    let out = exchange(&proxy, big.as_bytes()).await;
+    let out = exchange(proxy.addr, big.as_bytes()).await;
     assert!(
         out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
         "{out}"
@@ -296,9 +286,9 @@ async fn too_many_header_fields_is_431() {
         h.push_str("\r\n");
         h
     };
-    let out = exchange(&proxy, head(10).as_bytes()).await;
+    let out = exchange(proxy.addr, head(10).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let out = exchange(&proxy, head(30).as_bytes()).await;
+    let out = exchange(proxy.addr, head(30).as_bytes()).await;
     assert!(
         out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
         "{out}"
@@ -316,7 +306,7 @@ async fn invalid_or_missing_host_is_400() {
         "GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
         "GET / HTTP/1.0\r\n\r\n",
     ] {
-        let out = exchange(&proxy, head.as_bytes()).await;
+        let out = exchange(proxy.addr, head.as_bytes()).await;
         assert!(
             out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.0 400"),
             "{head:?}: {out}"

@@ -37,27 +37,6 @@ async fn recorder() -> Recorder {
 // Raw client helpers.
 // ---------------------------------------------------------------------------------------
 
-/// Sends `bytes` on a fresh connection and returns everything read until the proxy closed
-/// it. Fails the test if the proxy leaves the connection open for 5 s.
-async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    // The proxy may close before it read everything: a failed write is fine.
-    let _ = s.write_all(bytes).await;
-    let (out, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    assert!(closed.is_some(), "connection left open after: {out}");
-    out
-}
-
-/// The status code of the first response in `out` (0 when there is none).
-fn status_of(out: &str) -> u16 {
-    out.strip_prefix("HTTP/1.1 ")
-        .or_else(|| out.strip_prefix("HTTP/1.0 "))
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// How many responses `out` holds.
 fn responses(out: &str) -> usize {
     out.matches("HTTP/1.1 ").count()
@@ -69,7 +48,7 @@ async fn still_serves(proxy: &TestProxy) {
         "follow-up request",
         5,
         exchange(
-            proxy,
+            proxy.addr,
             b"GET /after HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
         ),
     )
@@ -87,7 +66,7 @@ async fn still_serves(proxy: &TestProxy) {
 async fn smuggle(case: &str) -> (String, Vec<RawRequest>) {
     let rec = recorder().await;
     let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
-    let out = bounded(case, 8, exchange(&proxy, case.as_bytes())).await;
+    let out = bounded(case, 8, exchange(proxy.addr, case.as_bytes())).await;
     still_serves(&proxy).await;
     let reqs = rec.requests();
     // Whatever happened, the backend never saw a request it could not frame, nor the
@@ -298,7 +277,7 @@ async fn bad_chunk_from_a_client_is_not_blamed_on_the_backend() {
     let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for _ in 0..5 {
         let out = exchange(
-            &proxy,
+            proxy.addr,
             b"POST /a HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         )
         .await;
@@ -316,7 +295,7 @@ async fn pipelined_requests_reach_the_backend_one_by_one() {
     let rec = recorder().await;
     let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"POST /one HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello\
           GET /two HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
     )
@@ -476,18 +455,18 @@ async fn long_request_line_is_a_4xx_and_a_clean_close() {
         "GET /{} HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
         "a".repeat(60 * 1024)
     );
-    assert_eq!(status_of(&exchange(&proxy, ok.as_bytes()).await), 200);
+    assert_eq!(status_of(&exchange(proxy.addr, ok.as_bytes()).await), 200);
     // A URI over hyper's limit that fits in the head buffer: 414 URI Too Long.
     let long = format!(
         "GET /{} HTTP/1.1\r\nHost: app.local\r\n\r\n",
         "a".repeat(70 * 1024)
     );
-    let out = exchange(&proxy, long.as_bytes()).await;
+    let out = exchange(proxy.addr, long.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 414 URI Too Long"), "{out}");
     // A request line longer than the whole head buffer, never finished: hyper gives up
     // when the buffer is full, answers 431 and closes.
     let huge = format!("GET /{}", "a".repeat(200 * 1024));
-    let out = exchange(&proxy, huge.as_bytes()).await;
+    let out = exchange(proxy.addr, huge.as_bytes()).await;
     assert!(
         out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
         "{out}"
@@ -497,7 +476,7 @@ async fn long_request_line_is_a_4xx_and_a_clean_close() {
         "GET / HTTP/1.1\r\nHost: app.local\r\nX-Long: {}",
         "a".repeat(200 * 1024)
     );
-    let out = exchange(&proxy, huge.as_bytes()).await;
+    let out = exchange(proxy.addr, huge.as_bytes()).await;
     assert!(
         out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
         "{out}"
@@ -544,14 +523,14 @@ async fn extension_methods_are_forwarded_as_is_and_trace_is_refused() {
     let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for m in ["FOO", "PROPFIND", "PATCH", "M-SEARCH", "get"] {
         let out = exchange(
-            &proxy,
+            proxy.addr,
             format!("{m} /x HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await;
         assert_eq!(status_of(&out), 200, "{m}: {out}");
     }
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"TRACE /x HTTP/1.1\r\nHost: app.local\r\nCookie: secret=1\r\n\r\n",
     )
     .await;
@@ -579,7 +558,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
     let proxy = TestProxy::with_settings(&app(&[rec.backend.endpoint()]), settings).await;
     // Declared too large: refused before any upstream is involved, connection closed.
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"POST /x HTTP/1.1\r\nHost: app.local\r\nContent-Length: 1001\r\n\r\n",
     )
     .await;
@@ -592,7 +571,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
     // At the limit: forwarded.
     let body = "a".repeat(1000);
     let out = exchange(
-        &proxy,
+        proxy.addr,
         format!("POST /x HTTP/1.1\r\nHost: app.local\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{body}").as_bytes(),
     )
     .await;
@@ -600,7 +579,7 @@ async fn bodies_over_the_limit_get_413_and_never_blame_the_backend() {
     // Chunked, crossing the limit mid-stream: 413, and the backend is not blamed.
     let chunk = "b".repeat(600);
     let out = exchange(
-        &proxy,
+        proxy.addr,
         format!("POST /y HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
     )
     .await;
@@ -616,14 +595,14 @@ async fn invalid_method_tokens_are_400() {
     let proxy = TestProxy::app(&[rec.backend.endpoint()]).await;
     for m in ["G(T", "GE\"T", "G@T", "GET\x01", "G\x7fT", "GÉT", "G/T"] {
         let out = exchange(
-            &proxy,
+            proxy.addr,
             format!("{m} /x HTTP/1.1\r\nHost: app.local\r\n\r\n").as_bytes(),
         )
         .await;
         assert_eq!(status_of(&out), 400, "{m:?}: {out}");
     }
     // An empty method: 400 too.
-    let out = exchange(&proxy, b" /x HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
+    let out = exchange(proxy.addr, b" /x HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
     assert_eq!(status_of(&out), 400, "{out}");
     assert!(rec.requests().is_empty(), "{:?}", rec.requests());
     still_serves(&proxy).await;
@@ -713,7 +692,7 @@ async fn missing_duplicate_or_garbage_host_is_400() {
     for (host, want) in cases {
         let head = format!("GET / HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
         let head = head.replace("\r\n\r\nConnection", "\r\nConnection");
-        let out = exchange(&proxy, head.as_bytes()).await;
+        let out = exchange(proxy.addr, head.as_bytes()).await;
         let what = &host[..host.len().min(60)];
         assert_eq!(status_of(&out), want, "{what:?}: {out}");
     }
@@ -733,7 +712,7 @@ async fn absolute_form_authority_wins_over_host() {
     ]))
     .await;
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"GET http://b.local/p?q=1 HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -745,14 +724,14 @@ async fn absolute_form_authority_wins_over_host() {
     assert!(lower.contains("x-seen-path: /p?q=1\r\n"), "{out}");
     // An absolute-form target whose authority matches no route is 503, not routed by Host.
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"GET http://nowhere.local/ HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status_of(&out), 503, "{out}");
     // Garbage authority: 400 (hyper's URI parser or the proxy's host check).
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"GET http://a.local@b.local/ HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -869,7 +848,7 @@ async fn post_unanswered_is_502(end: fn(TcpStream)) {
     .await;
     let proxy = TestProxy::app(&[backend.endpoint()]).await;
     let out = exchange(
-        &proxy,
+        proxy.addr,
         b"POST / HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
     )
     .await;
@@ -900,7 +879,7 @@ async fn upstream_garbage_status_line_is_502() {
         .await;
         let proxy = TestProxy::app(&[backend.endpoint()]).await;
         let out = exchange(
-            &proxy,
+            proxy.addr,
             b"GET / HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
         )
         .await;
@@ -936,7 +915,7 @@ async fn upstream_reset_mid_body_truncates_and_is_not_pooled() {
     })
     .await;
     let proxy = TestProxy::app(&[backend.endpoint()]).await;
-    let out = exchange(&proxy, b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
+    let out = exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(out.split_once("\r\n\r\n").unwrap().1, "0123456789");
     recovers(&proxy, &backend).await;

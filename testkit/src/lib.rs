@@ -795,6 +795,28 @@ pub async fn write_ok(s: &mut tokio::net::TcpStream, body: &str) -> std::io::Res
     s.write_all(&ok_response(body)).await
 }
 
+/// Sends `bytes` on a fresh connection to `addr` and returns everything read until the
+/// proxy closed it. Fails the test if the proxy leaves the connection open for 5 s.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The proxy may close before it read everything: a failed write is fine.
+    let _ = s.write_all(bytes).await;
+    let (out, closed) = read_until_close(&mut s, std::time::Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_some(), "connection left open after: {out}");
+    out
+}
+
+/// The status code of the first response in `out` (0 when there is none).
+pub fn status_of(out: &str) -> u16 {
+    out.strip_prefix("HTTP/1.1 ")
+        .or_else(|| out.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Reads from `s` until the peer closes it (EOF or reset) or `limit` passes. Returns what
 /// was read and, if the peer closed, how long that took.
 pub async fn read_until_close(
