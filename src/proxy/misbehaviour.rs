@@ -7,7 +7,6 @@
 //! by the first of them), so a burst's total always reaches the log.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,14 +23,21 @@ pub(super) struct Summary(Arc<Inner>);
 
 struct Inner {
     every: Duration,
+    state: Mutex<State>,
+}
+
+/// What the summary has not told yet, under one lock (taken only when a misbehaving
+/// client's connection ends, never on a request's path).
+#[derive(Default)]
+struct State {
     /// Cases not yet told in a summary.
-    untold: AtomicU64,
+    untold: u64,
+    /// The latest case: the peer and the reason.
+    latest: Option<(SocketAddr, &'static str)>,
     /// When the last summary was written (`None`: never).
-    last: Mutex<Option<Instant>>,
+    last: Option<Instant>,
     /// A timer will write the summary of the untold cases.
-    flush_pending: AtomicBool,
-    /// The latest case, for the summary: the peer and the reason.
-    latest: Mutex<Option<(SocketAddr, &'static str)>>,
+    flush_pending: bool,
 }
 
 impl Default for Summary {
@@ -59,11 +65,12 @@ impl Summary {
     fn every(every: Duration) -> Self {
         Summary(Arc::new(Inner {
             every,
-            untold: AtomicU64::new(0),
-            last: Mutex::new(None),
-            flush_pending: AtomicBool::new(false),
-            latest: Mutex::new(None),
+            state: Mutex::default(),
         }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts and logs one connection closed with a GOAWAY of `reason`. Not on any request's
@@ -72,44 +79,45 @@ impl Summary {
         let name = reason_name(reason);
         metrics.h2_client_goaways.with_label_values(&[name]).inc();
         tracing::debug!(%peer, reason = name, "HTTP/2 client connection closed for misbehaviour");
-        let inner = &self.0;
-        inner.untold.fetch_add(1, Ordering::Relaxed);
-        *inner.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((peer, name));
         let now = Instant::now();
-        let due = {
-            let mut last = inner.last.lock().unwrap_or_else(|e| e.into_inner());
-            match *last {
-                Some(at) if now < at + inner.every => Some(at + inner.every),
-                _ => {
-                    *last = Some(now);
-                    None
+        let timer_until = {
+            let mut state = self.state();
+            state.untold += 1;
+            state.latest = Some((peer, name));
+            match state.last {
+                // Within the minute: one timer tells the untold cases when it is over.
+                Some(at) if now < at + self.0.every => {
+                    if std::mem::replace(&mut state.flush_pending, true) {
+                        return;
+                    }
+                    Some(at + self.0.every)
                 }
+                _ => None,
             }
         };
-        match due {
+        match timer_until {
             None => self.tell(),
-            // Within the minute: one timer tells the untold cases when it is over.
-            Some(at) if !inner.flush_pending.swap(true, Ordering::AcqRel) => {
+            Some(at) => {
                 let summary = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(at).await;
-                    summary.0.flush_pending.store(false, Ordering::Release);
-                    *summary.0.last.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Instant::now());
                     summary.tell();
                 });
             }
-            Some(_) => {}
         }
     }
 
-    /// Writes the WARN summary of the cases not told yet, if any.
+    /// Writes the WARN summary of the cases not told yet, if any, and starts a new minute.
     fn tell(&self) {
-        let cases = self.0.untold.swap(0, Ordering::AcqRel);
+        let (cases, latest) = {
+            let mut state = self.state();
+            state.last = Some(Instant::now());
+            state.flush_pending = false;
+            (std::mem::take(&mut state.untold), state.latest)
+        };
         if cases == 0 {
             return;
         }
-        let latest = *self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
         let (peer, reason) = latest.map_or((None, ""), |(p, r)| (Some(p), r));
         tracing::warn!(
             connections = cases,
@@ -145,15 +153,11 @@ mod tests {
             summary.record(&metrics, peer, h2::Reason::ENHANCE_YOUR_CALM);
         }
         // The first case was told at once; the 999 since wait for the period's end.
-        assert_eq!(summary.0.untold.load(Ordering::Relaxed), 999);
-        assert!(summary.0.flush_pending.load(Ordering::Relaxed));
+        assert_eq!(summary.state().untold, 999);
+        assert!(summary.state().flush_pending);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            summary.0.untold.load(Ordering::Relaxed),
-            0,
-            "told by the timer"
-        );
-        assert!(!summary.0.flush_pending.load(Ordering::Relaxed));
+        assert_eq!(summary.state().untold, 0, "told by the timer");
+        assert!(!summary.state().flush_pending);
         let counted = metrics
             .h2_client_goaways
             .with_label_values(&["ENHANCE_YOUR_CALM"])
