@@ -1,43 +1,50 @@
-//! The Docker provider against the real Docker Engine of this machine (see docs/testing.md).
+//! The Docker provider against a real Docker daemon (see docs/testing.md): a private one this
+//! test starts, the one-node swarm of testkit/src/multinode.rs (tests/multinode/bed.sh), a
+//! dockerd with its own data root, socket and containerd namespace in a network namespace of
+//! its own, removed at the end (also on panic). The machine's own engine is never used: every
+//! service, network, container and image of this test is the bed's, and the proxies and
+//! `interlock check` see nothing but them.
 //!
-//! Swarm task IPs live on overlay networks the host cannot reach, so for Swarm tests
+//! One test runs the scenarios in order on that daemon (each removes what it made) and prints
+//! one line per scenario; it fails at the end, naming every scenario that failed.
+//!
+//! Swarm task IPs live on overlay networks outside the node's reach, so for Swarm scenarios
 //! interlock runs the way it is deployed: as a container on the services' overlay network,
-//! with the Docker socket mounted and its ports published on 127.0.0.1. Images are built
-//! locally (`docker import` of the test binaries and their libraries; nothing is pulled).
-//! Plain-container tests run interlock on the host: bridge IPs are reachable from it.
+//! with the daemon's socket mounted and its ports published on the node's address, which the
+//! test reaches through the bed's switch. Images are built locally (`docker import` of the
+//! test binaries and their libraries; nothing is pulled). The plain-container scenario runs
+//! interlock in the node's network namespace (`nsenter --net`), where the addresses of the
+//! daemon's bridge network are, listening on the node's address.
 //!
-//! INTERLOCK_SKIP_DOCKER=1 marks these tests ignored (build.rs) on a machine without Docker;
-//! they fail otherwise, never pass silently.
+//! INTERLOCK_SKIP_DOCKER=1 or INTERLOCK_SKIP_MULTINODE=1 mark the test ignored (build.rs); on
+//! a machine that cannot host the bed (root, ip, nsenter, unshare, dockerd) it fails, never
+//! passes silently.
 
 use interlock_testkit as common;
 
 use common::engine::{
-    backend_image, docker, docker_quiet, ensure_swarm, http_get, import_image,
-    run_backend_container, wait_until,
+    backend_image, docker, docker_command, docker_quiet, http_get, import_image,
+    run_backend_container, use_daemon, wait_until,
 };
+use common::multinode::{missing_tools, Bed, BedNode};
 use common::{free_port, Proc};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Docker tests share one engine: run them one at a time.
-static ENGINE: Mutex<()> = Mutex::new(());
 
 const BACKEND_IMAGE: &str = "interlock-test/backend:dev";
 const PROXY_IMAGE: &str = "interlock-test/interlock:dev";
+/// The bed daemon's bridge network of the plain-container scenario (it has no default bridge).
+const BRIDGE: &str = "ilt-bridge";
 
-/// Builds the two test images once per test run, and makes sure a swarm is active.
-fn prepare() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        backend_image(BACKEND_IMAGE);
-        import_image(PROXY_IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
-        ensure_swarm();
-    });
+/// The bed's daemon socket's path (what a container mounts at /var/run/docker.sock).
+fn socket(node: &BedNode) -> &str {
+    node.host.trim_start_matches("unix://")
 }
 
 /// One test's swarm resources, removed on drop.
@@ -51,8 +58,7 @@ struct Swarm {
 }
 
 impl Swarm {
-    fn new(test: &str) -> Swarm {
-        prepare();
+    fn new(node: &BedNode, test: &str) -> Swarm {
         let prefix = format!("ilt{}-{test}", std::process::id());
         let network = format!("{prefix}-net");
         let proxy = format!("{prefix}-proxy");
@@ -73,11 +79,11 @@ impl Swarm {
             "--network",
             &network,
             "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
+            &format!("{}:/var/run/docker.sock", socket(node)),
             "-p",
-            "127.0.0.1::8080",
+            &format!("{}::8080", node.addr),
             "-p",
-            "127.0.0.1::9090",
+            &format!("{}::9090", node.addr),
             "-e",
             "INTERLOCK_LOG=info,interlock=debug",
             PROXY_IMAGE,
@@ -170,7 +176,7 @@ impl Swarm {
     }
 
     fn logs(&self) -> String {
-        let out = Command::new("docker")
+        let out = docker_command()
             .args(["logs", &self.proxy])
             .output()
             .unwrap();
@@ -189,7 +195,7 @@ impl Drop for Swarm {
         }
         // The network is removable once the service tasks are gone.
         for _ in 0..40 {
-            let ok = Command::new("docker")
+            let ok = docker_command()
                 .args(["network", "rm", &self.network])
                 .output()
                 .is_ok_and(|o| o.status.success());
@@ -201,9 +207,11 @@ impl Drop for Swarm {
     }
 }
 
-/// `interlock check --docker --docker-mode swarm ARGS`: its exit code and standard output.
-fn check_swarm(args: &[&str]) -> (Option<i32>, String) {
+/// `interlock check --docker --docker-mode swarm ARGS` against the bed's daemon: its exit
+/// code and standard output.
+fn check_swarm(node: &BedNode, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_interlock"))
+        .env("DOCKER_HOST", &node.host)
         .args(["check", "--docker", "--docker-mode", "swarm"])
         .args(args)
         .output()
@@ -227,11 +235,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn swarm_tasks_are_routed_scaled_and_rolled_without_errors() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let sw = Swarm::new("roll");
+fn swarm_tasks_are_routed_scaled_and_rolled_without_errors(node: &BedNode) {
+    let sw = Swarm::new(node, "roll");
     let host = sw.host("web");
     let svc = sw.service(
         "web",
@@ -317,11 +322,8 @@ fn swarm_tasks_are_routed_scaled_and_rolled_without_errors() {
     });
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn label_changes_go_live_fast_and_a_bad_label_stays_isolated() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let sw = Swarm::new("labels");
+fn label_changes_go_live_fast_and_a_bad_label_stays_isolated(node: &BedNode) {
+    let sw = Swarm::new(node, "labels");
     let good = sw.host("good");
     let moving = sw.host("moving");
     sw.service(
@@ -417,11 +419,8 @@ fn label_changes_go_live_fast_and_a_bad_label_stays_isolated() {
     );
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let sw = Swarm::new("canary");
+fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream(node: &BedNode) {
+    let sw = Swarm::new(node, "canary");
     let host = sw.host("app");
     let v1 = sw.service(
         "v1",
@@ -511,11 +510,8 @@ fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream() {
     }
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn check_reads_the_live_engine_and_names_the_bad_label() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let sw = Swarm::new("check");
+fn check_reads_the_live_engine_and_names_the_bad_label(node: &BedNode) {
+    let sw = Swarm::new(node, "check");
     let good = sw.service(
         "ok",
         1,
@@ -532,7 +528,7 @@ fn check_reads_the_live_engine_and_names_the_bad_label() {
             ("com.docker.lb.port", "80x"),
         ],
     );
-    let (code, text) = check_swarm(&[]);
+    let (code, text) = check_swarm(node, &[]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&format!("ok    {good}")), "{text}");
     assert!(text.contains(&format!("ERROR {bad}")), "{text}");
@@ -542,7 +538,7 @@ fn check_reads_the_live_engine_and_names_the_bad_label() {
     );
 }
 
-/// A unix-socket relay to the real engine that the test can cut and restore: from
+/// A unix-socket relay to the bed's daemon that the test can cut and restore: from
 /// interlock's side, exactly a daemon that goes away and comes back.
 struct EngineRelay {
     path: PathBuf,
@@ -550,7 +546,8 @@ struct EngineRelay {
 }
 
 impl EngineRelay {
-    fn start(path: &Path, rt: &tokio::runtime::Runtime) -> EngineRelay {
+    fn start(path: &Path, engine: &str, rt: &tokio::runtime::Runtime) -> EngineRelay {
+        let engine = engine.to_string();
         let _ = std::fs::remove_file(path);
         let listener = {
             let _g = rt.enter();
@@ -562,10 +559,9 @@ impl EngineRelay {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
                 };
+                let engine = engine.clone();
                 conns.spawn(async move {
-                    if let Ok(mut engine) =
-                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                    {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(engine).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
                     }
                 });
@@ -600,15 +596,11 @@ fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn containers_mode_survives_engine_loss_and_resyncs() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    prepare();
+fn containers_mode_survives_engine_loss_and_resyncs(node: &BedNode) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = format!("ilt{}-ctr", std::process::id());
     let sock = std::env::temp_dir().join(format!("{id}.sock"));
-    let mut relay = EngineRelay::start(&sock, &rt);
+    let mut relay = EngineRelay::start(&sock, socket(node), &rt);
     let containers = Arc::new(Mutex::new(Vec::<String>::new()));
     struct Cleanup(Arc<Mutex<Vec<String>>>);
     impl Drop for Cleanup {
@@ -621,12 +613,13 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
     let _cleanup = Cleanup(containers.clone());
     let run_backend = |name: &str, host: &str| {
         let full = format!("{id}-{name}");
-        run_backend_container(&full, BACKEND_IMAGE, name, host, &[]);
+        run_backend_container(&full, BACKEND_IMAGE, name, host, &["--network", BRIDGE]);
         containers.lock().unwrap().push(full);
     };
+    // In the node's network namespace, where the bridge network's addresses are.
     let (http, admin) = (free_port(), free_port());
     let _proxy = Proc(
-        Command::new(env!("CARGO_BIN_EXE_interlock"))
+        node.command_in_netns(env!("CARGO_BIN_EXE_interlock"))
             .args([
                 "--docker",
                 "--docker-mode",
@@ -636,17 +629,17 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
             ])
             .args([
                 "--listen",
-                &format!("127.0.0.1:{http}"),
+                &format!("{}:{http}", node.addr),
                 "--admin",
-                &format!("127.0.0.1:{admin}"),
+                &format!("{}:{admin}", node.addr),
             ])
             .env("DOCKER_HOST", format!("unix://{}", sock.display()))
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let http = SocketAddr::from((node.addr, http));
+    let admin = SocketAddr::from((node.addr, admin));
     let one = format!("one.{id}.test");
     run_backend("one", &one);
     wait_until(Duration::from_secs(20), || {
@@ -675,7 +668,7 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
     // Changes made while it was away are picked up after the reconnect's resync.
     let two = format!("two.{id}.test");
     run_backend("two", &two);
-    let _relay = EngineRelay::start(&sock, &rt);
+    let _relay = EngineRelay::start(&sock, socket(node), &rt);
     wait_until(Duration::from_secs(20), || {
         http_get(http, &two, "/").is_some_and(|r| r.status == 200)
     });
@@ -688,11 +681,8 @@ fn containers_mode_survives_engine_loss_and_resyncs() {
     });
 }
 
-#[test]
-#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
-fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
-    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let sw = Swarm::new("clusters");
+fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach(node: &BedNode) {
+    let sw = Swarm::new(node, "clusters");
     // A second network that prod's proxies are not attached to.
     let other = format!("{}-other", sw.prefix);
     docker(&["network", "create", "-d", "overlay", "--attachable", &other]);
@@ -700,7 +690,7 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
     impl Drop for NetGuard {
         fn drop(&mut self) {
             for _ in 0..40 {
-                let ok = Command::new("docker")
+                let ok = docker_command()
                     .args(["network", "rm", &self.0])
                     .output()
                     .is_ok_and(|o| o.status.success());
@@ -758,7 +748,7 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
         .count()
             == 2
     });
-    let (code, text) = check_swarm(&[]);
+    let (code, text) = check_swarm(node, &[]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("== cluster \"prod\""), "{text}");
     assert!(text.contains("== cluster \"dev\""), "{text}");
@@ -780,7 +770,79 @@ fn check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach() {
         "{text}"
     );
     // One cluster at a time still works.
-    let (code, text) = check_swarm(&["--cluster", "prod"]);
+    let (code, text) = check_swarm(node, &["--cluster", "prod"]);
     assert_eq!(code, Some(1), "{text}");
     assert!(!text.contains(&dev), "{text}");
+}
+
+/// A scenario: it runs on the bed's node, and removes what it made.
+type Scenario = fn(&BedNode);
+
+/// The scenarios, in the order they run on the bed's daemon.
+const SCENARIOS: &[(&str, Scenario)] = &[
+    (
+        "swarm_tasks_are_routed_scaled_and_rolled_without_errors",
+        swarm_tasks_are_routed_scaled_and_rolled_without_errors,
+    ),
+    (
+        "label_changes_go_live_fast_and_a_bad_label_stays_isolated",
+        label_changes_go_live_fast_and_a_bad_label_stays_isolated,
+    ),
+    (
+        "canary_splits_by_task_count_and_vip_mode_uses_one_upstream",
+        canary_splits_by_task_count_and_vip_mode_uses_one_upstream,
+    ),
+    (
+        "check_reads_the_live_engine_and_names_the_bad_label",
+        check_reads_the_live_engine_and_names_the_bad_label,
+    ),
+    (
+        "containers_mode_survives_engine_loss_and_resyncs",
+        containers_mode_survives_engine_loss_and_resyncs,
+    ),
+    (
+        "check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach",
+        check_covers_every_cluster_and_names_networks_the_proxies_cannot_reach,
+    ),
+];
+
+#[test]
+#[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
+#[cfg_attr(skip_multinode, ignore = "INTERLOCK_SKIP_MULTINODE=1")]
+fn docker_provider_on_a_private_daemon() {
+    let missing = missing_tools();
+    assert!(
+        missing.is_empty(),
+        "this test starts a dockerd of its own and needs {missing:?}"
+    );
+    let t0 = Instant::now();
+    // A one-node swarm (bed.sh initialises it); removed when `bed` drops, also on panic.
+    let bed = Bed::up(1, 0);
+    let node = bed.manager().clone();
+    use_daemon(&node.host);
+    backend_image(BACKEND_IMAGE);
+    import_image(PROXY_IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
+    docker(&["network", "create", "-d", "bridge", BRIDGE]);
+    eprintln!(
+        "bed {} ({}) up in {:.1} s, images on it at {:.1} s",
+        node.hostname,
+        node.addr,
+        bed.started_in.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    let mut failed = Vec::new();
+    for (name, scenario) in SCENARIOS {
+        let start = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| scenario(&node)));
+        let verdict = if outcome.is_ok() { "ok" } else { "FAILED" };
+        eprintln!(
+            "scenario {name}: {verdict} in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        if outcome.is_err() {
+            failed.push(*name);
+        }
+    }
+    eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(failed.is_empty(), "failed scenarios: {failed:?}");
 }

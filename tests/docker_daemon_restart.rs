@@ -17,8 +17,8 @@
 //! The test process sends its load to the node's address. All traffic stays on 127.0.0.1 and
 //! in the bed's namespaces.
 //!
-//! INTERLOCK_SKIP_DOCKER=1 marks the test ignored (build.rs); a machine that cannot host the
-//! bed (root, ip, nsenter, unshare, dockerd) fails it.
+//! INTERLOCK_SKIP_DOCKER=1 or INTERLOCK_SKIP_MULTINODE=1 mark the test ignored (build.rs); a
+//! machine that cannot host the bed (root, ip, nsenter, unshare, dockerd) fails it.
 
 use interlock_testkit as common;
 
@@ -71,6 +71,7 @@ fn answers(proxy: SocketAddr, host: &str, backend: &str) -> bool {
 
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
+#[cfg_attr(skip_multinode, ignore = "INTERLOCK_SKIP_MULTINODE=1")]
 fn a_killed_and_restarted_docker_daemon_costs_no_request() {
     let missing = missing_tools();
     assert!(

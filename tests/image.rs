@@ -2,6 +2,12 @@
 //! share one runtime stage and build the same image with the classic builder and with
 //! BuildKit, and `interlock certs` runs from the image exactly as docs/swarm.md shows it, as
 //! the caller's user. INTERLOCK_SKIP_DOCKER=1 marks the Docker parts ignored.
+//!
+//! The images are built on the machine's Docker Engine (building is all this test does
+//! there): every tag carries this process's id, so concurrent runs never overwrite each
+//! other's images, and every image a test made (tags, and the untagged stages of the source
+//! build, found by a label naming its stand-in Rust image) is removed at its end, also on
+//! panic.
 
 use interlock_testkit as common;
 
@@ -9,10 +15,51 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::engine::{build_image, docker, docker_quiet, image_layout};
+use common::engine::{build_image, docker, docker_command, docker_quiet, image_layout};
 use common::node::Scratch;
 
-const IMAGE: &str = "interlock-test/interlock:image";
+/// `interlock-test/<name>:<tag>-<pid>`: this process's tag of an image.
+fn tag(name: &str, tag: &str) -> String {
+    format!("interlock-test/{name}:{tag}-{}", std::process::id())
+}
+
+/// The label of the stand-in Rust image `tag` (and so of the build stages made from it).
+fn stub_label(tag: &str) -> String {
+    format!("interlock-test.stub={}", tag.replace(['/', ':'], "_"))
+}
+
+/// Removes, on drop (also on panic), the images of `tags` (and `<tag>-buildkit`, which
+/// `build_image` makes beside each) and every image labelled `label`.
+struct Images {
+    tags: Vec<String>,
+    label: Option<String>,
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for t in &self.tags {
+            docker_quiet(&["rmi", "-f", t, &format!("{t}-buildkit")]);
+        }
+        let Some(label) = &self.label else { return };
+        // A parent goes once its children have: a few rounds.
+        for _ in 0..5 {
+            let labelled = docker_command()
+                .args(["images", "-a", "-q", "--filter"])
+                .arg(format!("label={label}"))
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let mut ids: Vec<&str> = labelled.lines().collect();
+            ids.dedup();
+            if ids.is_empty() {
+                break;
+            }
+            let mut args = vec!["rmi", "-f"];
+            args.extend(ids);
+            docker_quiet(&args);
+        }
+    }
+}
 
 /// The runtime stage of a Dockerfile: from its last `FROM`, comments and blank lines
 /// dropped, with the build stage's sources (`--from=build /out/...`) written as context paths.
@@ -48,9 +95,9 @@ fn both_dockerfiles_share_one_runtime_stage() {
 }
 
 /// The documented line, run by `sh` in `dir` with the image's tag substituted.
-fn documented_certs(dir: &Path, user: &str) -> std::process::Output {
+fn documented_certs(dir: &Path, user: &str, image: &str) -> std::process::Output {
     let line = format!(
-        "mkdir -p certs && docker run --rm -v \"$PWD/certs:/certs\" --user \"{user}\" {IMAGE} \
+        "mkdir -p certs && docker run --rm -v \"$PWD/certs:/certs\" --user \"{user}\" {image} \
          certs --out /certs --controller-name controller --cluster prod --cluster dev"
     );
     Command::new("sh")
@@ -86,11 +133,16 @@ fn check_issued(dir: &Path, uid: u32) {
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn certs_run_from_the_image_as_the_callers_user() {
-    build_image(IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
+    let image = tag("interlock", "image");
+    let _images = Images {
+        tags: vec![image.clone()],
+        label: None,
+    };
+    build_image(&image, Path::new(env!("CARGO_BIN_EXE_interlock")));
 
     // Exactly as documented, `--user "$(id -u):$(id -g)"`.
     let s = Scratch::new("image-certs");
-    let out = documented_certs(&s.0, "$(id -u):$(id -g)");
+    let out = documented_certs(&s.0, "$(id -u):$(id -g)", &image);
     assert!(
         out.status.success(),
         "{}",
@@ -100,7 +152,7 @@ fn certs_run_from_the_image_as_the_callers_user() {
     check_issued(&s.0.join("certs"), uid);
     // Again with the same directory: the CA is reused (a cluster added later).
     let ca = std::fs::read(s.0.join("certs/ca.pem")).unwrap();
-    let out = documented_certs(&s.0, "$(id -u):$(id -g)");
+    let out = documented_certs(&s.0, "$(id -u):$(id -g)", &image);
     assert!(out.status.success());
     assert_eq!(std::fs::read(s.0.join("certs/ca.pem")).unwrap(), ca);
 
@@ -108,7 +160,7 @@ fn certs_run_from_the_image_as_the_callers_user() {
     let other = Scratch::new("image-certs-user");
     std::fs::create_dir(other.0.join("certs")).unwrap();
     std::os::unix::fs::chown(other.0.join("certs"), Some(12345), Some(12345)).unwrap();
-    let out = documented_certs(&other.0, "12345:12345");
+    let out = documented_certs(&other.0, "12345:12345", &image);
     assert!(
         out.status.success(),
         "{}",
@@ -127,7 +179,7 @@ fn certs_run_from_the_image_as_the_callers_user() {
     let out = Command::new("docker")
         .args(["run", "--rm", "-v"])
         .arg(format!("{}:/certs", root_owned.0.join("certs").display()))
-        .args([IMAGE, "certs", "--out", "/certs", "--cluster", "prod"])
+        .args([&image, "certs", "--out", "/certs", "--cluster", "prod"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -137,7 +189,7 @@ fn certs_run_from_the_image_as_the_callers_user() {
     }
 }
 
-/// A stand-in for the Rust image, imported as `tag`: a shell and the tools the Dockerfile's
+/// A stand-in for the Rust image, imported as `tag` (labelled [`stub_label`]): a shell and the tools the Dockerfile's
 /// build stage and docker/rootfs.sh use, taken from this machine, and a `cargo` that puts
 /// `binary` where `cargo build --release` would (no compiler: the Dockerfile's plumbing is
 /// under test, not the compile).
@@ -186,8 +238,14 @@ fn stub_rust_image(tag: &str, binary: &Path) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let import = Command::new("docker")
-        .args(["import", "-", tag])
+    let import = docker_command()
+        .args([
+            "import",
+            "--change",
+            &format!("LABEL {}", stub_label(tag)),
+            "-",
+            tag,
+        ])
         .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
@@ -202,23 +260,31 @@ fn stub_rust_image(tag: &str, binary: &Path) {
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 fn the_source_dockerfile_builds_the_same_image_with_either_builder() {
-    const PREBUILT: &str = "interlock-test/interlock:image-prebuilt";
-    const STUB: &str = "interlock-test/stub-rust:image";
+    let prebuilt = tag("interlock", "image-prebuilt");
+    let stub = tag("stub-rust", "image");
+    let sources = ["0", "1"].map(|b| tag("interlock", &format!("image-source-{b}")));
+    let _images = Images {
+        tags: [&prebuilt, &stub]
+            .into_iter()
+            .chain(&sources)
+            .cloned()
+            .collect(),
+        label: Some(stub_label(&stub)),
+    };
     let binary = Path::new(env!("CARGO_BIN_EXE_interlock"));
-    build_image(PREBUILT, binary);
-    let expected = image_layout(PREBUILT);
-    stub_rust_image(STUB, binary);
+    build_image(&prebuilt, binary);
+    let expected = image_layout(&prebuilt);
+    stub_rust_image(&stub, binary);
     let repo = env!("CARGO_MANIFEST_DIR");
     let mut built = 0;
-    for buildkit in ["0", "1"] {
-        let tag = format!("interlock-test/interlock:image-source-{buildkit}");
+    for (buildkit, tag) in ["0", "1"].into_iter().zip(&sources) {
         let mut errors = Vec::new();
         for cli in ["docker", "/usr/bin/docker"] {
             let out = Command::new(cli)
                 .env("DOCKER_BUILDKIT", buildkit)
                 .args(["build", "-q", "--build-arg"])
-                .arg(format!("RUST_IMAGE={STUB}"))
-                .args(["-t", &tag, repo])
+                .arg(format!("RUST_IMAGE={stub}"))
+                .args(["-t", tag, repo])
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -234,13 +300,13 @@ fn the_source_dockerfile_builds_the_same_image_with_either_builder() {
             continue;
         }
         assert_eq!(
-            image_layout(&tag),
+            image_layout(tag),
             expected,
             "the Dockerfile (DOCKER_BUILDKIT={buildkit}) and docker/prebuilt.Dockerfile"
         );
-        docker_quiet(&["rmi", &tag]);
+        docker_quiet(&["rmi", tag]);
         built += 1;
     }
     eprintln!("the source Dockerfile built with {built} builder(s)");
-    docker(&["rmi", STUB]);
+    docker(&["rmi", &stub]);
 }

@@ -1,49 +1,55 @@
-//! examples/swarm/stack.yml deployed on this machine's Swarm with the image of the
-//! repository's Dockerfile: a controller (the only service with the Docker socket) and one
-//! proxy per service cluster, routing real Swarm services over the overlay network.
+//! examples/swarm/stack.yml deployed on a swarm with the image of the repository's
+//! Dockerfile: a controller (the only service with the Docker socket) and one proxy per
+//! service cluster, routing real Swarm services over the overlay network.
 //!
-//! This machine is a one-node swarm, so every placement constraint is pointed at the
-//! manager (the stack's variables), and the proxies publish in host mode (the ingress mesh
-//! needs IPVS, which this kernel lacks; see docs/testing.md). INTERLOCK_SKIP_DOCKER=1 marks it ignored.
+//! The swarm is a private one this test starts: the one-node bed of testkit/src/multinode.rs
+//! (tests/multinode/bed.sh), a dockerd with its own data root, socket and containerd
+//! namespace in a network namespace of its own, removed at the end (also on panic). The
+//! machine's own engine is never used; the images are built on the bed's daemon. Every
+//! placement constraint is pointed at its one manager (the stack's variables), and the
+//! proxies publish in host mode on the node's address, which the test reaches through the
+//! bed's switch (the ingress mesh needs IPVS, which this kernel lacks; see docs/testing.md).
+//! The deployed copy of the stack file mounts the bed's socket, not /var/run/docker.sock (the
+//! machine's engine), into the controller, and `check --docker` runs with that same mount.
+//!
+//! INTERLOCK_SKIP_DOCKER=1 or INTERLOCK_SKIP_MULTINODE=1 mark it ignored (build.rs); on a
+//! machine that cannot host the bed it fails.
 
 use interlock_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::engine::{
-    backend_image, build_image, docker, docker_quiet, ensure_swarm, http_get, image_layout,
+    backend_image, build_image, docker, docker_command, http_get, image_layout, use_daemon,
     wait_until,
 };
 use common::free_port;
+use common::multinode::{missing_tools, Bed, BedNode};
 use common::node::Scratch;
 
 const IMAGE: &str = "interlock-test/interlock:stack";
 const BACKEND_IMAGE: &str = "interlock-test/backend:stack";
 
-/// The deployed stack and the app services of one test; removed on drop.
+/// The deployed stack; its services' logs are printed on drop if the test fails.
 struct Stack {
     name: String,
     /// The apps networks of prod and dev.
     prod_network: String,
     dev_network: String,
-    /// Networks a test made besides the stack's.
-    other_networks: Vec<String>,
     certs: Scratch,
     prod: SocketAddr,
     dev: SocketAddr,
-    apps: Vec<String>,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for svc in ["controller", "proxy-prod", "proxy-dev"] {
-                let out = Command::new("docker")
+                let out = docker_command()
                     .args(["service", "logs", "--raw", &format!("{}_{svc}", self.name)])
                     .output();
                 if let Ok(o) = out {
@@ -55,52 +61,12 @@ impl Drop for Stack {
                 }
             }
         }
-        for a in &self.apps {
-            docker_quiet(&["service", "rm", a]);
-        }
-        docker_quiet(&["stack", "rm", &self.name]);
-        // The networks go once their tasks are gone.
-        let stack_networks = [&self.prod_network, &self.dev_network];
-        for network in stack_networks.into_iter().chain(&self.other_networks) {
-            for _ in 0..60 {
-                let left = Command::new("docker")
-                    .args([
-                        "network",
-                        "ls",
-                        "-q",
-                        "--filter",
-                        &format!("name={network}"),
-                    ])
-                    .output()
-                    .map(|o| o.stdout.is_empty())
-                    .unwrap_or(true);
-                if left {
-                    break;
-                }
-                docker_quiet(&["network", "rm", network]);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-        for volume in ["proxy-state", "controller-state"] {
-            for _ in 0..40 {
-                let gone = Command::new("docker")
-                    .args(["volume", "rm", &format!("{}_{volume}", self.name)])
-                    .output()
-                    .is_ok_and(|o| {
-                        o.status.success()
-                            || String::from_utf8_lossy(&o.stderr).contains("No such volume")
-                    });
-                if gone {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+        // The services, networks and volumes go with the bed's daemon (dropped next).
     }
 }
 
 impl Stack {
-    fn deploy() -> Stack {
+    fn deploy(node: &BedNode) -> Stack {
         let name = format!("ilst{}", std::process::id());
         let certs = Scratch::new("stack");
         certs.issue_certs(&["controller"], &["prod", "dev"]);
@@ -108,18 +74,38 @@ impl Stack {
         let stack = Stack {
             prod_network: format!("{name}-apps-prod"),
             dev_network: format!("{name}-apps-dev"),
-            other_networks: Vec::new(),
-            prod: SocketAddr::from(([127, 0, 0, 1], prod)),
-            dev: SocketAddr::from(([127, 0, 0, 1], dev)),
+            prod: SocketAddr::from((node.addr, prod)),
+            dev: SocketAddr::from((node.addr, dev)),
             name,
             certs,
-            apps: Vec::new(),
         };
         let manager = "node.role == manager";
+        // The stack file as it is in the tree, but for the controller's socket mount: the
+        // bed's daemon has its own socket (/var/run/docker.sock is the machine's engine).
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/swarm/stack.yml");
-        let out = Command::new("docker")
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut mounts = 0;
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.contains("/var/run/docker.sock") && !l.trim_start().starts_with('#') {
+                    mounts += 1;
+                    l.replacen("/var/run/docker.sock", socket(node), 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            mounts, 1,
+            "the stack file mounts the Docker socket once (the controller)"
+        );
+        let deployed = stack.certs.path("stack.yml");
+        std::fs::write(&deployed, text).unwrap();
+        let out = docker_command()
             .args(["stack", "deploy", "-c"])
-            .arg(&file)
+            .arg(&deployed)
             .arg(&stack.name)
             .env("INTERLOCK_IMAGE", IMAGE)
             .env("INTERLOCK_CERTS", &stack.certs.0)
@@ -167,7 +153,6 @@ impl Stack {
             "0.0.0.0:9001".into(),
         ]);
         docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        self.apps.push(full.clone());
         full
     }
 
@@ -226,12 +211,20 @@ fn ip(container: &str, network: &str) -> String {
     ])
 }
 
+/// The bed's daemon socket's path (what a container mounts at /var/run/docker.sock).
+fn socket(node: &BedNode) -> &str {
+    node.host.trim_start_matches("unix://")
+}
+
 /// `interlock check --docker` run from the image on this manager, as docs/migrating.md
-/// shows it: what it says about service `name` (its `ERROR` line and the lines under it).
-fn check_says(name: &str) -> String {
-    let out = Command::new("docker")
-        .args(["run", "--rm", "--user", "root", "-v"])
-        .args(["/var/run/docker.sock:/var/run/docker.sock:ro", IMAGE])
+/// shows it (with the bed's socket as the node's /var/run/docker.sock; no network, which it
+/// does not need and the bed's daemon has no default bridge for): what it says about
+/// service `name` (its `ERROR` line and the lines under it).
+fn check_says(node: &BedNode, name: &str) -> String {
+    let out = docker_command()
+        .args(["run", "--rm", "--network", "none", "--user", "root", "-v"])
+        .arg(format!("{}:/var/run/docker.sock:ro", socket(node)))
+        .arg(IMAGE)
         .args(["check", "--docker", "--docker-mode", "swarm"])
         .output()
         .unwrap();
@@ -248,7 +241,7 @@ fn check_says(name: &str) -> String {
 /// `interlock health --admin ADDR` from a new container on `network` (what any task on that
 /// network can do): `Ok(answer)` when ADDR answered 200, else the error it printed.
 fn ask_from(network: &str, addr: &str) -> Result<String, String> {
-    let out = Command::new("docker")
+    let out = docker_command()
         .args(["run", "--rm", "--network", network, IMAGE])
         .args(["health", "--admin", addr, "--timeout", "3"])
         .output()
@@ -263,12 +256,30 @@ fn ask_from(network: &str, addr: &str) -> Result<String, String> {
 
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
+#[cfg_attr(skip_multinode, ignore = "INTERLOCK_SKIP_MULTINODE=1")]
 fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
+    let missing = missing_tools();
+    assert!(
+        missing.is_empty(),
+        "this test starts a dockerd of its own and needs {missing:?}"
+    );
+    let t0 = Instant::now();
+    // A one-node swarm (bed.sh initialises it); removed when `bed` drops, also on panic,
+    // after the stack (declared later, dropped first).
+    let bed = Bed::up(1, 0);
+    let node = bed.manager().clone();
+    use_daemon(&node.host);
     backend_image(BACKEND_IMAGE);
     build_image(IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
-    ensure_swarm();
+    eprintln!(
+        "bed {} ({}) up in {:.1} s, images on it at {:.1} s",
+        node.hostname,
+        node.addr,
+        bed.started_in.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 
-    let mut stack = Stack::deploy();
+    let mut stack = Stack::deploy(&node);
     let port = [("com.docker.lb.port", "9001")];
     let labels = |cluster: &'static str, host: &'static str| {
         vec![
@@ -343,7 +354,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     for (svc, file) in [("proxy-prod", "prod.json"), ("proxy-dev", "dev.json")] {
         let c = stack.container(svc);
         wait_until(Duration::from_secs(20), || {
-            Command::new("docker")
+            docker_command()
                 .args(["cp", &format!("{c}:/var/lib/interlock/{file}"), "-"])
                 .output()
                 .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
@@ -420,7 +431,6 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     // docs/migrating.md says, it routes.
     let demo_net = format!("{}-demo", stack.name);
     docker(&["network", "create", "-d", "overlay", &demo_net]);
-    stack.other_networks.push(demo_net.clone());
     let demo = stack.app(
         "demo",
         &demo_net,
@@ -428,7 +438,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     );
     let mut said = String::new();
     wait_until(Duration::from_secs(60), || {
-        said = check_says(&demo);
+        said = check_says(&node, &demo);
         said.contains("ERROR") && said.contains("com.docker.lb.service_cluster")
     });
     eprintln!("check --docker on the verbatim demo:\n{said}");
@@ -443,7 +453,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
         &demo,
     ]);
     wait_until(Duration::from_secs(60), || {
-        said = check_says(&demo);
+        said = check_says(&node, &demo);
         said.contains("com.docker.lb.network") && said.contains(&prod_net)
     });
     eprintln!("check --docker once labelled prod:\n{said}");
@@ -461,7 +471,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     wait_until(Duration::from_secs(90), || {
         stack.answer(stack.prod, "demo.test") == "demo"
     });
-    let said = check_says(&demo);
+    let said = check_says(&node, &demo);
     assert!(said.starts_with("ok"), "{said}");
 
     // The controller's container is killed: Swarm restarts it; prod traffic never stops,
@@ -537,4 +547,5 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     wait_until(Duration::from_secs(60), || {
         docker(&["inspect", &after, "--format", "{{.State.Health.Status}}"]) == "healthy"
     });
+    eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
 }

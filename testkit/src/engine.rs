@@ -1,14 +1,49 @@
-//! The local Docker Engine for tests: the `docker` CLI, images imported from the test
-//! binaries (nothing is pulled), a blocking HTTP client for published ports.
+//! A Docker daemon for tests: the `docker` CLI, images imported from the test binaries
+//! (nothing is pulled), a blocking HTTP client for published ports.
+//!
+//! Every helper here talks to the daemon given once to [`use_daemon`] (a private daemon the
+//! test started, e.g. a node of [`crate::multinode::Bed`]); until then, to the daemon of the
+//! process's environment (`DOCKER_HOST`, or the machine's engine: `docker build` only).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The daemon of [`use_daemon`].
+static DAEMON: OnceLock<String> = OnceLock::new();
+
+/// Points every helper of this module, and [`docker_command`], at the daemon `host`
+/// (`unix://...`) for the rest of this process. Set once, before the helpers are used; never
+/// through the process environment (tests run in threads).
+pub fn use_daemon(host: &str) {
+    let set = DAEMON.get_or_init(|| host.to_string());
+    assert_eq!(set, host, "this process already uses another daemon");
+}
+
+/// The daemon of [`use_daemon`], if one was given.
+pub fn daemon() -> Option<&'static str> {
+    DAEMON.get().map(String::as_str)
+}
+
+/// The docker CLI `cli` aimed at the daemon of [`use_daemon`] (if one was given).
+pub fn docker_cli(cli: &str) -> Command {
+    let mut cmd = Command::new(cli);
+    if let Some(host) = daemon() {
+        cmd.env("DOCKER_HOST", host);
+    }
+    cmd
+}
+
+/// `docker` aimed at the daemon of [`use_daemon`] (if one was given).
+pub fn docker_command() -> Command {
+    docker_cli("docker")
+}
 
 /// Runs `docker ARGS`, returns stdout; panics with stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
+    let out = docker_command()
         .args(args)
         .output()
         .expect("docker CLI runs");
@@ -23,7 +58,7 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Runs `docker ARGS` and ignores failure (cleanup).
 pub fn docker_quiet(args: &[&str]) {
-    let _ = Command::new("docker")
+    let _ = docker_command()
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -62,7 +97,7 @@ pub fn import_image(tag: &str, binary: &Path) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let import = Command::new("docker")
+    let import = docker_command()
         .args([
             "import",
             "--change",
@@ -143,7 +178,7 @@ pub fn build_image(tag: &str, binary: &Path) {
     let build = |buildkit: &str, tag: &str| -> Result<(), String> {
         let mut errors = Vec::new();
         for cli in ["docker", "/usr/bin/docker"] {
-            let out = Command::new(cli)
+            let out = docker_cli(cli)
                 .env("DOCKER_BUILDKIT", buildkit)
                 .args(["build", "-q", "-t", tag, "-f"])
                 .arg(&dockerfile)
@@ -188,7 +223,7 @@ pub fn image_layout(tag: &str) -> String {
          healthcheck={{json .Config.Healthcheck}} ports={{json .Config.ExposedPorts}}",
     ]);
     let id = docker(&["create", tag]);
-    let mut export = Command::new("docker")
+    let mut export = docker_command()
         .args(["export", &id])
         .stdout(Stdio::piped())
         .spawn()
@@ -238,13 +273,6 @@ pub fn backend_image(tag: &str) {
         assert!(st.success(), "building the example backend");
     }
     import_image(tag, &backend);
-}
-
-/// Makes this engine a (one-node) swarm if it is not one.
-pub fn ensure_swarm() {
-    if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) != "active" {
-        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
-    }
 }
 
 /// Starts container `name` (replacing one of that name) of the example backend `image`,
