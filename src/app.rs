@@ -106,7 +106,7 @@ impl Applier {
         if let Some(tls) = &self.tls {
             // Certificates first, so a new host's routes never go live before its certificate.
             // Problems are logged (once) and counted there.
-            tls.refresh(&table);
+            tls.refresh(&table, &state.tls);
         }
         let old = self.store.swap(table.clone());
         for upstream in compile::departed_upstreams(&old, &table) {
@@ -172,6 +172,9 @@ pub struct RunConfig {
     pub access_log: bool,
     /// All-in-one role: where each service's last good labels are kept across restarts.
     pub last_good_file: Option<PathBuf>,
+    /// All-in-one role: its ACME client (`Some(None)`: off, services asking are told so).
+    /// `None` in the proxy role, whose ACME certificates come from the controller.
+    pub acme: Option<Option<crate::acme::AcmeConfig>>,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -188,7 +191,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // 3. Background tasks: certificate files, health probes, idle pools, and following
     //    the providers.
     background(&cfg, &applier, tls.as_ref());
-    tokio::spawn(follow(applier.clone(), providers));
+    let acme = match &cfg.acme {
+        Some(acme) => Some(crate::acme::Acme::start(acme.clone(), &metrics)?),
+        None => None,
+    };
+    tokio::spawn(follow(applier.clone(), providers, acme));
     // 4. Listeners: traffic (plain, then TLS) and admin.
     let (trigger, shutdown) = shutdown::channel();
     let proxies = listen(&cfg, &applier, tls.as_ref(), &metrics, &shutdown).await?;
@@ -315,22 +322,40 @@ async fn drain(proxies: &[Arc<Proxy>]) {
     }
 }
 
-/// Applies the merged state whenever any provider publishes a new one, once every
-/// provider has delivered its first state (the first such table live, the instance serves).
-pub async fn follow(applier: Arc<Applier>, mut providers: Providers) {
+/// Applies the merged state whenever any provider (or the ACME client, if any) publishes a
+/// new one, once every provider has delivered its first state (the first such table live,
+/// the instance serves).
+pub async fn follow(
+    applier: Arc<Applier>,
+    mut providers: Providers,
+    acme: Option<Arc<crate::acme::Acme>>,
+) {
     let changed = providers.changes();
+    if let Some(acme) = &acme {
+        crate::providers::notify_on_change(acme.subscribe(), changed.clone());
+    }
     providers.synced().await;
-    let state = providers.merged();
+    let state = merged(&providers, acme.as_deref());
     let first = applier.clone();
     let _ = tokio::task::spawn_blocking(move || first.apply_synced(&state)).await;
     loop {
         changed.notified().await;
         // Compiling thousands of services takes milliseconds of CPU: off the runtime's
         // threads, so proxying never waits for it.
-        let state = providers.merged();
+        let state = merged(&providers, acme.as_deref());
         let applier = applier.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || applier.apply_synced(&state)).await {
             tracing::error!(error = %e, "applying a new state failed; the last good table stays");
         }
     }
+}
+
+/// The providers' merged state, with what the ACME client publishes for it.
+fn merged(providers: &Providers, acme: Option<&crate::acme::Acme>) -> DesiredState {
+    let mut state = providers.merged();
+    if let Some(acme) = acme {
+        acme.want(&state);
+        state.tls.merge(&acme.material());
+    }
+    state
 }

@@ -73,6 +73,58 @@ pub struct RunArgs {
     pub state_file: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// The ACME client (all-in-one and controller roles): certificates for services labelled
+/// `com.docker.lb.ssl_acme=true`.
+#[derive(Args, Debug, Clone)]
+pub struct AcmeArgs {
+    /// Agree to the ACME CA's terms of service; turns the ACME client on.
+    #[arg(long, env = "INTERLOCK_ACME_AGREE_TOS")]
+    pub acme_agree_tos: bool,
+    /// The ACME directory (Let's Encrypt production by default; its staging URL, step-ca or
+    /// any RFC 8555 CA work too).
+    #[arg(long, env = "INTERLOCK_ACME_DIRECTORY", default_value = crate::acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// Contact address registered with the account (expiry notices).
+    #[arg(long, env = "INTERLOCK_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Trust this PEM certificate (a private CA's root) for the directory's HTTPS.
+    #[arg(long, env = "INTERLOCK_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// The account key and the certificates (files 0600; put it on a volume).
+    #[arg(
+        long,
+        env = "INTERLOCK_ACME_STATE",
+        default_value = "/var/lib/interlock/acme"
+    )]
+    pub acme_state: PathBuf,
+    /// The challenge the proxies answer: `http-01` (plain listener, port 80) or
+    /// `tls-alpn-01` (TLS listener, port 443).
+    #[arg(
+        long,
+        env = "INTERLOCK_ACME_CHALLENGE",
+        value_enum,
+        default_value = "http-01"
+    )]
+    pub acme_challenge: crate::acme::ChallengeKind,
+}
+
+impl AcmeArgs {
+    /// The client's settings, `None` when it is off; `propagation`: how long a challenge's
+    /// answer takes to reach every proxy.
+    fn config(&self, propagation: Duration) -> Option<crate::acme::AcmeConfig> {
+        self.acme_agree_tos.then(|| crate::acme::AcmeConfig {
+            directory: self.acme_directory.clone(),
+            email: self.acme_email.clone(),
+            ca_root: self.acme_ca_root.clone(),
+            state_dir: self.acme_state.clone(),
+            challenge: self.acme_challenge,
+            propagation,
+        })
+    }
 }
 
 /// Where desired state comes from (all-in-one and controller roles).
@@ -181,6 +233,12 @@ pub struct ControllerArgs {
     /// its routes across restarts of the controller and of proxies (put it on a volume).
     #[arg(long, env = "INTERLOCK_STATE_FILE")]
     pub state_file: Option<PathBuf>,
+    /// Directory where `ssl_cert`/`ssl_key` names are found: attach the certificate
+    /// secrets to the controller; it sends each pair only to the proxies that need it.
+    #[arg(long, env = "INTERLOCK_SECRETS_DIR", default_value = "/run/secrets")]
+    pub secrets_dir: PathBuf,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -348,6 +406,7 @@ impl ServeArgs {
             settings: self.limits.settings()?,
             access_log: self.access_log,
             last_good_file: None,
+            acme: None,
         })
     }
 }
@@ -356,6 +415,8 @@ impl RunArgs {
     pub fn run_config(&self) -> anyhow::Result<RunConfig> {
         Ok(RunConfig {
             last_good_file: self.state_file.clone(),
+            // The answers are this process's own: no wait.
+            acme: Some(self.acme.config(Duration::ZERO)),
             ..self.serve.run_config(self.sources.providers())?
         })
     }
@@ -398,6 +459,9 @@ impl ControllerArgs {
             tls: self.tls.files(),
             admin: parse_admin(&self.admin)?,
             state_file: self.state_file.clone(),
+            secrets_dir: self.secrets_dir.clone(),
+            // Answers reach the proxies in a long poll's round trip; a second is ample.
+            acme: self.acme.config(Duration::from_secs(1)),
         })
     }
 }
@@ -445,7 +509,15 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
             } else {
                 parts
                     .into_iter()
-                    .map(|(c, services)| (c, DesiredState { services }))
+                    .map(|(c, services)| {
+                        (
+                            c,
+                            DesiredState {
+                                services,
+                                ..Default::default()
+                            },
+                        )
+                    })
                     .collect()
             }
         }

@@ -284,7 +284,10 @@ pub fn proxy_takes_snapshot(
     let mut services = snap.services.clone();
     let decoded = snap;
     crate::last_good::LastGood::default().apply_to(&mut services);
-    let state = crate::config::DesiredState { services };
+    let state = crate::config::DesiredState {
+        services,
+        ..Default::default()
+    };
     let routes = compile(&state, cluster);
     let saved = crate::snapshot::Snapshot {
         services: state.services,

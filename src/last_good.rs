@@ -144,6 +144,7 @@ mod tests {
         let mut store = LastGood::load(Some(file.clone()));
         let mut state = DesiredState {
             services: vec![svc("a", "80"), svc("b", "81")],
+            ..DesiredState::default()
         };
         store.apply(&mut state);
         assert!(state.services.iter().all(|s| s.last_good.is_none()));
@@ -152,6 +153,7 @@ mod tests {
         let mut store = LastGood::load(Some(file.clone()));
         let mut state = DesiredState {
             services: vec![svc("a", "not-a-port"), svc("b", "81")],
+            ..DesiredState::default()
         };
         store.apply(&mut state);
         let good = state.services[0].last_good.as_ref().unwrap();
@@ -162,10 +164,12 @@ mod tests {
         // A service that is gone is forgotten: recreated broken, it has no last good.
         let mut state = DesiredState {
             services: vec![svc("b", "81")],
+            ..DesiredState::default()
         };
         store.apply(&mut state);
         let mut state = DesiredState {
             services: vec![svc("a", "bad")],
+            ..DesiredState::default()
         };
         LastGood::load(Some(file.clone())).apply(&mut state);
         assert!(state.services[0].last_good.is_none());

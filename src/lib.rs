@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod balance;

@@ -34,8 +34,14 @@ pub struct Metrics {
     pub docker_resyncs: IntCounter,
     pub docker_errors: IntCounter,
     pub cert_errors: IntCounter,
-    /// The `notAfter` of the certificate served for each host pattern (`*`: the default).
+    /// The `notAfter` of the certificate served for each host pattern (`*`: the default),
+    /// by where the certificate came from (`files`, `controller`, `acme`).
     pub cert_expiry: IntGaugeVec,
+    /// ACME client (all-in-one or controller with `--acme-agree-tos`): orders by kind
+    /// (`issue`, `renew`) and result (`ok`, `error`).
+    pub acme_orders: IntCounterVec,
+    /// ACME client: the `notAfter` of each host set's current certificate.
+    pub acme_expiry: IntGaugeVec,
     /// Proxy role: 1 while the last poll of the controller succeeded.
     pub controller_up: IntGauge,
     /// Proxy role: version of the snapshot the live table was compiled from.
@@ -71,6 +77,9 @@ pub enum Part {
     /// `interlock_controller_waiting_proxies`, `interlock_controller_responses_total`,
     /// `interlock_controller_rejected_handshakes_total`.
     ControllerServer,
+    /// The ACME client (`--acme-agree-tos`): `interlock_acme_orders_total`,
+    /// `interlock_acme_certificate_expiry_timestamp_seconds`.
+    Acme,
 }
 
 /// The status classes requests are counted by.
@@ -192,9 +201,23 @@ impl Metrics {
             cert_expiry: must(IntGaugeVec::new(
                 Opts::new(
                     "interlock_certificate_expiry_timestamp_seconds",
-                    "Unix time the certificate served for a host expires (notAfter), by host pattern as written in labels (*: the default certificate)",
+                    "Unix time the certificate served for a host expires (notAfter), by host pattern as written in labels (*: the default certificate) and the certificate's source (files, controller, acme)",
                 ),
-                &["host"],
+                &["host", "source"],
+            )),
+            acme_orders: must(IntCounterVec::new(
+                Opts::new(
+                    "interlock_acme_orders_total",
+                    "ACME certificate orders, by kind (issue, renew) and result (ok, error)",
+                ),
+                &["kind", "result"],
+            )),
+            acme_expiry: must(IntGaugeVec::new(
+                Opts::new(
+                    "interlock_acme_certificate_expiry_timestamp_seconds",
+                    "Unix time the ACME certificate of a host set (names joined by commas) expires",
+                ),
+                &["hosts"],
             )),
             controller_up: gauge(
                 "interlock_controller_up",
@@ -266,6 +289,10 @@ impl Metrics {
                 Box::new(self.control_waiting.clone()),
                 Box::new(self.control_responses.clone()),
                 Box::new(self.control_rejected_handshakes.clone()),
+            ],
+            Part::Acme => vec![
+                Box::new(self.acme_orders.clone()),
+                Box::new(self.acme_expiry.clone()),
             ],
         };
         for c in families {

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::labels::SERVICE_CLUSTER;
+use crate::config::labels::{self, SERVICE_CLUSTER, SSL_ACME, SSL_CERT};
+use crate::config::tls::{acme_name, pair_name, TlsMaterial};
 use crate::config::{DesiredState, ServiceSpec};
 
 /// The prefix of every label interlock reads; other labels never leave the controller.
@@ -26,6 +27,10 @@ pub struct Snapshot {
     /// Grows by one with every change of this cluster's services (not of other clusters').
     pub version: u64,
     pub services: Vec<ServiceSpec>,
+    /// The certificates and ACME challenge answers of these services' hosts, and of no
+    /// other cluster's ([`tls_share`]).
+    #[serde(default, skip_serializing_if = "TlsMaterial::is_empty")]
+    pub tls: TlsMaterial,
 }
 
 impl Snapshot {
@@ -68,6 +73,54 @@ pub fn partition(state: &DesiredState) -> BTreeMap<String, Vec<ServiceSpec>> {
     clusters
 }
 
+/// The share of `tls` that `services` (one cluster's) use: the pairs their
+/// `ssl_cert`/`ssl_key` name, the ACME certificates of their `ssl_acme` hosts, and the
+/// challenges pending for those hosts. Nothing of another cluster's: a `dev` proxy never
+/// receives a key of `prod`'s. The labels in force may be the last good ones, so those
+/// count too.
+pub fn tls_share(services: &[ServiceSpec], tls: &TlsMaterial) -> TlsMaterial {
+    let mut out = TlsMaterial::default();
+    if tls.is_empty() {
+        return out;
+    }
+    for spec in services {
+        for raw in std::iter::once(&spec.labels).chain(spec.last_good.as_ref()) {
+            if !raw.contains_key(SSL_CERT) && !raw.contains_key(SSL_ACME) {
+                continue;
+            }
+            let l = labels::parse(raw).labels;
+            if let (Some(cert), Some(key)) = (&l.ssl_cert, &l.ssl_key) {
+                let name = pair_name(cert, key);
+                if let Some(p) = tls.pairs.get(&name) {
+                    out.pairs.insert(name, p.clone());
+                }
+            }
+            if !l.ssl_acme {
+                continue;
+            }
+            let hosts: Vec<String> = l.hosts.iter().map(|h| h.to_string()).collect();
+            let name = acme_name(hosts.iter().map(String::as_str));
+            if let Some(p) = tls.acme.get(&name) {
+                out.acme.insert(name.clone(), p.clone());
+            }
+            if let Some(e) = tls.acme_status.get(&name) {
+                out.acme_status.insert(name, e.clone());
+            }
+            for (token, c) in &tls.http01 {
+                if hosts.contains(&c.host) {
+                    out.http01.insert(token.clone(), c.clone());
+                }
+            }
+            for h in &hosts {
+                if let Some(k) = tls.tls_alpn01.get(h) {
+                    out.tls_alpn01.insert(h.clone(), k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether `name` may name a service cluster (the rule of the label, and a DNS label or
 /// dotted name so it fits in a certificate).
 pub fn valid_cluster_name(name: &str) -> bool {
@@ -108,6 +161,7 @@ mod tests {
                 svc("d", &[("com.docker.lb.hosts", "d.local")]),
                 svc("e", &[(SERVICE_CLUSTER, "bad name!")]),
             ],
+            ..DesiredState::default()
         };
         let p = partition(&state);
         let names = |c: &str| p[c].iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
@@ -123,12 +177,84 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_gets_only_the_certificates_and_challenges_of_its_own_hosts() {
+        use crate::config::tls::{Http01, PemPair};
+        let pem = |s: &str| PemPair {
+            cert: format!("cert {s}"),
+            key: format!("key {s}"),
+        };
+        let tls = TlsMaterial {
+            pairs: [
+                (pair_name("prod.crt", "prod.key"), pem("prod")),
+                (pair_name("dev.crt", "dev.key"), pem("dev")),
+            ]
+            .into(),
+            acme: [
+                ("a.prod.test".to_string(), pem("acme prod")),
+                ("a.dev.test".to_string(), pem("acme dev")),
+            ]
+            .into(),
+            http01: [
+                (
+                    "t1".to_string(),
+                    Http01 {
+                        host: "a.prod.test".into(),
+                        key_authorization: "k1".into(),
+                    },
+                ),
+                (
+                    "t2".to_string(),
+                    Http01 {
+                        host: "a.dev.test".into(),
+                        key_authorization: "k2".into(),
+                    },
+                ),
+            ]
+            .into(),
+            tls_alpn01: [("a.dev.test".to_string(), "k3".to_string())].into(),
+            acme_status: [(
+                "a.dev.test".to_string(),
+                crate::config::tls::AcmeStatus {
+                    not_after: None,
+                    last_error: Some("rate limited".into()),
+                },
+            )]
+            .into(),
+        };
+        let prod = vec![
+            svc(
+                "p1",
+                &[
+                    (SSL_CERT, "prod.crt"),
+                    ("com.docker.lb.ssl_key", "prod.key"),
+                    ("com.docker.lb.hosts", "p.test"),
+                ],
+            ),
+            svc(
+                "p2",
+                &[(SSL_ACME, "true"), ("com.docker.lb.hosts", "A.prod.test")],
+            ),
+        ];
+        let share = tls_share(&prod, &tls);
+        assert_eq!(
+            share.pairs.keys().collect::<Vec<_>>(),
+            [&pair_name("prod.crt", "prod.key")]
+        );
+        assert_eq!(share.acme.keys().collect::<Vec<_>>(), ["a.prod.test"]);
+        assert_eq!(share.http01.keys().collect::<Vec<_>>(), ["t1"]);
+        assert!(share.tls_alpn01.is_empty() && share.acme_status.is_empty());
+        let shown = serde_json::to_string(&share).unwrap();
+        assert!(!shown.contains("dev"), "{shown}");
+    }
+
+    #[test]
     fn snapshot_round_trips_through_json() {
         let s = Snapshot {
             cluster: "prod".into(),
             epoch: "e1".into(),
             version: 7,
             services: vec![svc("a", &[(SERVICE_CLUSTER, "prod")])],
+            tls: TlsMaterial::default(),
         };
         let back: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);

@@ -168,7 +168,9 @@ async fn expiry(admin: u16, host: &str) -> Option<i64> {
         .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).await.unwrap();
-    let series = format!("interlock_certificate_expiry_timestamp_seconds{{host=\"{host}\"}} ");
+    let series = format!(
+        "interlock_certificate_expiry_timestamp_seconds{{host=\"{host}\",source=\"files\"}} "
+    );
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str()))
         .map(|v| v.trim().parse().unwrap())

@@ -77,6 +77,21 @@ pub fn compile(
         budgets: reuse.budgets,
         services,
         report,
+        acme_http01: state
+            .tls
+            .http01
+            .iter()
+            .map(|(token, c)| {
+                (
+                    token.as_str().into(),
+                    (
+                        c.host.to_ascii_lowercase().into(),
+                        c.key_authorization.as_str().into(),
+                    ),
+                )
+            })
+            .collect(),
+        acme: state.tls.acme_status.clone(),
     }
 }
 
@@ -110,6 +125,7 @@ mod tests {
         };
         let state = DesiredState {
             services: vec![spec],
+            ..DesiredState::default()
         };
         let table = compile(
             &state,

@@ -50,6 +50,8 @@ labels! {
     HEALTH_PATH = "com.docker.lb.health_path";
     /// interlock extension: active health check interval (default 5s).
     HEALTH_INTERVAL = "com.docker.lb.health_interval";
+    /// interlock extension: `true` asks the ACME CA for a certificate covering `hosts`.
+    SSL_ACME = "com.docker.lb.ssl_acme";
 }
 
 /// Labels Interlock documented but never honoured; reported as warnings.
@@ -147,6 +149,8 @@ pub struct ServiceLabels {
     pub ssl_cert: Option<String>,
     pub ssl_key: Option<String>,
     pub ssl_passthrough: bool,
+    /// A certificate for `hosts` from the ACME CA (`com.docker.lb.ssl_acme`).
+    pub ssl_acme: bool,
     pub websocket_endpoints: Vec<String>,
     pub sticky_session_cookie: Option<String>,
     pub ip_hash: bool,
@@ -236,6 +240,7 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
             }
             SSL_KEY => non_empty(SSL_KEY, v, "a secret or file name").map(|n| l.ssl_key = Some(n)),
             SSL_PASSTHROUGH => parse_bool(key, v).map(|b| l.ssl_passthrough = b),
+            SSL_ACME => parse_bool(key, v).map(|b| l.ssl_acme = b),
             WEBSOCKET_ENDPOINTS => {
                 let paths = parse_list(v).map(|p| parse_path(WEBSOCKET_ENDPOINTS, p));
                 if let Some(paths) = every(paths, &mut out.errors) {
@@ -311,6 +316,29 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
     out
 }
 
+/// `ssl_acme=true`: names the CA can validate over HTTP-01 or TLS-ALPN-01 (exact names; a
+/// wildcard needs DNS-01), and no certificate of the service's own or passthrough.
+fn acme_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
+    let why = if let Some(HostPattern::Wildcard(_)) = l
+        .hosts
+        .iter()
+        .find(|h| matches!(h, HostPattern::Wildcard(_)))
+    {
+        Some("exact host names in com.docker.lb.hosts: a wildcard certificate needs the DNS-01 challenge, which interlock does not do; list the names, or give ssl_cert/ssl_key")
+    } else if l.hosts.is_empty() {
+        Some("com.docker.lb.hosts to name the hosts the certificate covers")
+    } else if l.ssl_cert.is_some() {
+        Some("either ssl_acme or ssl_cert/ssl_key, not both")
+    } else if l.ssl_passthrough {
+        Some("no ssl_passthrough: a passthrough service terminates TLS itself")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        errors.push(LabelError::new(SSL_ACME, "true", why));
+    }
+}
+
 /// Checks between labels, once each label is valid on its own.
 fn cross_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
     if l.ssl_key.is_some() != l.ssl_cert.is_some() {
@@ -323,6 +351,9 @@ fn cross_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
             value,
             "ssl_cert and ssl_key to be set together",
         ));
+    }
+    if l.ssl_acme {
+        acme_check(l, errors);
     }
     for r in &l.redirects {
         let listed = l.hosts.iter().any(|h| host_matches(h, &r.source_host));

@@ -6,6 +6,7 @@
 
 pub mod labels;
 pub mod settings;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub services: Vec<ServiceSpec>,
+    /// Certificates and ACME challenge answers that come with the state (from the
+    /// controller, or this instance's ACME client), not from this instance's files.
+    #[serde(default, skip_serializing_if = "tls::TlsMaterial::is_empty")]
+    pub tls: tls::TlsMaterial,
 }
 
 /// One service (a Swarm service, a container, or an entry of the TOML file).

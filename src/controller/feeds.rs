@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::config::tls::TlsMaterial;
 use crate::config::{DesiredState, ServiceSpec};
 use crate::snapshot::{self, Snapshot};
 
@@ -25,6 +26,7 @@ pub struct Published {
 
 struct Feed {
     services: Vec<ServiceSpec>,
+    tls: TlsMaterial,
     tx: watch::Sender<Arc<Published>>,
 }
 
@@ -67,12 +69,19 @@ impl Feeds {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, cluster: &str, version: u64, services: &[ServiceSpec]) -> Arc<Published> {
+    fn publish(
+        &self,
+        cluster: &str,
+        version: u64,
+        services: &[ServiceSpec],
+        tls: &TlsMaterial,
+    ) -> Arc<Published> {
         let snap = Snapshot {
             cluster: cluster.to_string(),
             epoch: self.epoch.clone(),
             version,
             services: services.to_vec(),
+            tls: tls.clone(),
         };
         // Serializing plain data (strings, maps, numbers) cannot fail.
         let body = serde_json::to_vec(&snap).unwrap_or_default();
@@ -97,18 +106,22 @@ impl Feeds {
             parts.entry(cluster).or_default();
         }
         for (cluster, services) in parts {
+            let tls = snapshot::tls_share(&services, &state.tls);
             match inner.feeds.get_mut(&cluster) {
-                Some(feed) if feed.services == services => {}
+                Some(feed) if feed.services == services && feed.tls == tls => {}
                 Some(feed) => {
                     let version = feed.tx.borrow().version + 1;
                     feed.tx
-                        .send_replace(self.publish(&cluster, version, &services));
+                        .send_replace(self.publish(&cluster, version, &services, &tls));
                     feed.services = services;
+                    feed.tls = tls;
                     moved.push((cluster, version));
                 }
                 None => {
-                    let (tx, _) = watch::channel(self.publish(&cluster, 1, &services));
-                    inner.feeds.insert(cluster.clone(), Feed { services, tx });
+                    let (tx, _) = watch::channel(self.publish(&cluster, 1, &services, &tls));
+                    inner
+                        .feeds
+                        .insert(cluster.clone(), Feed { services, tls, tx });
                     moved.push((cluster, 1));
                 }
             }
@@ -126,11 +139,12 @@ impl Feeds {
         if let Some(feed) = inner.feeds.get(cluster) {
             return Some(feed.tx.subscribe());
         }
-        let (tx, rx) = watch::channel(self.publish(cluster, 1, &[]));
+        let (tx, rx) = watch::channel(self.publish(cluster, 1, &[], &TlsMaterial::default()));
         inner.feeds.insert(
             cluster.to_string(),
             Feed {
                 services: Vec::new(),
+                tls: TlsMaterial::default(),
                 tx,
             },
         );
@@ -191,6 +205,7 @@ mod tests {
                     last_good: None,
                 })
                 .collect(),
+            ..DesiredState::default()
         }
     }
 

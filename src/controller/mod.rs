@@ -7,15 +7,17 @@
 
 pub mod api;
 pub mod feeds;
+pub mod secrets;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::acme::Acme;
 use crate::compile::{self, CompileOptions};
 use crate::config::DesiredState;
 use crate::last_good::LastGood;
@@ -25,6 +27,7 @@ use crate::routing::RoutingTable;
 use crate::shutdown;
 use crate::tls::control::{self, ControlTlsFiles};
 use feeds::Feeds;
+use secrets::Secrets;
 
 /// Everything the controller role needs.
 #[derive(Debug, Clone)]
@@ -36,6 +39,10 @@ pub struct ControllerConfig {
     pub admin: Option<SocketAddr>,
     /// Where each service's last good labels are kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Where `ssl_cert`/`ssl_key` names are read (the secrets attached to the controller).
+    pub secrets_dir: PathBuf,
+    /// The ACME client's settings; `None`: off.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -60,22 +67,36 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
     if let Some(addr) = cfg.admin {
         crate::admin::start(addr, feeds.clone(), metrics.clone(), shutdown.clone()).await?;
     }
-    tokio::spawn(publish(providers, feeds, metrics, cfg.state_file.clone()));
+    let acme = crate::acme::Acme::start(cfg.acme.clone(), &metrics)?;
+    let secrets = Arc::new(Mutex::new(secrets::Secrets::new(cfg.secrets_dir.clone())));
+    tokio::spawn(publish(
+        providers,
+        feeds,
+        metrics,
+        cfg.state_file.clone(),
+        acme,
+        secrets,
+    ));
     crate::shutdown::wait_for_signal().await;
     tracing::info!("controller shutting down");
     trigger.trigger();
     Ok(())
 }
 
-/// Feeds every provider change to the clusters' snapshots, once all providers reported.
+/// Feeds every provider change to the clusters' snapshots, once all providers reported;
+/// also every change of the ACME client's output and of the certificate secrets.
 async fn publish(
     mut providers: Providers,
     feeds: Arc<Feeds>,
     metrics: Arc<Metrics>,
     state_file: Option<PathBuf>,
+    acme: Arc<Acme>,
+    secrets: Arc<Mutex<Secrets>>,
 ) {
     providers.synced().await;
     let changed = providers.changes();
+    providers::notify_on_change(acme.subscribe(), changed.clone());
+    tokio::spawn(watch_secrets(secrets.clone(), changed.clone()));
     let mut reported: HashMap<String, Arc<RoutingTable>> = HashMap::new();
     let mut last_good = None;
     loop {
@@ -87,8 +108,17 @@ async fn publish(
         let mut store = last_good
             .take()
             .unwrap_or_else(|| LastGood::load(state_file.clone()));
+        let (acme, secrets) = (acme.clone(), secrets.clone());
         let work = move || {
             store.apply(&mut state);
+            acme.want(&state);
+            state.tls.merge(&acme.material());
+            {
+                let mut secrets = secrets.lock().unwrap_or_else(|p| p.into_inner());
+                secrets.follow(&state);
+                secrets.check();
+                state.tls.pairs = secrets.pairs();
+            }
             (update(&f, &m, &state, prev), store)
         };
         match tokio::task::spawn_blocking(work).await {
@@ -101,6 +131,24 @@ async fn publish(
             }
         }
         changed.notified().await;
+    }
+}
+
+/// Checks the certificate secrets every second; wakes `changed` when a pair changed.
+async fn watch_secrets(secrets: Arc<Mutex<Secrets>>, changed: Arc<tokio::sync::Notify>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = secrets.clone();
+        let moved = tokio::task::spawn_blocking(move || {
+            s.lock().unwrap_or_else(|p| p.into_inner()).check()
+        })
+        .await
+        .unwrap_or(false);
+        if moved {
+            changed.notify_one();
+        }
     }
 }
 
@@ -134,7 +182,15 @@ fn update(
             cluster: cluster.clone(),
             ..CompileOptions::default()
         };
-        let table = compile::compile(&DesiredState { services }, &previous, &opts, metrics);
+        let table = compile::compile(
+            &DesiredState {
+                services,
+                ..Default::default()
+            },
+            &previous,
+            &opts,
+            metrics,
+        );
         table
             .report
             .log_new_errors(&previous.report, Some(cluster.as_str()));

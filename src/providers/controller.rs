@@ -101,7 +101,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
 
 /// What one poll brought.
 enum Outcome {
-    Changed(Snapshot, String),
+    Changed(Box<Snapshot>, String),
     Unchanged,
 }
 
@@ -126,6 +126,7 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
             etag = Some(saved.etag());
             tx.send_replace(DesiredState {
                 services: saved.services,
+                tls: saved.tls,
             });
             delivered = true;
         }
@@ -159,6 +160,7 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                     }
                     let state = DesiredState {
                         services: snap.services,
+                        tls: snap.tls,
                     };
                     tx.send_if_modified(|cur| {
                         let changed = *cur != state || !delivered;
@@ -216,15 +218,22 @@ async fn load_saved(path: &Path, cluster: &str) -> Option<Snapshot> {
 }
 
 /// Saves `snap` atomically (a sibling file renamed over), so a crash never leaves half a
-/// file. A failure is logged: the proxy keeps working, it only loses the restart fallback.
+/// file. The file may hold private keys: it is created readable by its owner only (0600).
+/// A failure is logged: the proxy keeps working, it only loses the restart fallback.
 async fn save(path: &Path, snap: &Snapshot) {
     let tmp = path.with_extension("tmp");
     let result = async {
-        tokio::fs::write(
-            &tmp,
-            serde_json::to_vec(snap).map_err(std::io::Error::other)?,
-        )
-        .await?;
+        let bytes = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &bytes).await?;
+        file.sync_all().await?;
+        drop(file);
         tokio::fs::rename(&tmp, path).await
     }
     .await;
@@ -321,7 +330,7 @@ async fn poll(
                 )));
             }
             let tag = snap.etag();
-            Ok(Outcome::Changed(snap, tag))
+            Ok(Outcome::Changed(Box::new(snap), tag))
         }
         status => Err(PollError::Refused {
             status,

@@ -93,7 +93,10 @@ pub fn parse(path: &Path, text: &str) -> Result<DesiredState, FileError> {
             last_good: None,
         });
     }
-    Ok(DesiredState { services })
+    Ok(DesiredState {
+        services,
+        ..Default::default()
+    })
 }
 
 fn parse_endpoint(s: &str) -> Option<EndpointSpec> {

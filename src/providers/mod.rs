@@ -10,4 +10,4 @@ pub mod docker;
 pub mod file;
 mod start;
 
-pub use start::{start, ProviderConfig, Providers};
+pub use start::{notify_on_change, start, ProviderConfig, Providers};

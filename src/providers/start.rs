@@ -42,13 +42,13 @@ impl Providers {
 
     /// The union of every provider's current state.
     pub fn merged(&self) -> DesiredState {
-        DesiredState {
-            services: self
-                .sources
-                .iter()
-                .flat_map(|rx| rx.borrow().services.clone())
-                .collect(),
+        let mut state = DesiredState::default();
+        for rx in &self.sources {
+            let source = rx.borrow();
+            state.services.extend(source.services.iter().cloned());
+            state.tls.merge(&source.tls);
         }
+        state
     }
 
     /// A notification that fires whenever any provider publishes a new state (changes
@@ -110,4 +110,16 @@ pub async fn start(cfg: &ProviderConfig, metrics: &Arc<Metrics>) -> anyhow::Resu
         p.sources.push(rx);
     }
     Ok(p)
+}
+
+/// Wakes `changed` whenever `rx` changes.
+pub fn notify_on_change<T: Send + Sync + 'static>(
+    mut rx: tokio::sync::watch::Receiver<T>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            changed.notify_one();
+        }
+    });
 }

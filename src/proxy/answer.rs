@@ -1,5 +1,5 @@
 //! Every response interlock makes itself, in one place: errors (400, 405, 408, 413, 501,
-//! 502, 503, 504), redirects. Both front-ends (the HTTP/1.1 fast path, hyper's path) send
+//! 502, 503, 504), redirects, the answers to ACME HTTP-01 challenges. Both front-ends (the HTTP/1.1 fast path, hyper's path) send
 //! these; each is a short `text/plain` body saying what happened, never a backend's page.
 
 use http::header::{self, HeaderValue};
@@ -40,4 +40,14 @@ pub(super) fn redirect(status: u16, location: &str) -> Response<ProxyBody> {
         }
         Err(_) => error(&ProxyError::BadHost),
     }
+}
+
+/// The answer to a pending ACME HTTP-01 challenge: its key authorization (RFC 8555 §8.3).
+pub(super) fn acme_challenge(key_authorization: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(key_authorization.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
 }

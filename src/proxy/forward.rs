@@ -19,6 +19,7 @@ use super::error::ProxyError;
 use super::headers;
 use super::Proxy;
 use crate::balance::{self, Backend};
+use crate::config::settings::Scheme;
 use crate::routing::{normalize_host, Decision, Route};
 use crate::upstream::h1::{self, ExchangeError, Outcome};
 use crate::upstream::UpstreamBody;
@@ -91,6 +92,12 @@ pub(super) fn resolve(
         return Err(Box::new(answer::error(&ProxyError::BadHost)));
     };
     let table = proxy.table.load();
+    if proxy.settings.scheme == Scheme::Http {
+        // Before routing and redirects: the CA asks over plain HTTP, whatever the labels.
+        if let Some(answer) = table.acme_http01(&host, pq) {
+            return Err(Box::new(answer::acme_challenge(answer)));
+        }
+    }
     match table.route(proxy.settings.scheme.as_str(), &host, pq) {
         Decision::Forward(route) => Ok(route.clone()),
         Decision::Redirect { status, location } => {

@@ -67,7 +67,14 @@ impl Proxy {
         let tls = tokio::time::timeout(timeout, acceptor.accept(Rewind::new(hello, stream)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let alpn = tls.get_ref().1.alpn_protocol();
+        if alpn == Some(crate::tls::certs::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
+            let mut tls = tls;
+            let _ = tls.shutdown().await;
+            return Ok(());
+        }
+        let h2 = alpn == Some(b"h2");
         super::connection::serve(self, tls, peer, shutdown, guard, h2).await;
         Ok(())
     }

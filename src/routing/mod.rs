@@ -26,6 +26,9 @@ use crate::upstream::Upstream;
 /// concern (and foldhash is randomly seeded anyway).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Where an ACME CA asks for the answers to HTTP-01 challenges (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// An immutable routing snapshot. Built by [`crate::compile::compile`], never mutated.
 #[derive(Default)]
 pub struct RoutingTable {
@@ -45,6 +48,11 @@ pub struct RoutingTable {
     pub(crate) budgets: FastMap<Box<str>, Arc<crate::balance::RetryBudget>>,
     /// What each service compiled to (or why it did not), for last-good reuse and `/routes`.
     pub services: BTreeMap<String, CompiledService>,
+    /// Pending ACME HTTP-01 challenges: token -> (host, key authorization). Answered on the
+    /// plain listener before routing ([`RoutingTable::acme_http01`]); empty nearly always.
+    pub(crate) acme_http01: FastMap<Box<str>, (Box<str>, Box<str>)>,
+    /// Each `ssl_acme` host set's certificate expiry and last problem (for `/routes`).
+    pub acme: BTreeMap<String, crate::config::tls::AcmeStatus>,
     pub report: CompileReport,
 }
 
@@ -129,6 +137,17 @@ impl RoutingTable {
             }
         }
         self.default.as_ref()
+    }
+
+    /// The key authorization answering `GET /.well-known/acme-challenge/<token>` for `host`
+    /// (normalised), if that challenge is pending.
+    pub fn acme_http01(&self, host: &str, path_and_query: &str) -> Option<&str> {
+        if self.acme_http01.is_empty() {
+            return None;
+        }
+        let token = path_and_query.strip_prefix(ACME_CHALLENGE_PATH)?;
+        let (for_host, answer) = self.acme_http01.get(token)?;
+        (**for_host == *host).then_some(&**answer)
     }
 
     /// The passthrough route for a TLS server name (lower case), exact before wildcard.
@@ -249,6 +268,7 @@ impl RoutingTable {
             "redirects": redirects,
             "services": self.services,
             "report": self.report,
+            "acme": self.acme,
         })
     }
 }

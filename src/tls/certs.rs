@@ -15,6 +15,7 @@ use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
 use crate::config::labels::HostPattern;
+use crate::config::tls::{acme_name, pair_name, PemPair, TlsMaterial};
 use crate::routing::RoutingTable;
 
 /// Why a certificate could not be loaded.
@@ -115,9 +116,12 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// TLS-ALPN-01 challenge certificates by host, served only to a client that offers
+    /// nothing but `acme-tls/1` (the CA validating).
+    alpn: HashMap<String, Arc<CertifiedKey>>,
     /// Each served host pattern's certificate expiry (Unix seconds), as written in labels
     /// (`*.example.com` for a wildcard); [`DEFAULT_HOST`] for the default certificate.
-    expiry: std::collections::BTreeMap<String, i64>,
+    expiry: std::collections::BTreeMap<String, (i64, &'static str)>,
 }
 
 /// The `host` the default certificate's expiry is reported under: `*`, the names nothing
@@ -125,8 +129,8 @@ pub struct CertStore {
 pub const DEFAULT_HOST: &str = "*";
 
 impl CertStore {
-    /// Each served host pattern's certificate expiry, in Unix seconds.
-    pub fn expiry(&self) -> &std::collections::BTreeMap<String, i64> {
+    /// Each served host pattern's certificate expiry, in Unix seconds, and its source.
+    pub fn expiry(&self) -> &std::collections::BTreeMap<String, (i64, &'static str)> {
         &self.expiry
     }
 
@@ -167,31 +171,76 @@ pub fn resolve_name(name: &str, secrets_dir: &Path) -> PathBuf {
     }
 }
 
+/// Where a service's certificate pair comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PairSource {
+    /// Files of this instance (`ssl_cert`/`ssl_key` resolved against the secrets
+    /// directory), watched by [`super::watch`].
+    Files { cert: PathBuf, key: PathBuf },
+    /// PEM text that came with the desired state ([`crate::config::tls::TlsMaterial`]):
+    /// `pairs` (a secret the controller read) or `acme`, by [`memory_id`].
+    Memory(String),
+}
+
+impl PairSource {
+    /// The `source` of its expiry metric: `files`, `controller` (a secret the controller
+    /// sent) or `acme`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PairSource::Files { .. } => "files",
+            PairSource::Memory(id) if id.starts_with("acme:") => "acme",
+            PairSource::Memory(_) => "controller",
+        }
+    }
+}
+
+/// The name of an in-memory pair: `pair:<cert>\n<key>` or `acme:<hosts>`.
+pub fn memory_id(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
 /// One service's use of a certificate pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Use {
     pub service: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub source: PairSource,
     pub hosts: Vec<HostPattern>,
     pub default_backend: bool,
 }
 
-/// The certificate pairs a table's services name (`ssl_cert`/`ssl_key`, resolved against
-/// `secrets_dir`), in service order.
-pub fn uses(table: &RoutingTable, secrets_dir: &Path) -> Vec<Use> {
+/// The certificate pairs a table's services use, in service order: `ssl_cert`/`ssl_key`
+/// from `material` when the controller sent that pair, else from files (resolved against
+/// `secrets_dir`); `ssl_acme` from `material`'s ACME certificates.
+pub fn uses(table: &RoutingTable, secrets_dir: &Path, material: &TlsMaterial) -> Vec<Use> {
     let mut out = Vec::new();
     for (name, svc) in &table.services {
         let Some(l) = svc.labels.as_ref() else {
             continue;
         };
-        let (Some(cert), Some(key)) = (&l.ssl_cert, &l.ssl_key) else {
-            continue;
+        let source = match (&l.ssl_cert, &l.ssl_key) {
+            (Some(cert), Some(key)) => {
+                let pair = pair_name(cert, key);
+                if material.pairs.contains_key(&pair) {
+                    PairSource::Memory(memory_id("pair", &pair))
+                } else {
+                    PairSource::Files {
+                        cert: resolve_name(cert, secrets_dir),
+                        key: resolve_name(key, secrets_dir),
+                    }
+                }
+            }
+            _ if l.ssl_acme => {
+                let hosts: Vec<String> = l.hosts.iter().map(|h| h.to_string()).collect();
+                PairSource::Memory(memory_id(
+                    "acme",
+                    &acme_name(hosts.iter().map(String::as_str)),
+                ))
+            }
+            _ => continue,
         };
         out.push(Use {
             service: name.clone(),
-            cert: resolve_name(cert, secrets_dir),
-            key: resolve_name(key, secrets_dir),
+            source,
             hosts: l.hosts.clone(),
             default_backend: l.default_backend,
         });
@@ -199,19 +248,35 @@ pub fn uses(table: &RoutingTable, secrets_dir: &Path) -> Vec<Use> {
     out
 }
 
+/// The in-memory pairs of `material`, by [`memory_id`].
+pub fn memory_pairs(material: &TlsMaterial) -> impl Iterator<Item = (String, &PemPair)> {
+    let pairs = material
+        .pairs
+        .iter()
+        .map(|(n, p)| (memory_id("pair", n), p));
+    let acme = material.acme.iter().map(|(n, p)| (memory_id("acme", n), p));
+    pairs.chain(acme)
+}
+
 /// Builds the store: each use's pair (as `pair` finds it loaded) serves its hosts, first
 /// service first; `default` (if any) answers names nothing else claims, unless a
 /// `default_backend` service brings its own. A use whose pair is not loaded serves nothing
-/// (its hosts fall back to the default).
+/// (its hosts fall back to the default). `alpn` holds the TLS-ALPN-01 challenge
+/// certificates by host.
 pub fn build_store<'a>(
     uses: &[Use],
     default: Option<&'a Loaded>,
-    pair: impl Fn(&Path, &Path) -> Option<&'a Loaded>,
+    pair: impl Fn(&PairSource) -> Option<&'a Loaded>,
+    alpn: HashMap<String, Arc<CertifiedKey>>,
 ) -> CertStore {
-    let mut store = CertStore::default();
+    let mut store = CertStore {
+        alpn,
+        ..CertStore::default()
+    };
     let mut default = default;
+    let mut default_source = "files";
     for u in uses {
-        let Some(loaded) = pair(&u.cert, &u.key) else {
+        let Some(loaded) = pair(&u.source) else {
             continue;
         };
         for h in &u.hosts {
@@ -222,18 +287,21 @@ pub fn build_store<'a>(
             if let std::collections::hash_map::Entry::Vacant(v) = slot {
                 v.insert(loaded.ck.clone());
                 if let Some(t) = loaded.not_after {
-                    store.expiry.insert(h.to_string(), t);
+                    store.expiry.insert(h.to_string(), (t, u.source.label()));
                 }
             }
         }
         if u.default_backend && default.is_none() {
             default = Some(loaded);
+            default_source = u.source.label();
         }
     }
     if let Some(d) = default {
         store.default = Some(d.ck.clone());
         if let Some(t) = d.not_after {
-            store.expiry.insert(DEFAULT_HOST.to_string(), t);
+            store
+                .expiry
+                .insert(DEFAULT_HOST.to_string(), (t, default_source));
         }
     }
     store
@@ -255,10 +323,21 @@ impl std::fmt::Debug for CertStore {
     }
 }
 
+/// The ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name().map(str::to_ascii_lowercase);
-        self.store.load().lookup(sni.as_deref())
+        let store = self.store.load();
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // The CA validating (RFC 8737 §3): its challenge certificate, or no handshake.
+            return sni.and_then(|name| store.alpn.get(&name).cloned());
+        }
+        store.lookup(sni.as_deref())
     }
 }
 
@@ -286,8 +365,10 @@ mod tests {
     fn use_of(service: &str, pair: &str, hosts: &[HostPattern], default_backend: bool) -> Use {
         Use {
             service: service.into(),
-            cert: format!("{pair}.crt").into(),
-            key: format!("{pair}.key").into(),
+            source: PairSource::Files {
+                cert: format!("{pair}.crt").into(),
+                key: format!("{pair}.key").into(),
+            },
             hosts: hosts.to_vec(),
             default_backend,
         }
@@ -314,9 +395,12 @@ mod tests {
             ),
             use_of("broken", "missing", &[exact("broken.test")], false),
         ];
-        let find = |cert: &Path, _: &Path| pairs.get(cert);
+        let find = |source: &PairSource| match source {
+            PairSource::Files { cert, .. } => pairs.get(cert),
+            PairSource::Memory(_) => None,
+        };
         // No --tls-cert: the default_backend's certificate is the default.
-        let store = build_store(&uses, None, find);
+        let store = build_store(&uses, None, find, HashMap::new());
         let want: Vec<(&str, i64)> = vec![
             ("*", 3_000_000_000),
             ("*.b.test", 3_000_000_000),
@@ -326,7 +410,7 @@ mod tests {
         let got: Vec<(&str, i64)> = store
             .expiry()
             .iter()
-            .map(|(k, v)| (k.as_str(), *v))
+            .map(|(k, v)| (k.as_str(), v.0))
             .collect();
         assert_eq!(got, want);
         let served = |sni| store.lookup(Some(sni)).map(|c| c.cert[0].clone());
@@ -340,8 +424,11 @@ mod tests {
         );
         // --tls-cert wins over a default_backend's certificate.
         let fallback = &pairs[Path::new("fallback.crt")];
-        let store = build_store(&uses, Some(fallback), find);
-        assert_eq!(store.expiry().get(DEFAULT_HOST), Some(&4_000_000_000));
+        let store = build_store(&uses, Some(fallback), find, HashMap::new());
+        assert_eq!(
+            store.expiry().get(DEFAULT_HOST),
+            Some(&(4_000_000_000, "files"))
+        );
         assert_eq!(served_default(&store), Some(fallback.ck.cert[0].clone()));
     }
 

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod control;
 pub mod expiry;
 pub mod issue;
+pub mod memory;
 pub mod sni;
 pub mod watch;
 
@@ -19,8 +20,10 @@ use rustls::server::ServerConfig;
 
 pub use certs::{CertError, CertStore};
 
+use crate::config::tls::TlsMaterial;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
+use certs::PairSource;
 use watch::{Outcome, PairFiles};
 
 /// The TLS side of one instance: the live certificate store, the server config that reads
@@ -42,6 +45,8 @@ struct Files {
     default: Option<(PathBuf, PathBuf)>,
     /// Every pair in use, by its (certificate, key) paths.
     pairs: HashMap<(PathBuf, PathBuf), PairFiles>,
+    /// The pairs and challenges that came with the state.
+    memory: memory::Memory,
     hasher: RandomState,
 }
 
@@ -66,11 +71,17 @@ impl TlsState {
             .with_cert_resolver(Arc::new(certs::Resolver {
                 store: store.clone(),
             }));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `acme-tls/1` last: only the CA validating a TLS-ALPN-01 challenge offers it alone.
+        config.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            certs::ACME_TLS_ALPN.to_vec(),
+        ];
         let mut files = Files {
             uses: Vec::new(),
             default: default.clone(),
             pairs: HashMap::new(),
+            memory: memory::Memory::default(),
             hasher: RandomState::new(),
         };
         if let Some((cert, key)) = default {
@@ -94,14 +105,16 @@ impl TlsState {
         Ok(Arc::new(tls))
     }
 
-    /// Follows a new table: loads the certificates its services name (reusing those already
-    /// loaded whose files did not change), rebuilds the store and swaps it in. A service
-    /// whose pair has never loaded is reported; its hosts fall back to the default
-    /// certificate, if any.
-    pub fn refresh(&self, table: &RoutingTable) {
-        let uses = certs::uses(table, &self.secrets_dir);
+    /// Follows a new table and the TLS material of its state: loads the certificates its
+    /// services name (reusing those already loaded whose files or PEM text did not change),
+    /// rebuilds the store and swaps it in. A service whose pair has never loaded is
+    /// reported; its hosts fall back to the default certificate, if any.
+    pub fn refresh(&self, table: &RoutingTable, material: &TlsMaterial) {
+        let uses = certs::uses(table, &self.secrets_dir, material);
         let mut files = self.lock();
         files.uses = uses;
+        let Files { memory, hasher, .. } = &mut *files;
+        memory.update(material, hasher);
         self.sync(&mut files, true);
     }
 
@@ -124,11 +137,29 @@ impl TlsState {
         if let Some(d) = &files.default {
             users.entry(d.clone()).or_default().push(DEFAULT_USER);
         }
+        let mut memory_users: HashMap<&str, Vec<&str>> = HashMap::new();
         for u in &files.uses {
-            users
-                .entry((u.cert.clone(), u.key.clone()))
-                .or_default()
-                .push(&u.service);
+            match &u.source {
+                PairSource::Files { cert, key } => users
+                    .entry((cert.clone(), key.clone()))
+                    .or_default()
+                    .push(&u.service),
+                PairSource::Memory(id) => memory_users.entry(id).or_default().push(&u.service),
+            }
+        }
+        for (id, who) in &memory_users {
+            let Some(pair) = files.memory.pairs.get_mut(*id) else {
+                continue;
+            };
+            if let (Some(error), false) = (&pair.error, pair.reported) {
+                self.metrics.cert_errors.inc();
+                tracing::warn!(
+                    services = %who.join(","),
+                    "certificate {id:?} sent with the state does not load: {error}; {}",
+                    if pair.good.is_some() { "still serving the last good one" } else { "its hosts get the default certificate, if any" }
+                );
+                pair.reported = true;
+            }
         }
         files.pairs.retain(|k, _| users.contains_key(k));
         let mut changed = rebuild;
@@ -195,20 +226,34 @@ impl TlsState {
             .as_ref()
             .and_then(|d| files.pairs.get(d))
             .and_then(|p| p.good.as_ref());
-        let store = certs::build_store(&files.uses, default, |cert, key| {
-            files
-                .pairs
-                .get(&(cert.to_path_buf(), key.to_path_buf()))
-                .and_then(|p| p.good.as_ref())
-        });
+        let store = certs::build_store(
+            &files.uses,
+            default,
+            |source| match source {
+                PairSource::Files { cert, key } => files
+                    .pairs
+                    .get(&(cert.clone(), key.clone()))
+                    .and_then(|p| p.good.as_ref()),
+                PairSource::Memory(id) => files.memory.pairs.get(id).and_then(|p| p.good.as_ref()),
+            },
+            files.memory.alpn(),
+        );
         let new = store.expiry().clone();
         let old = self.store.swap(Arc::new(store));
         // Expiry series: one per host served, gone with the host.
-        for host in old.expiry().keys().filter(|h| !new.contains_key(*h)) {
-            let _ = self.metrics.cert_expiry.remove_label_values(&[host]);
+        for (host, (_, source)) in old.expiry() {
+            if new.get(host).is_none_or(|(_, s)| s != source) {
+                let _ = self
+                    .metrics
+                    .cert_expiry
+                    .remove_label_values(&[host.as_str(), source]);
+            }
         }
-        for (host, t) in &new {
-            self.metrics.cert_expiry.with_label_values(&[host]).set(*t);
+        for (host, (t, source)) in &new {
+            self.metrics
+                .cert_expiry
+                .with_label_values(&[host.as_str(), source])
+                .set(*t);
         }
     }
 }

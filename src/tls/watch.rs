@@ -96,6 +96,8 @@ pub struct PairFiles {
     tried: Option<[u64; 2]>,
     /// The last good pair, served.
     pub good: Option<Loaded>,
+    /// Its PEM text (the controller sends it on to proxies).
+    pub good_pem: Option<crate::config::tls::PemPair>,
     /// Why the current contents are not used, while they are not.
     pub error: Option<String>,
     /// What was last reported about this pair (so each problem is logged once).
@@ -111,6 +113,7 @@ impl PairFiles {
             racy: false,
             tried: None,
             good: None,
+            good_pem: None,
             error: None,
             reported: None,
         }
@@ -147,6 +150,10 @@ impl PairFiles {
         match certs::load_pair_pem(&self.cert, &cert_pem, &self.key, &key_pem) {
             Ok(ck) => {
                 self.good = Some(Loaded::new(ck));
+                self.good_pem = Some(crate::config::tls::PemPair {
+                    cert: String::from_utf8_lossy(&cert_pem).into_owned(),
+                    key: String::from_utf8_lossy(&key_pem).into_owned(),
+                });
                 self.error = None;
                 Outcome::Loaded
             }

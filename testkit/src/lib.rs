@@ -174,7 +174,10 @@ pub fn host_service(name: &str, hosts: &str, endpoints: &[EndpointSpec]) -> Serv
 }
 
 pub fn state(services: Vec<ServiceSpec>) -> DesiredState {
-    DesiredState { services }
+    DesiredState {
+        services,
+        ..Default::default()
+    }
 }
 
 /// The usual table of a test: one service `app` for `app.local`.

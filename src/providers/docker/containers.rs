@@ -31,7 +31,10 @@ pub(super) async fn snapshot(docker: &Docker) -> Result<DesiredState, DockerErro
         })
         .map(container_service)
         .collect();
-    Ok(DesiredState { services })
+    Ok(DesiredState {
+        services,
+        ..Default::default()
+    })
 }
 
 fn container_service(c: &ContainerSummary) -> ServiceSpec {

@@ -111,7 +111,10 @@ pub(super) async fn snapshot(
             last_good: None,
         });
     }
-    Ok(DesiredState { services: out })
+    Ok(DesiredState {
+        services: out,
+        ..Default::default()
+    })
 }
 
 fn has_lb_labels(s: &Service) -> bool {
