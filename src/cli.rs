@@ -338,6 +338,10 @@ pub struct CheckArgs {
     /// Check only this service cluster (`""`: the default one); every cluster by default.
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Where `ssl_cert`/`ssl_key` names are found; each pair must load from here (or, with
+    /// --docker, be a pair of Docker secrets).
+    #[arg(long, env = "INTERLOCK_SECRETS_DIR", default_value = "/run/secrets")]
+    pub secrets_dir: PathBuf,
 }
 
 fn secs(v: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
@@ -492,6 +496,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
             .services
             .extend(crate::providers::file::load(path).await?.services);
     }
+    let mut docker_secrets = None;
     if args.docker {
         let docker = crate::providers::docker::connect().await?;
         state.services.extend(
@@ -499,7 +504,10 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
                 .await?
                 .services,
         );
+        // Secrets exist only on a swarm manager; elsewhere only the files count.
+        docker_secrets = crate::certcheck::docker_secret_names(&docker).await.ok();
     }
+    crate::certcheck::check(&mut state, &args.secrets_dir, docker_secrets.as_ref());
     let clusters: Vec<(String, DesiredState)> = match &args.cluster {
         Some(c) => vec![(c.clone(), state)],
         None => {

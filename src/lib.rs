@@ -44,6 +44,7 @@ pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod certcheck;
 pub mod cli;
 pub mod compile;
 pub mod config;
