@@ -5,7 +5,9 @@
 # and PyPI reachable).
 #   1. installs, when missing: curl (tests/tls.rs), procps for `kill` (tests/process.rs),
 #      iproute2 and util-linux for the multi-node bed's network namespaces
-#      (tests/multinode.rs), Python's grpcio (tests/grpc.rs: a real gRPC client and server);
+#      (tests/multinode.rs), pebble, Let's Encrypt's test CA with its DNS server
+#      pebble-challtestsrv (tests/acme.rs), Python's grpcio (tests/grpc.rs: a real gRPC client
+#      and server);
 #   2. cargo fmt --check, no import cycles between modules or a module's files
 #      (scripts/import-cycles.py), cargo clippy --workspace --all-targets -- -D warnings;
 #   3. cargo test, and beside it, at the lowest CPU priority, the fuzz smoke
@@ -22,6 +24,7 @@ type -P curl >/dev/null || missing+=(curl)
 type -P kill >/dev/null || missing+=(procps)
 type -P ip >/dev/null || missing+=(iproute2)
 type -P nsenter >/dev/null || missing+=(util-linux)
+{ type -P pebble && type -P pebble-challtestsrv; } >/dev/null || missing+=(pebble)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     sudo=()

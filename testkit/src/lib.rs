@@ -12,6 +12,7 @@ pub mod engine;
 pub mod h2frames;
 pub mod multinode;
 pub mod node;
+pub mod pebble;
 pub mod tls;
 
 use std::collections::BTreeMap;
