@@ -30,7 +30,7 @@ const SERVICES: usize = 10_000;
 
 /// Every tenth service has a wildcard host, every seventh (of the rest) a context root.
 fn is_wildcard(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 fn has_context_root(i: usize) -> bool {

@@ -87,6 +87,39 @@ fn judge(
         .and_then(|e| missing(SSL_CERT, cert, e.to_string()))
 }
 
+/// Adds an error to each `ssl_acme` service whose host set's last order failed, as the
+/// ACME client saved it in `acme_state` (read where the client runs: the controller's or
+/// the all-in-one process's volume). Nothing when that directory is not there.
+pub fn check_acme(state: &mut DesiredState, acme_state: &Path) {
+    let Some(store) = crate::acme::store::Store::existing(acme_state) else {
+        return;
+    };
+    let wanted = crate::acme::wanted(state);
+    for spec in &mut state.services {
+        if !spec.labels.contains_key(labels::SSL_ACME) {
+            continue;
+        }
+        let one = DesiredState {
+            services: vec![spec.clone()],
+            ..DesiredState::default()
+        };
+        for name in crate::acme::wanted(&one)
+            .keys()
+            .filter(|n| wanted.contains_key(*n))
+        {
+            if let Some(why) = store.status(name).and_then(|s| s.last_error) {
+                spec.errors.push(LabelError {
+                    label: labels::SSL_ACME.to_string(),
+                    value: "true".to_string(),
+                    expected: format!(
+                        "a certificate from the ACME CA for {name}; its last order failed: {why}"
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// The names of the engine's Docker secrets.
 pub async fn docker_secret_names(docker: &bollard::Docker) -> anyhow::Result<BTreeSet<String>> {
     let secrets = docker

@@ -342,6 +342,14 @@ pub struct CheckArgs {
     /// --docker, be a pair of Docker secrets).
     #[arg(long, env = "INTERLOCK_SECRETS_DIR", default_value = "/run/secrets")]
     pub secrets_dir: PathBuf,
+    /// The ACME client's state: an `ssl_acme` service whose last order failed is reported
+    /// with the CA's reason (where the directory exists).
+    #[arg(
+        long,
+        env = "INTERLOCK_ACME_STATE",
+        default_value = "/var/lib/interlock/acme"
+    )]
+    pub acme_state: PathBuf,
 }
 
 fn secs(v: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
@@ -508,6 +516,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
         docker_secrets = crate::certcheck::docker_secret_names(&docker).await.ok();
     }
     crate::certcheck::check(&mut state, &args.secrets_dir, docker_secrets.as_ref());
+    crate::certcheck::check_acme(&mut state, &args.acme_state);
     let clusters: Vec<(String, DesiredState)> = match &args.cluster {
         Some(c) => vec![(c.clone(), state)],
         None => {

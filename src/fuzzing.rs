@@ -284,9 +284,14 @@ pub fn proxy_takes_snapshot(
     let mut services = snap.services.clone();
     let decoded = snap;
     crate::last_good::LastGood::default().apply_to(&mut services);
+    // The certificates and challenge answers that came with it, as the proxy loads them.
+    crate::tls::memory::Memory::default().update(
+        &decoded.tls,
+        &std::collections::hash_map::RandomState::new(),
+    );
     let state = crate::config::DesiredState {
         services,
-        ..Default::default()
+        tls: decoded.tls.clone(),
     };
     let routes = compile(&state, cluster);
     let saved = crate::snapshot::Snapshot {
@@ -327,4 +332,16 @@ pub fn label_names() -> Vec<&'static str> {
         .chain(crate::config::labels::UNSUPPORTED)
         .copied()
         .collect()
+}
+
+/// A CA's `Retry-After` (`acme::http`), as the ACME client reads it; `None` when it is not
+/// a number of seconds or an HTTP date.
+pub fn acme_retry_after(value: &str) -> Option<std::time::SystemTime> {
+    crate::acme::http::parse_retry_after(value)
+}
+
+/// The TLS-ALPN-01 challenge certificate a proxy makes for `host` from the digest the
+/// controller sent (`tls::memory`).
+pub fn acme_challenge_certificate(host: &str, digest_hex: &str) -> bool {
+    crate::tls::memory::challenge_certificate(host, digest_hex).is_ok()
 }

@@ -32,9 +32,7 @@ use std::time::{Duration, Instant};
 use common::node::{eventually, metric_value, Node, Scratch};
 use common::pebble::{Pebble, PebbleOptions};
 use common::TestBackend;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::DigitallySignedStruct;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const EMAIL: &str = "ops@example.com";
@@ -124,29 +122,18 @@ async fn proxy(
     https: u16,
     state_file: &str,
 ) -> Node {
-    let args = [
-        "proxy",
-        "--controller",
-        &format!("https://127.0.0.1:{api}"),
-        "--cluster",
-        cluster,
-        "--poll-wait",
-        "5",
-        "--control-ca",
-        &s.path("ca.pem"),
-        "--control-cert",
-        &s.path(&format!("proxy-{cluster}.pem")),
-        "--control-key",
-        &s.path(&format!("proxy-{cluster}.key")),
-        "--listen",
-        &format!("{ip}:{http}"),
-        "--tls-listen",
-        &format!("{ip}:{https}"),
-        "--state-file",
-        state_file,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = s.proxy_args(api, cluster, &format!("proxy-{cluster}"));
+    args.extend(
+        [
+            "--listen",
+            &format!("{ip}:{http}"),
+            "--tls-listen",
+            &format!("{ip}:{https}"),
+            "--state-file",
+            state_file,
+        ]
+        .map(String::from),
+    );
     Node::start(&format!("proxy {cluster} {ip}"), &args).await
 }
 
@@ -222,50 +209,11 @@ async fn curl_https(root: &Path, host: &str, ip: Ipv4Addr, port: u16) -> Result<
     }
 }
 
-/// A verifier that accepts any certificate (to look at what is served, valid or not).
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS client trusting only the PEM roots in `root` (`None`: trusting anything), with no
 /// session resumption.
 fn tls_client(root: Option<&Path>) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap();
     let config = match root {
@@ -279,7 +227,7 @@ fn tls_client(root: Option<&Path>) -> tokio_rustls::TlsConnector {
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_custom_certificate_verifier(common::tls::AnyCert::new())
             .with_no_client_auth(),
     };
     // Every handshake a full one: a resumed session carries the certificate of the session
@@ -827,6 +775,22 @@ async fn with_the_ca_down_the_old_certificate_keeps_serving_and_the_failure_show
         .await
         .unwrap();
     assert_eq!(serial(&served), serial(&leaf));
+    // `check` on the same state directory names the service and the CA's reason.
+    let out = std::process::Command::new(common::node::bin())
+        .args([
+            "check",
+            "--config",
+            &s.path("services.toml"),
+            "--acme-state",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("ERROR a"), "{report}");
+    assert!(report.contains("ssl_acme=\"true\""), "{report}");
+    assert!(report.contains("last order failed"), "{report}");
 }
 
 /// A controller with ACME and `interlock certs` for `clusters`, in scratch `s`.

@@ -37,25 +37,8 @@ async fn proxy_with(
     extra: &[&str],
 ) -> (Node, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = [
-        "proxy",
-        "--controller",
-        &format!("https://127.0.0.1:{api}"),
-        "--cluster",
-        cluster,
-        "--poll-wait",
-        "5",
-        "--control-ca",
-        &s.path("ca.pem"),
-        "--control-cert",
-        &s.path(&format!("{stem}.pem")),
-        "--control-key",
-        &s.path(&format!("{stem}.key")),
-        "--listen",
-        &listen.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = s.proxy_args(api, cluster, stem);
+    args.extend(["--listen".to_string(), listen.to_string()]);
     let args = [args, extra.iter().map(|a| a.to_string()).collect()].concat();
     (
         Node::start(&format!("proxy {cluster}"), &args).await,

@@ -44,31 +44,20 @@ async fn proxy(s: &Scratch, api: u16, cluster: &str) -> Proxy {
     let state = s.path(&format!("{cluster}-state.json"));
     let empty = s.path(&format!("{cluster}-own-secrets"));
     std::fs::create_dir_all(&empty).unwrap();
-    let args: Vec<String> = [
-        "proxy",
-        "--controller",
-        &format!("https://127.0.0.1:{api}"),
-        "--cluster",
-        cluster,
-        "--poll-wait",
-        "5",
-        "--control-ca",
-        &s.path("ca.pem"),
-        "--control-cert",
-        &s.path(&format!("proxy-{cluster}.pem")),
-        "--control-key",
-        &s.path(&format!("proxy-{cluster}.key")),
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--tls-listen",
-        &format!("127.0.0.1:{tls}"),
-        "--secrets-dir",
-        &empty,
-        "--state-file",
-        &state,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = s.proxy_args(api, cluster, &format!("proxy-{cluster}"));
+    args.extend(
+        [
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--tls-listen",
+            &format!("127.0.0.1:{tls}"),
+            "--secrets-dir",
+            &empty,
+            "--state-file",
+            &state,
+        ]
+        .map(String::from),
+    );
     let node = Node::start(&format!("proxy {cluster}"), &args).await;
     Proxy { node, tls, state }
 }

@@ -72,7 +72,7 @@ pub async fn run(
         answers_changed: Notify::new(),
     });
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut orders: JoinSet<(String, Result<SavedCert, String>)> = JoinSet::new();
+    let mut orders: JoinSet<(String, Result<Ordered, String>)> = JoinSet::new();
     let jitter = std::collections::hash_map::RandomState::new();
     loop {
         // 1. Follow the wanted host sets.
@@ -106,9 +106,9 @@ pub async fn run(
             if e.next.is_some_and(|t| t <= now) {
                 e.next = None;
                 let (shared, name, hosts) = (shared.clone(), name.clone(), e.hosts.clone());
-                let renew = e.cert.is_some();
+                let current = e.cert.as_ref().map(|c| c.issued_at);
                 orders.spawn(async move {
-                    let result = order_one(&shared, &name, &hosts, renew).await;
+                    let result = order_one(&shared, &name, &hosts, current).await;
                     (name, result)
                 });
             }
@@ -134,9 +134,13 @@ pub async fn run(
                 let Some(e) = entries.get_mut(&name) else { continue };
                 let kind = if e.cert.is_some() { "renew" } else { "issue" };
                 match result {
-                    Ok(cert) => {
-                        shared.metrics.acme_orders.with_label_values(&[kind, "ok"]).inc();
-                        tracing::info!(hosts = %name, not_after = cert.not_after, "ACME certificate {}", if kind == "renew" { "renewed" } else { "issued" });
+                    Ok(Ordered { cert, by_us }) => {
+                        if by_us {
+                            shared.metrics.acme_orders.with_label_values(&[kind, "ok"]).inc();
+                            tracing::info!(hosts = %name, not_after = cert.not_after, "ACME certificate {}", if kind == "renew" { "renewed" } else { "issued" });
+                        } else {
+                            tracing::info!(hosts = %name, not_after = cert.not_after, "ACME certificate taken from --acme-state: another controller sharing it ordered it");
+                        }
                         e.next = Some(renew_at(&cert, jitter.hash_one(&name)));
                         e.cert = Some(cert);
                         e.failures = 0;
@@ -162,6 +166,14 @@ pub async fn run(
                         e.next = Some(Instant::now() + wait);
                     }
                 }
+                // For `interlock check`, which reads the state directory.
+                let status = AcmeStatus {
+                    not_after: e.cert.as_ref().map(|c| c.not_after),
+                    last_error: e.last_error.clone(),
+                };
+                if let Err(err) = shared.store.save_status(&name, &status) {
+                    tracing::warn!(hosts = %name, error = %err, "cannot save the ACME status in --acme-state");
+                }
             }
             _ = shared.answers_changed.notified() => {}
             _ = sleep => {}
@@ -169,14 +181,41 @@ pub async fn run(
     }
 }
 
-/// Orders one host set's certificate and saves it.
+/// A certificate a host set got.
+struct Ordered {
+    cert: SavedCert,
+    /// False: another process sharing the state directory ordered it meanwhile.
+    by_us: bool,
+}
+
+/// Orders one host set's certificate and saves it, under the host set's lock in the state
+/// directory; `current`: when the certificate in use was issued. If another process
+/// sharing the directory saved a newer one meanwhile that is not due yet, that one is taken
+/// instead of ordering.
 async fn order_one(
     shared: &Shared,
     name: &str,
     hosts: &[String],
-    renew: bool,
-) -> Result<SavedCert, String> {
+    current: Option<i64>,
+) -> Result<Ordered, String> {
+    let (store, lock_name) = (shared.store.clone(), name.to_string());
+    let lock = tokio::task::spawn_blocking(move || store.lock(&lock_name))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("locking the host set in --acme-state: {e}"))?;
+    if let Some(saved) = shared.store.cert(name).filter(|c| {
+        c.directory == shared.cfg.directory
+            && c.hosts == hosts
+            && current.is_none_or(|t| c.issued_at > t)
+            && renew_at(c, 0) > Instant::now()
+    }) {
+        return Ok(Ordered {
+            cert: saved,
+            by_us: false,
+        });
+    }
     let account = account(shared).await?;
+    let renew = current.is_some();
     tracing::info!(hosts = %name, renew, challenge = ?shared.cfg.challenge, "ordering an ACME certificate");
     let issued_at = unix_now();
     let pair = order::issue(
@@ -216,7 +255,8 @@ async fn order_one(
         // Served anyway; only a restart would order it again.
         tracing::error!(hosts = %name, error = %e, "cannot save the ACME certificate in --acme-state");
     }
-    Ok(cert)
+    drop(lock);
+    Ok(Ordered { cert, by_us: true })
 }
 
 /// The account: loaded once, registered if the state has none for this directory.

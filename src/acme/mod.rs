@@ -8,10 +8,10 @@
 //! `http` is the client's HTTPS, `store` the state directory, `order` one order,
 //! `manager` the scheduler (issue, renew at 2/3 of the lifetime, back off).
 
-mod http;
+pub(crate) mod http;
 mod manager;
 pub mod order;
-mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::tls::PemPair;
+use crate::config::tls::{AcmeStatus, PemPair};
 
 /// The account of one directory.
 #[derive(Serialize, Deserialize)]
@@ -51,6 +51,13 @@ impl Store {
         })
     }
 
+    /// The directory as it is, created by nothing (for `interlock check`).
+    pub fn existing(dir: &Path) -> Option<Store> {
+        dir.join("certs").is_dir().then(|| Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     fn account_path(&self) -> PathBuf {
         self.dir.join("account.json")
     }
@@ -83,6 +90,33 @@ impl Store {
     /// The saved certificate of host set `name`, if any and readable.
     pub fn cert(&self, name: &str) -> Option<SavedCert> {
         read_json(&self.cert_path(name))
+    }
+
+    /// Takes the lock of host set `name` (a file lock, held until the returned file is
+    /// dropped): controllers sharing this directory order each host set one at a time, and
+    /// the second one finds the first one's certificate instead of ordering again. Blocks.
+    pub fn lock(&self, name: &str) -> std::io::Result<std::fs::File> {
+        let path = self.cert_path(name).with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// The last outcome of host set `name`'s orders, as saved for `interlock check`.
+    pub fn status(&self, name: &str) -> Option<AcmeStatus> {
+        read_json(&self.cert_path(name).with_extension("status"))
+    }
+
+    pub fn save_status(&self, name: &str, status: &AcmeStatus) -> std::io::Result<()> {
+        write_private(
+            &self.cert_path(name).with_extension("status"),
+            &serde_json::to_vec_pretty(status)?,
+        )
     }
 
     pub fn save_cert(&self, name: &str, cert: &SavedCert) -> std::io::Result<()> {

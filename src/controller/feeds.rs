@@ -42,6 +42,8 @@ struct Inner {
     /// nothing, and serving an empty snapshot would wipe the proxies' good tables.
     synced: bool,
     feeds: HashMap<String, Feed>,
+    /// Each ACME host set's expiry and last problem (for `/routes`).
+    acme: std::collections::BTreeMap<String, crate::config::tls::AcmeStatus>,
 }
 
 impl Feeds {
@@ -55,6 +57,7 @@ impl Feeds {
             inner: Mutex::new(Inner {
                 synced: false,
                 feeds: HashMap::new(),
+                acme: Default::default(),
             }),
         })
     }
@@ -98,6 +101,7 @@ impl Feeds {
         let mut parts = snapshot::partition(state);
         let mut inner = self.lock();
         inner.synced = true;
+        inner.acme = state.tls.acme_status.clone();
         let mut moved = Vec::new();
         // Clusters that lost their last service get an empty snapshot: their proxies must
         // stop routing them.
@@ -175,11 +179,13 @@ impl crate::admin::Status for Feeds {
     }
 
     fn routes(&self) -> serde_json::Value {
+        let acme = self.lock().acme.clone();
         serde_json::json!({
             "epoch": self.epoch(),
             "clusters": self.versions().into_iter().map(|(cluster, version, services)| {
                 serde_json::json!({"cluster": cluster, "version": version, "services": services})
             }).collect::<Vec<_>>(),
+            "acme": acme,
         })
     }
 }

@@ -274,6 +274,29 @@ impl Scratch {
         .to_vec()
     }
 
+    /// `interlock proxy` of `cluster` following the controller at 127.0.0.1:`api` (polls held
+    /// 5 s), with this directory's CA and the client certificate `stem.pem`/`stem.key`
+    /// (normally `proxy-<cluster>`); the caller adds its listeners.
+    pub fn proxy_args(&self, api: u16, cluster: &str, stem: &str) -> Vec<String> {
+        [
+            "proxy",
+            "--controller",
+            &format!("https://127.0.0.1:{api}"),
+            "--cluster",
+            cluster,
+            "--poll-wait",
+            "5",
+            "--control-ca",
+            &self.path("ca.pem"),
+            "--control-cert",
+            &self.path(&format!("{stem}.pem")),
+            "--control-key",
+            &self.path(&format!("{stem}.key")),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// `interlock certs` into this directory: the controller's certificate for `names`, a
     /// client certificate per cluster (`""`: the default cluster).
     pub fn issue_certs(&self, names: &[&str], clusters: &[&str]) {
