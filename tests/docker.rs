@@ -497,8 +497,9 @@ fn canary_splits_by_task_count_and_vip_mode_uses_one_upstream(node: &BedNode) {
         vip_addr.contains(&format!("{ep}/")),
         "endpoint {ep} is one of the service VIPs {vip_addr}"
     );
-    // Traffic to a VIP needs IPVS in the kernel; this sandbox's kernel has none (dockerd logs
-    // "Could not get ipvs family information"), so the VIP itself cannot answer here.
+    // Traffic to a VIP needs IPVS in the kernel; on a kernel without it (dockerd logs
+    // "Could not get ipvs family information") the VIP itself cannot answer, so it is
+    // asked only where /proc/net/ip_vs exists.
     if Path::new("/proc/net/ip_vs").exists() {
         wait_until(Duration::from_secs(30), || {
             http_get(sw.http, &vip_host, "/").is_some_and(|r| r.status == 200)

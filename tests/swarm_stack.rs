@@ -43,6 +43,8 @@ struct Stack {
     certs: Scratch,
     prod: SocketAddr,
     dev: SocketAddr,
+    /// prod's TLS listener.
+    prod_tls: SocketAddr,
 }
 
 impl Drop for Stack {
@@ -71,7 +73,9 @@ impl Stack {
         let certs = Scratch::new("stack");
         certs.issue_certs(&["controller"], &["prod", "dev"]);
         let (prod, dev) = (free_port(), free_port());
+        let (prod_tls, dev_tls) = (free_port(), free_port());
         let stack = Stack {
+            prod_tls: SocketAddr::from((node.addr, prod_tls)),
             prod_network: format!("{name}-apps-prod"),
             dev_network: format!("{name}-apps-dev"),
             prod: SocketAddr::from((node.addr, prod)),
@@ -111,6 +115,8 @@ impl Stack {
             .env("INTERLOCK_CERTS", &stack.certs.0)
             .env("PROD_HTTP_PORT", prod.to_string())
             .env("DEV_HTTP_PORT", dev.to_string())
+            .env("PROD_HTTPS_PORT", prod_tls.to_string())
+            .env("DEV_HTTPS_PORT", dev_tls.to_string())
             .env("CONTROLLER_PLACEMENT", manager)
             .env("PROD_PLACEMENT", manager)
             .env("DEV_PLACEMENT", manager)
@@ -251,6 +257,48 @@ fn ask_from(network: &str, addr: &str) -> Result<String, String> {
         Ok(text(&out.stdout))
     } else {
         Err(text(&out.stderr))
+    }
+}
+
+/// A load on `addr` for `host`, one request at a time, until [`Load::finish`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, host: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(addr, host, "/") {
+                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            thread,
+        }
+    }
+
+    /// Stops it: (requests answered 200, the others).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -476,19 +524,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
 
     // The controller's container is killed: Swarm restarts it; prod traffic never stops,
     // and a change made meanwhile reaches the proxies once it is back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), stack.prod);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match http_get(addr, "web.test", "/") {
-                    Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(stack.prod, "web.test");
     let task = docker(&[
         "ps",
         "-q",
@@ -504,9 +540,7 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     wait_until(Duration::from_secs(90), || {
         stack.answer(stack.prod, "api.test") == "api-prod"
     });
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish();
     eprintln!(
         "prod traffic while its controller was killed and restarted: {ok} ok, {failed} failed"
     );
@@ -520,6 +554,78 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
         "503",
         "prod's new host is not dev's"
     );
+
+    // A certificate as Docker secrets attached to the controller (not to the proxies), under
+    // load: Swarm replaces only the controller's task, prod's proxy serves the certificate
+    // over TLS without being replaced, and no request fails meanwhile.
+    let web = common::tls::issue(&["web.test"], 4_000_000_000);
+    for (ext, text) in [("crt", &web.cert), ("key", &web.key)] {
+        let file = stack.certs.path(&format!("web.{ext}"));
+        std::fs::write(&file, text).unwrap();
+        docker(&[
+            "secret",
+            "create",
+            &format!("{}-web.{ext}", stack.name),
+            &file,
+        ]);
+    }
+    let proxy_before = stack.container("proxy-prod");
+    let load = Load::start(stack.prod, "web.test");
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--secret-add",
+        &format!("source={}-web.crt,target=web.crt", stack.name),
+        "--secret-add",
+        &format!("source={}-web.key,target=web.key,mode=0400", stack.name),
+        &format!("{}_controller", stack.name),
+    ]);
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        "com.docker.lb.ssl_cert=web.crt",
+        "--label-add",
+        "com.docker.lb.ssl_key=web.key",
+        &web_prod,
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret_added = Instant::now();
+    wait_until(Duration::from_secs(90), || {
+        rt.block_on(common::tls::try_served_at(stack.prod_tls, "web.test"))
+            .is_some_and(|der| der == web.der)
+    });
+    eprintln!(
+        "the controller's new secret served by prod's proxy {:.1} s after the update",
+        secret_added.elapsed().as_secs_f64()
+    );
+    let (ok, failed) = load.finish();
+    eprintln!(
+        "prod traffic while the secret was attached to the controller: {ok} ok, {failed} failed"
+    );
+    assert!(ok > 0);
+    assert_eq!(
+        failed, 0,
+        "requests failed while a secret was attached to the controller"
+    );
+    assert_eq!(
+        stack.container("proxy-prod"),
+        proxy_before,
+        "the proxy's task was not replaced"
+    );
+    let tls_answer = rt.block_on(async {
+        let mut tls = common::tls::try_connect_to(stack.prod_tls, "web.test")
+            .await
+            .unwrap();
+        common::tls::get(&mut tls, "web.test").await
+    });
+    assert_eq!(tls_answer.0, "HTTP/1.1 200 OK");
+    assert!(tls_answer.1.starts_with("web-prod"), "{tls_answer:?}");
 
     // The controller is gone for good (scaled to 0) and prod's proxy restarts: it serves
     // the routes it saved in its state file, and is healthy doing so.

@@ -47,8 +47,11 @@ pub struct AcmeConfig {
 pub struct Acme {
     wanted: watch::Sender<BTreeMap<String, Vec<String>>>,
     material: watch::Receiver<TlsMaterial>,
-    /// `None`: the client is off; services that ask get an error saying so.
+    /// False: the client is off; services that ask get an error saying so.
     running: bool,
+    /// When off: the sender of `material`, kept so that the channel stays open (nothing
+    /// is ever sent on it).
+    _idle: Option<watch::Sender<TlsMaterial>>,
 }
 
 impl Acme {
@@ -57,6 +60,7 @@ impl Acme {
         let (wanted, wanted_rx) = watch::channel(BTreeMap::new());
         let (out, material) = watch::channel(TlsMaterial::default());
         let running = cfg.is_some();
+        let mut idle = None;
         if let Some(cfg) = cfg {
             metrics.export(Part::Acme);
             let store = store::Store::open(&cfg.state_dir)?;
@@ -71,13 +75,13 @@ impl Acme {
                 out,
             ));
         } else {
-            // Kept so that `material` stays open (it never changes).
-            std::mem::forget(out);
+            idle = Some(out);
         }
         Ok(Arc::new(Acme {
             wanted,
             material,
             running,
+            _idle: idle,
         }))
     }
 
@@ -123,6 +127,10 @@ impl Acme {
 pub fn wanted(state: &DesiredState) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for spec in &state.services {
+        let asks = |l: &BTreeMap<String, String>| l.contains_key(labels::SSL_ACME);
+        if !asks(&spec.labels) && !spec.last_good.as_ref().is_some_and(asks) {
+            continue;
+        }
         let own = labels::parse(&spec.labels);
         let in_force = if own.errors.is_empty() {
             Some(own.labels)

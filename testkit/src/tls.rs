@@ -96,8 +96,19 @@ pub async fn connect(port: u16, sni: &str) -> Tls {
         .unwrap_or_else(|e| panic!("TLS to 127.0.0.1:{port} for {sni}: {e}"))
 }
 
-/// A TLS connection to `port` for `sni` (ALPN http/1.1), or why not.
+/// A TLS connection to 127.0.0.1:`port` for `sni` (ALPN http/1.1), or why not.
 pub async fn try_connect(port: u16, sni: &str) -> std::io::Result<Tls> {
+    try_connect_to(std::net::SocketAddr::from(([127, 0, 0, 1], port)), sni).await
+}
+
+/// The leaf certificate a new handshake with `addr` for `sni` gets, if it succeeds.
+pub async fn try_served_at(addr: std::net::SocketAddr, sni: &str) -> Option<Vec<u8>> {
+    let tls = try_connect_to(addr, sni).await.ok()?;
+    Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
+}
+
+/// A TLS connection to `addr` for `sni` (ALPN http/1.1), or why not.
+pub async fn try_connect_to(addr: std::net::SocketAddr, sni: &str) -> std::io::Result<Tls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -106,7 +117,7 @@ pub async fn try_connect(port: u16, sni: &str) -> std::io::Result<Tls> {
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
         .await
