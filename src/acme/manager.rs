@@ -26,7 +26,7 @@ use crate::config::tls::{AcmeStatus, TlsMaterial};
 use crate::metrics::Metrics;
 
 /// Orders in flight at most.
-const PARALLEL: usize = 4;
+const PARALLEL: usize = 8;
 /// The first retry after a failure; each next one waits three times longer, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
