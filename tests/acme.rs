@@ -484,6 +484,7 @@ async fn the_pebble_harness_serves_a_directory_and_its_root() {
         http_port: common::free_port(),
         tls_port: common::free_port(),
         validity_secs: 60,
+        ..Default::default()
     });
     let dir = |p: &Pebble| {
         let out = std::process::Command::new("curl")
@@ -517,6 +518,7 @@ async fn http01_issuance_then_a_restart_serves_the_stored_certificate_without_a_
         http_port: http,
         tls_port: https,
         validity_secs: 3600,
+        ..Default::default()
     });
     let backend = TestBackend::named("a-backend").await;
     s.write_services(&acme_service("a", "a.test", backend.addr, None));
@@ -601,6 +603,7 @@ async fn tls_alpn01_issuance() {
         http_port: common::free_port(),
         tls_port: https,
         validity_secs: 3600,
+        ..Default::default()
     });
     let backend = TestBackend::named("alpn-backend").await;
     s.write_services(&acme_service("a", "a.test", backend.addr, None));
@@ -627,6 +630,7 @@ async fn renewal_under_load_changes_the_serial_with_no_failed_request() {
         http_port: http,
         tls_port: https,
         validity_secs: 30,
+        ..Default::default()
     });
     let backend = TestBackend::named("renew-backend").await;
     s.write_services(&acme_service("a", "a.test", backend.addr, None));
@@ -716,6 +720,7 @@ async fn with_the_ca_down_the_old_certificate_keeps_serving_and_the_failure_show
         http_port: http,
         tls_port: https,
         validity_secs: 30,
+        ..Default::default()
     });
     let backend = TestBackend::named("down-backend").await;
     s.write_services(&acme_service("a", "a.test", backend.addr, None));
@@ -817,6 +822,7 @@ async fn each_cluster_gets_its_own_certificate_and_no_proxy_holds_the_others() {
         http_port: http,
         tls_port: https,
         validity_secs: 3600,
+        ..Default::default()
     });
     pebble.add_a("dev.test", &dev_ip.to_string());
     pebble.add_a("prod.test", &prod_ip.to_string());
@@ -940,6 +946,7 @@ async fn twenty_hosts_labelled_at_once_are_served_by_every_proxy_in_time() {
         http_port: http,
         tls_port: https,
         validity_secs: 3600,
+        ..Default::default()
     });
     let s = Scratch::new("acme-twenty");
     let backend = TestBackend::named("many").await;
@@ -1021,4 +1028,113 @@ async fn twenty_hosts_labelled_at_once_are_served_by_every_proxy_in_time() {
             .unwrap();
         assert_eq!(body, "many");
     }
+}
+
+/// A plain `[[service]]` routed at `host` (no certificate of its own).
+fn plain_service(name: &str, host: &str, backend: SocketAddr) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nendpoints = [\"{backend}\"]\n[service.labels]\n\
+         \"com.docker.lb.hosts\" = \"{host}\"\n\n"
+    )
+}
+
+/// Faults, each for one host only: a name the CA refuses (`blocked.test`, pebble's
+/// blocklist), a challenge that cannot validate (`novalid.test`: its DNS answer points
+/// where nothing listens), a corrupt certificate file in the state directory (ordered
+/// again), and two processes sharing `--acme-state` asking for the same host (one order:
+/// the second takes the first one's certificate). Each problem is logged with its host
+/// and shown in `/routes`; `good.test` gets its certificate and every host keeps its
+/// plain HTTP route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_stay_with_their_host_and_a_shared_state_orders_once() {
+    let s = Scratch::new("acme-faults");
+    let state = s.0.join("acme");
+    let (http, https) = (common::free_port(), common::free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: http,
+        tls_port: https,
+        validity_secs: 3600,
+        blocked: vec!["blocked.test".into()],
+    });
+    pebble.add_a("novalid.test", "127.0.0.9");
+    let backend = TestBackend::named("faults-backend").await;
+    s.write_services(&format!(
+        "{}{}{}{}",
+        acme_service("good", "good.test", backend.addr, None),
+        acme_service("blocked", "blocked.test", backend.addr, None),
+        acme_service("novalid", "novalid.test", backend.addr, None),
+        plain_service("plain", "plain.test", backend.addr),
+    ));
+    let node = all_in_one(&s, &pebble, &state, "http-01", http, https).await;
+    let root = pebble.fetch_root();
+    let good = until_valid(&root, Ipv4Addr::LOCALHOST, https, "good.test", 60).await;
+    for host in ["blocked.test", "novalid.test"] {
+        let failed = eventually(Duration::from_secs(60), || async {
+            acme_status(&node, host).await["last_error"].is_string()
+        })
+        .await;
+        let status = acme_status(&node, host).await;
+        assert!(failed.is_some(), "{host}: no last_error: {status}");
+        assert!(status["not_after"].is_null(), "{host}: {status}");
+        assert!(
+            node.log()
+                .iter()
+                .any(|l| l.contains(host) && l.contains("ACME order failed")),
+            "{host} not named in a log line:\n{}",
+            node.log().join("\n")
+        );
+    }
+    let refused = acme_status(&node, "blocked.test").await["last_error"].to_string();
+    assert!(
+        refused.contains("rejectedIdentifier") || refused.contains("blocked"),
+        "{refused}"
+    );
+    // Every host keeps its plain HTTP route; the good certificate keeps serving.
+    for host in ["good.test", "blocked.test", "novalid.test", "plain.test"] {
+        let answer =
+            common::node::try_http(SocketAddr::from(([127, 0, 0, 1], http)), host, "/").await;
+        assert_eq!(answer.map(|a| a.0), Some(200), "{host}");
+    }
+    let any = tls_client(None);
+    assert_eq!(
+        serial(
+            &served_leaf(&any, Ipv4Addr::LOCALHOST, https, "good.test")
+                .await
+                .unwrap()
+        ),
+        serial(&good)
+    );
+    drop(node);
+
+    // A corrupt certificate file: logged, ordered again, served.
+    let file = state.join("certs/good.test.json");
+    std::fs::write(&file, b"{ not json").unwrap();
+    let node = all_in_one(&s, &pebble, &state, "http-01", http, https).await;
+    let again = until_valid(&root, Ipv4Addr::LOCALHOST, https, "good.test", 60).await;
+    assert_ne!(
+        serial(&again),
+        serial(&good),
+        "a new certificate replaced the corrupt file"
+    );
+    assert!(
+        node.log().iter().any(|l| l.contains("corrupt")),
+        "the corrupt file is not logged:\n{}",
+        node.log().join("\n")
+    );
+    drop(node);
+
+    // Two processes sharing the state directory, asking for a new host at once: one order.
+    s.write_services(&acme_service("shared", "shared.test", backend.addr, None));
+    let (http2, https2) = (common::free_port(), common::free_port());
+    let first = all_in_one(&s, &pebble, &state, "http-01", http, https).await;
+    let second = all_in_one(&s, &pebble, &state, "http-01", http2, https2).await;
+    let a = until_valid(&root, Ipv4Addr::LOCALHOST, https, "shared.test", 60).await;
+    let b = until_valid(&root, Ipv4Addr::LOCALHOST, https2, "shared.test", 60).await;
+    assert_eq!(
+        serial(&a),
+        serial(&b),
+        "both serve the one certificate ordered"
+    );
+    let ordered = orders(&first, "issue", "ok").await + orders(&second, "issue", "ok").await;
+    assert_eq!(ordered, 1.0, "the host was ordered {ordered} times");
 }

@@ -25,7 +25,7 @@ use crate::node::Scratch;
 use crate::Proc;
 
 /// What the CA validates against, and how long its certificates live.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PebbleOptions {
     /// The port HTTP-01 validations connect to (the proxy's plain listener).
     pub http_port: u16,
@@ -33,6 +33,9 @@ pub struct PebbleOptions {
     pub tls_port: u16,
     /// Lifetime of issued certificates, in seconds (`certificateValidityPeriod`).
     pub validity_secs: u64,
+    /// Names the CA refuses to issue for (`domainBlocklist`: an order naming one is
+    /// refused with `rejectedIdentifier`).
+    pub blocked: Vec<String>,
 }
 
 /// A running pebble and its DNS server (see the module's documentation).
@@ -175,6 +178,30 @@ impl Pebble {
             (
                 "certificateValidityPeriod",
                 self.opts.validity_secs.to_string(),
+            ),
+            (
+                "domainBlocklist",
+                format!(
+                    "[{}]",
+                    self.opts
+                        .blocked
+                        .iter()
+                        .map(|b| format!("\"{b}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ),
+            (
+                "domainBlocklist",
+                format!(
+                    "[{}]",
+                    self.opts
+                        .blocked
+                        .iter()
+                        .map(|b| format!("\"{b}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             ),
             ("ocspResponderURL", "\"\"".into()),
             ("externalAccountBindingRequired", "false".into()),
