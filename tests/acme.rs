@@ -801,7 +801,11 @@ async fn with_the_ca_down_the_old_certificate_keeps_serving_and_the_failure_show
 /// A controller with ACME and `interlock certs` for `clusters`, in scratch `s`.
 async fn acme_controller(s: &Scratch, pebble: &Pebble, clusters: &[&str]) -> (Node, u16) {
     s.issue_certs(&["127.0.0.1"], clusters);
-    let api = common::free_port();
+    acme_controller_on(s, pebble, common::free_port()).await
+}
+
+/// The controller of [`acme_controller`] (certificates issued), its API on `api`.
+async fn acme_controller_on(s: &Scratch, pebble: &Pebble, api: u16) -> (Node, u16) {
     let mut args = s.controller_args(api);
     args.extend(acme_args(pebble, &s.0.join("acme"), "http-01"));
     (Node::start("controller", &args).await, api)
@@ -930,6 +934,29 @@ async fn each_cluster_gets_its_own_certificate_and_no_proxy_holds_the_others() {
                 assert!(!in_prod, "dev's key ({name}) in prod's state file");
             }
         }
+    }
+
+    // The controller restarted on the same --acme-state: no order, and the proxies keep
+    // serving the same certificates.
+    drop(ctl);
+    let (ctl, _) = acme_controller_on(&s, &pebble, api).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        family_sum(&ctl, "interlock_acme_orders_total").await,
+        0.0,
+        "the restarted controller ordered again"
+    );
+    let any = tls_client(None);
+    for (ip, host, leaf) in [
+        (dev_ip, "dev.test", &dev_leaf),
+        (prod_ip, "prod.test", &prod_leaf),
+    ] {
+        let served = served_leaf(&any, ip, https, host).await.unwrap();
+        assert_eq!(
+            serial(&served),
+            serial(leaf),
+            "{host} after the controller's restart"
+        );
     }
     drop((dev, prod));
 }

@@ -311,6 +311,13 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
     for r in &mut l.redirects {
         r.status = l.redirect_code;
     }
+    if l.ssl_acme && l.ssl_cert.is_some() {
+        // The service keeps its own certificate.
+        out.warnings.push(format!(
+            "label {SSL_ACME} is ignored: the service has its own certificate ({SSL_CERT}/{SSL_KEY})"
+        ));
+        l.ssl_acme = false;
+    }
     cross_check(&l, &mut out.errors);
     out.labels = l;
     out
@@ -327,8 +334,6 @@ fn acme_check(l: &ServiceLabels, errors: &mut Vec<LabelError>) {
         Some("exact host names in com.docker.lb.hosts: a wildcard certificate needs the DNS-01 challenge, which interlock does not do; list the names, or give ssl_cert/ssl_key")
     } else if l.hosts.is_empty() {
         Some("com.docker.lb.hosts to name the hosts the certificate covers")
-    } else if l.ssl_cert.is_some() {
-        Some("either ssl_acme or ssl_cert/ssl_key, not both")
     } else if l.ssl_passthrough {
         Some("no ssl_passthrough: a passthrough service terminates TLS itself")
     } else {
@@ -766,5 +771,42 @@ mod tests {
         let p = parse(&labels(&[(SSL_CERT, "app.cert")]));
         assert_eq!(p.errors.len(), 1);
         assert_eq!(p.errors[0].label, SSL_CERT);
+    }
+
+    #[test]
+    fn ssl_acme_wants_exact_hosts_and_yields_to_a_certificate_of_the_service() {
+        let ok = parse(&labels(&[(HOSTS, "a.test,b.test"), (SSL_ACME, "true")]));
+        assert!(
+            ok.errors.is_empty() && ok.labels.ssl_acme,
+            "{:?}",
+            ok.errors
+        );
+        let wildcard = parse(&labels(&[(HOSTS, "*.a.test"), (SSL_ACME, "true")]));
+        assert_eq!(wildcard.errors[0].label, SSL_ACME);
+        assert!(wildcard.errors[0].expected.contains("DNS-01"));
+        let no_hosts = parse(&labels(&[(DEFAULT_BACKEND, "true"), (SSL_ACME, "true")]));
+        assert_eq!(no_hosts.errors[0].label, SSL_ACME);
+        let passthrough = parse(&labels(&[
+            (HOSTS, "a.test"),
+            (SSL_ACME, "true"),
+            (SSL_PASSTHROUGH, "true"),
+        ]));
+        assert_eq!(passthrough.errors[0].label, SSL_ACME);
+        let own = parse(&labels(&[
+            (HOSTS, "a.test"),
+            (SSL_ACME, "true"),
+            (SSL_CERT, "a.crt"),
+            (SSL_KEY, "a.key"),
+        ]));
+        assert!(own.errors.is_empty(), "{:?}", own.errors);
+        assert!(
+            !own.labels.ssl_acme,
+            "the service keeps its own certificate"
+        );
+        assert!(
+            own.warnings[0].contains("ssl_acme is ignored"),
+            "{:?}",
+            own.warnings
+        );
     }
 }
