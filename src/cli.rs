@@ -243,7 +243,8 @@ pub struct ControllerArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProxyArgs {
-    /// The controller: https://HOST:PORT (HOST must be a name in its certificate).
+    /// The controller: https://HOST:PORT (HOST must be a name in its certificate). Several
+    /// replicas: a comma-separated list, or a name resolving to each (tried in turn).
     #[arg(long, env = "INTERLOCK_CONTROLLER")]
     pub controller: String,
     #[command(flatten)]
@@ -441,13 +442,12 @@ impl ProxyArgs {
             crate::snapshot::valid_cluster_name(cluster),
             "--cluster {cluster:?}: expected letters, digits, `-`, `_` and `.`"
         );
-        let (host, port) = crate::providers::controller::parse_url(&self.controller)
+        let endpoints = crate::providers::controller::parse_urls(&self.controller)
             .map_err(|e| anyhow::anyhow!("--controller {e}"))?;
         let tls = crate::tls::control::client_config(&self.tls.files())?;
         let providers = ProviderConfig {
             controller: Some(ControllerOptions {
-                host,
-                port,
+                endpoints,
                 cluster: cluster.clone(),
                 tls,
                 wait: Duration::from_secs(self.poll_wait.clamp(1, 300)),

@@ -34,15 +34,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The HTTP entity tag of this snapshot.
+    /// The HTTP entity tag of this snapshot: a digest of what it carries (cluster, services,
+    /// TLS share), not of which controller made it when. Controller replicas holding the
+    /// same state give the same tag, so a proxy failing over to another replica, or polling
+    /// a restarted one, fetches nothing when nothing changed.
     pub fn etag(&self) -> String {
-        etag(&self.epoch, self.version)
+        content_etag(&self.cluster, &self.services, &self.tls)
     }
 }
 
-/// The entity tag of version `version` of controller incarnation `epoch`.
-pub fn etag(epoch: &str, version: u64) -> String {
-    format!("\"{epoch}-{version}\"")
+/// The entity tag of a cluster's content: the first 128 bits of the SHA-256 of its JSON
+/// (deterministic: services sorted by name, maps ordered).
+pub fn content_etag(cluster: &str, services: &[ServiceSpec], tls: &TlsMaterial) -> String {
+    // Serializing plain data (strings, maps, numbers) cannot fail.
+    let json = serde_json::to_vec(&(cluster, services, tls)).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &json);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
 }
 
 /// The services of `state` by service cluster, sorted by name, with only interlock's
@@ -258,6 +269,19 @@ mod tests {
         };
         let back: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
-        assert_eq!(s.etag(), "\"e1-7\"");
+        // The tag is the content's: another controller (epoch) and version, the same tag;
+        // other services, another tag.
+        let replica = Snapshot {
+            epoch: "e2".into(),
+            version: 3,
+            ..s.clone()
+        };
+        assert_eq!(replica.etag(), s.etag());
+        assert_eq!(s.etag().len(), 34);
+        let other = Snapshot {
+            services: vec![svc("b", &[(SERVICE_CLUSTER, "prod")])],
+            ..s.clone()
+        };
+        assert_ne!(other.etag(), s.etag());
     }
 }

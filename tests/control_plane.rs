@@ -722,3 +722,111 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     assert_eq!(answer(addr, "web.test").await, "503");
     drop(ctl);
 }
+
+/// Two controller replicas on the same services file, one proxy given both: killing the
+/// replica it polls moves it to the other without fetching or swapping anything (the
+/// replicas' entity tags are digests of the same content), a change reaches it through the
+/// other replica, and it moves back when that one goes; traffic never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_fails_over_between_controller_replicas_without_swapping_its_table() {
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
+    let (web, api_be) = (
+        TestBackend::named("web").await,
+        TestBackend::named("api").await,
+    );
+    s.write_services(&service("web", "prod", "web.test", &web, ""));
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Node::start("controller a", &s.controller_args(port_a)).await;
+    let mut b = Node::start("controller b", &s.controller_args(port_b)).await;
+    let mut args = s.proxy_args(port_a, "prod", "proxy-prod");
+    let at = args.iter().position(|a| a == "--controller").unwrap() + 1;
+    args[at] = format!("https://127.0.0.1:{port_a}, https://127.0.0.1:{port_b}");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    args.extend(["--listen".to_string(), listen.to_string()]);
+    let proxy = Node::start("proxy prod", &args).await;
+    until_answer(listen, "web.test", "web").await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match answer(listen, "web.test").await.as_str() {
+                    "web" => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let generation = || async { proxy.metric("interlock_table_generation", &[]).await };
+    let errors = || async {
+        proxy
+            .metric("interlock_controller_errors_total", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    // Settled: no swap pending.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = generation().await;
+
+    // The polled replica (the first) goes: the proxy moves to the other, nothing swapped.
+    let failed_polls = errors().await;
+    a.kill();
+    eventually(Duration::from_secs(15), || async {
+        errors().await > failed_polls
+            && proxy.metric("interlock_controller_up", &[]).await == Some(1.0)
+    })
+    .await
+    .expect("the proxy polls the other replica");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(generation().await, before, "a failover swapped the table");
+    let sent = b
+        .metric("interlock_controller_responses_total", &["code=\"200\""])
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(sent, 0.0, "the other replica sent the snapshot again");
+
+    // A change reaches it through the remaining replica: one swap.
+    s.write_services(&format!(
+        "{}{}",
+        service("web", "prod", "web.test", &web, ""),
+        service("api", "prod", "api.test", &api_be, ""),
+    ));
+    until_answer(listen, "api.test", "api").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_change = generation().await;
+    assert_eq!(
+        after_change,
+        before.map(|g| g + 1.0),
+        "one swap for one change"
+    );
+
+    // The first replica back (it reads the same file), the second gone: back to the first,
+    // still no swap.
+    a = Node::start("controller a again", &s.controller_args(port_a)).await;
+    let failed_polls = errors().await;
+    b.kill();
+    eventually(Duration::from_secs(15), || async {
+        errors().await > failed_polls
+            && proxy.metric("interlock_controller_up", &[]).await == Some(1.0)
+    })
+    .await
+    .expect("the proxy polls the first replica again");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        generation().await,
+        after_change,
+        "the failover back swapped the table"
+    );
+    assert_eq!(answer(listen, "api.test").await, "api");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("traffic through two failovers: {ok} ok, {failed} failed");
+    assert!(ok > 0);
+    assert_eq!(failed, 0);
+    drop(a);
+}

@@ -2,8 +2,11 @@
 //! controller (long polls over mutual TLS) and publishes them as desired state.
 //!
 //! When the controller is gone the last snapshot stays published, so the proxy keeps
-//! serving its last good table; polling resumes with backoff and a restarted controller
-//! (a new epoch) is picked up on its first answer.
+//! serving its last good table; polling resumes with backoff. Controller replicas (several
+//! `--controller` URLs, or one name resolving to several addresses) are tried in turn: a
+//! failed poll moves to the next one. Entity tags are digests of the content, so a replica
+//! holding the same state answers the proxy's tag with "not modified": a failover fetches
+//! nothing and swaps no table.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,14 +31,22 @@ use crate::snapshot::Snapshot;
 /// The largest snapshot accepted (10,000 services are a few MiB).
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One address of a replica (a replica that is gone may not even refuse).
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Where the controller is and who this proxy is.
-#[derive(Clone)]
-pub struct ControllerOptions {
-    /// Host name (checked against the controller's certificate) and port.
+/// One controller replica: a host name (checked against its certificate) and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
     pub host: String,
     pub port: u16,
+}
+
+/// Where the controller replicas are and who this proxy is.
+#[derive(Clone)]
+pub struct ControllerOptions {
+    /// Tried in turn; a name may resolve to several addresses, each tried too.
+    pub endpoints: Vec<Endpoint>,
     pub cluster: String,
     pub tls: Arc<rustls::ClientConfig>,
     /// How long the controller may hold a poll open when nothing changes.
@@ -48,8 +59,7 @@ pub struct ControllerOptions {
 impl std::fmt::Debug for ControllerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControllerOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("endpoints", &self.endpoints)
             .field("cluster", &self.cluster)
             .field("wait", &self.wait)
             .field("state_file", &self.state_file)
@@ -73,6 +83,20 @@ pub enum PollError {
     Refused { status: StatusCode, message: String },
     #[error("the controller's snapshot is not valid: {0}")]
     Invalid(String),
+}
+
+/// Parses a comma-separated list of controller URLs (replicas), each as [`parse_url`].
+pub fn parse_urls(urls: &str) -> Result<Vec<Endpoint>, String> {
+    let endpoints: Vec<Endpoint> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| parse_url(u).map(|(host, port)| Endpoint { host, port }))
+        .collect::<Result<_, _>>()?;
+    if endpoints.is_empty() {
+        return Err(format!("{urls:?}: no controller"));
+    }
+    Ok(endpoints)
 }
 
 /// Parses `https://host:port`, `host:port` or `host` (port 7443).
@@ -133,11 +157,14 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
     }
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
+    // The replica polled now, by index in `opts.endpoints`.
+    let mut current = 0;
     loop {
         if tx.is_closed() {
             return;
         }
-        match poll(&opts, &mut conn, etag.as_deref()).await {
+        let endpoint = &opts.endpoints[current % opts.endpoints.len()];
+        match poll(&opts, endpoint, &mut conn, etag.as_deref()).await {
             Ok(outcome) => {
                 metrics.controller_up.set(1);
                 backoff = Duration::from_millis(100);
@@ -173,6 +200,8 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
             }
             Err(e) => {
                 conn = None;
+                // The next replica, if there are several.
+                current = (current + 1) % opts.endpoints.len();
                 metrics.controller_up.set(0);
                 metrics.controller_errors.inc();
                 let not_ready = matches!(&e, PollError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE);
@@ -182,13 +211,17 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                 } else {
                     tracing::debug!(error = %e, retry_in = ?backoff, "controller still unavailable");
                 }
-                tokio::time::sleep(if not_ready {
-                    Duration::from_millis(500)
-                } else {
-                    backoff
-                })
-                .await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                // With another replica to try, at once (once around the list, then back off).
+                let untried = opts.endpoints.len() > 1 && current != 0;
+                if !untried {
+                    tokio::time::sleep(if not_ready {
+                        Duration::from_millis(500)
+                    } else {
+                        backoff
+                    })
+                    .await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
@@ -242,21 +275,21 @@ async fn save(path: &Path, snap: &Snapshot) {
     }
 }
 
-async fn connect(opts: &ControllerOptions) -> Result<SendRequest<Empty<Bytes>>, PollError> {
-    let addr = format!("{}:{}", opts.host, opts.port);
+async fn connect(
+    opts: &ControllerOptions,
+    endpoint: &Endpoint,
+) -> Result<SendRequest<Empty<Bytes>>, PollError> {
+    let addr = format!("{}:{}", endpoint.host, endpoint.port);
     let connect_err = |source| PollError::Connect {
         addr: addr.clone(),
         source,
     };
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((opts.host.as_str(), opts.port)),
-    )
-    .await
-    .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
-    .map_err(connect_err)?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(endpoint))
+        .await
+        .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect_err)?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(opts.host.clone())
+    let name = ServerName::try_from(endpoint.host.clone())
         .map_err(|e| PollError::Tls(std::io::Error::other(e)))?;
     let tls = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -274,14 +307,29 @@ async fn connect(opts: &ControllerOptions) -> Result<SendRequest<Empty<Bytes>>, 
     Ok(sender)
 }
 
+/// A connection to one of the addresses `endpoint`'s name resolves to, each given
+/// [`ADDRESS_TIMEOUT`] (one that is gone does not hold up the others).
+async fn connect_any(endpoint: &Endpoint) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await? {
+        match tokio::time::timeout(ADDRESS_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr}")),
+        }
+    }
+    Err(last)
+}
+
 async fn poll(
     opts: &ControllerOptions,
+    endpoint: &Endpoint,
     conn: &mut Option<SendRequest<Empty<Bytes>>>,
     etag: Option<&str>,
 ) -> Result<Outcome, PollError> {
     let reusable = conn.as_mut().is_some_and(|s| !s.is_closed());
     if !reusable {
-        *conn = Some(connect(opts).await?);
+        *conn = Some(connect(opts, endpoint).await?);
     }
     let Some(sender) = conn.as_mut() else {
         return Err(PollError::Http("no connection".into()));
@@ -295,7 +343,7 @@ async fn poll(
         opts.cluster,
         opts.wait.as_secs()
     ))
-    .header(header::HOST, opts.host.as_str());
+    .header(header::HOST, endpoint.host.as_str());
     if let Some(tag) = etag {
         req = req.header(header::IF_NONE_MATCH, tag);
     }
@@ -329,7 +377,12 @@ async fn poll(
                     snap.cluster, opts.cluster
                 )));
             }
-            let tag = snap.etag();
+            // The controller's tag, as it will compare it (ours only if it sent none).
+            let tag = parts
+                .headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| snap.etag(), str::to_string);
             Ok(Outcome::Changed(Box::new(snap), tag))
         }
         status => Err(PollError::Refused {
@@ -341,7 +394,14 @@ async fn poll(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_url;
+    use super::{parse_url, parse_urls};
+
+    #[test]
+    fn several_controllers() {
+        let e = parse_urls("https://a:7443, https://b:8443").unwrap();
+        assert_eq!((e[0].host.as_str(), e[1].port), ("a", 8443));
+        assert!(parse_urls(" , ").is_err());
+    }
 
     #[test]
     fn controller_urls() {
