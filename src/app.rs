@@ -37,6 +37,9 @@ pub struct Applier {
     /// that the merged state is partial, and the last good labels are neither used nor
     /// updated (a service not listed yet must not be forgotten).
     serving: AtomicBool,
+    /// The last change measured: when it happened and how long it took to be live (Unix
+    /// seconds, seconds), for `/routes`.
+    convergence: std::sync::Mutex<Option<(f64, f64)>>,
 }
 
 impl Applier {
@@ -48,6 +51,7 @@ impl Applier {
             tls: None,
             last_good: None,
             serving: AtomicBool::new(false),
+            convergence: std::sync::Mutex::new(None),
         }
     }
 
@@ -116,7 +120,22 @@ impl Applier {
             self.metrics.forget_service(service);
         }
         self.report(&old, &table);
+        self.measure(state.observed_at);
         table
+    }
+
+    /// Counts the time from the change behind `observed_at` to now (its table is live),
+    /// once per change.
+    fn measure(&self, observed_at: Option<f64>) {
+        let Some(at) = observed_at else { return };
+        // A poisoned lock still holds a whole value (every write is one assignment).
+        let mut last = self.convergence.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|(seen, _)| seen >= at) {
+            return;
+        }
+        let took = (crate::config::unix_now() - at).max(0.0);
+        self.metrics.convergence.observe(took);
+        *last = Some((at, took));
     }
 
     fn report(&self, old: &RoutingTable, table: &RoutingTable) {
@@ -151,7 +170,15 @@ impl crate::admin::Status for Applier {
     }
 
     fn routes(&self) -> serde_json::Value {
-        self.store.snapshot().describe()
+        let mut view = self.store.snapshot().describe();
+        let last = *self.convergence.lock().unwrap_or_else(|p| p.into_inner());
+        view["convergence"] = match last {
+            Some((observed_at, seconds)) => {
+                serde_json::json!({"observed_at": observed_at, "seconds": seconds})
+            }
+            None => serde_json::Value::Null,
+        };
+        view
     }
 }
 

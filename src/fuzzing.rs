@@ -292,6 +292,7 @@ pub fn proxy_takes_snapshot(
     let state = crate::config::DesiredState {
         services,
         tls: decoded.tls.clone(),
+        observed_at: decoded.observed_at,
     };
     let routes = compile(&state, cluster);
     let saved = crate::snapshot::Snapshot {

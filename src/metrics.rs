@@ -27,6 +27,10 @@ pub struct Metrics {
     /// GOAWAY's reason (`ENHANCE_YOUR_CALM`: too many resets, a rapid-reset flood).
     pub h2_client_goaways: IntCounterVec,
     pub table_generation: IntGauge,
+    /// Time from a change (a Docker event, a services file write) to it being live: on a
+    /// proxy or all-in-one instance its table swapped in, on the controller its snapshot
+    /// published.
+    pub convergence: Histogram,
     pub reload_timestamp: IntGauge,
     pub reload_failures: IntCounter,
     pub services_rejected: IntGauge,
@@ -168,6 +172,15 @@ impl Metrics {
             no_route: counter("interlock_no_route_total", "Requests that matched no route (503)"),
             open_connections: gauge("interlock_open_connections", "Open client connections"),
             open_tunnels: gauge("interlock_open_tunnels", "Open upgraded (websocket) tunnels"),
+            convergence: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "interlock_convergence_seconds",
+                    "Time from a change (Docker event, services file write) to it being live: the table swapped in (proxy, all-in-one), the snapshot published (controller); across hosts it includes their clock difference",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )),
             h2_client_goaways: must(IntCounterVec::new(
                 Opts::new(
                     "interlock_http2_client_goaways_total",
@@ -269,6 +282,7 @@ impl Metrics {
                 Box::new(self.open_tunnels.clone()),
                 Box::new(self.h2_client_goaways.clone()),
                 Box::new(self.table_generation.clone()),
+                Box::new(self.convergence.clone()),
                 Box::new(self.reload_timestamp.clone()),
                 Box::new(self.services_rejected.clone()),
                 Box::new(self.cert_errors.clone()),
@@ -286,6 +300,7 @@ impl Metrics {
             ],
             Part::ControllerServer => vec![
                 Box::new(self.cluster_version.clone()),
+                Box::new(self.convergence.clone()),
                 Box::new(self.control_waiting.clone()),
                 Box::new(self.control_responses.clone()),
                 Box::new(self.control_rejected_handshakes.clone()),

@@ -18,7 +18,7 @@ use crate::config::{DesiredState, ServiceSpec};
 pub const LABEL_PREFIX: &str = "com.docker.lb.";
 
 /// One cluster's services at one version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The service cluster (`""`: services without `com.docker.lb.service_cluster`).
     pub cluster: String,
@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// other cluster's ([`tls_share`]).
     #[serde(default, skip_serializing_if = "TlsMaterial::is_empty")]
     pub tls: TlsMaterial,
+    /// When the change this version carries was seen by the controller's providers (Unix
+    /// seconds): each proxy measures its convergence from it. Not part of the entity tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<f64>,
 }
 
 impl Snapshot {
@@ -266,6 +270,7 @@ mod tests {
             version: 7,
             services: vec![svc("a", &[(SERVICE_CLUSTER, "prod")])],
             tls: TlsMaterial::default(),
+            observed_at: Some(1.5),
         };
         let back: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
@@ -274,6 +279,7 @@ mod tests {
         let replica = Snapshot {
             epoch: "e2".into(),
             version: 3,
+            observed_at: Some(2.0),
             ..s.clone()
         };
         assert_eq!(replica.etag(), s.etag());

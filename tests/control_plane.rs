@@ -339,7 +339,7 @@ async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
     s.write_services(&service("svc", "prod", "svc.test", &a, ""));
     let api = free_port();
     let ctl = Node::start("controller", &s.controller_args(api)).await;
-    let (_p1, addr1) = proxy(&s, api, "prod", "proxy-prod").await;
+    let (p1, addr1) = proxy(&s, api, "prod", "proxy-prod").await;
     let (_p2, addr2) = proxy(&s, api, "prod", "proxy-prod").await;
     until_answer(addr1, "svc.test", "a").await;
     until_answer(addr2, "svc.test", "a").await;
@@ -353,6 +353,35 @@ async fn a_label_change_reaches_the_proxies_through_the_long_poll() {
     }
     times.sort();
     eprintln!("file change -> both proxies routing it: {times:?}");
+    // The product measures the same thing: from the file's write to the snapshot published
+    // (controller) and to the table live (each proxy), in a histogram and in /routes.
+    let count = |node: &Node| {
+        let node = node.admin;
+        async move {
+            let (_, text) = common::node::http(node, "admin", "/metrics").await;
+            common::node::metric_value(&text, "interlock_convergence_seconds_count", &[])
+                .unwrap_or(0.0)
+        }
+    };
+    assert!(
+        count(&ctl).await >= 6.0,
+        "the controller measured each change"
+    );
+    assert!(count(&p1).await >= 6.0, "the proxy measured each change");
+    let (_, routes) = p1.admin_get("/routes").await;
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    let took = routes["convergence"]["seconds"].as_f64().unwrap();
+    let worst = times.last().unwrap().as_secs_f64();
+    eprintln!("the proxy's last convergence: {took:.3} s (the test saw at most {worst:.3} s)");
+    assert!(took < worst + 1.5, "{routes}");
+    let (_, routes) = ctl.admin_get("/routes").await;
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert!(
+        routes["clusters"][0]["convergence_seconds"]
+            .as_f64()
+            .is_some(),
+        "{routes}"
+    );
     // Polls parked at the controller, not busy loops: two proxies wait there.
     assert_eq!(
         ctl.metric("interlock_controller_waiting_proxies", &[])

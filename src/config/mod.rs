@@ -14,13 +14,33 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// Everything the providers currently know: the input of one compile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DesiredState {
     pub services: Vec<ServiceSpec>,
     /// Certificates and ACME challenge answers that come with the state (from the
     /// controller, or this instance's ACME client), not from this instance's files.
     #[serde(default, skip_serializing_if = "tls::TlsMaterial::is_empty")]
     pub tls: tls::TlsMaterial,
+    /// When the change that made this state happened, as Unix seconds: the Docker event,
+    /// the services file's modification, or the poll that found it. Not content: two states
+    /// that differ only here are equal. Convergence is measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<f64>,
+}
+
+impl PartialEq for DesiredState {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services && self.tls == other.tls
+    }
+}
+
+impl Eq for DesiredState {}
+
+/// Now, as Unix seconds (what [`DesiredState::observed_at`] holds).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One service (a Swarm service, a container, or an entry of the TOML file).

@@ -27,6 +27,12 @@ pub struct Published {
 struct Feed {
     services: Vec<ServiceSpec>,
     tls: TlsMaterial,
+    /// Seconds from the change behind the current version to its publication.
+    convergence: Option<f64>,
+    /// When that change happened (Unix seconds).
+    observed_at: Option<f64>,
+    /// Whether `convergence` went into the histogram already.
+    counted: bool,
     tx: watch::Sender<Arc<Published>>,
 }
 
@@ -78,6 +84,7 @@ impl Feeds {
         version: u64,
         services: &[ServiceSpec],
         tls: &TlsMaterial,
+        observed_at: Option<f64>,
     ) -> Arc<Published> {
         let snap = Snapshot {
             cluster: cluster.to_string(),
@@ -85,6 +92,7 @@ impl Feeds {
             version,
             services: services.to_vec(),
             tls: tls.clone(),
+            observed_at,
         };
         // Serializing plain data (strings, maps, numbers) cannot fail.
         let body = serde_json::to_vec(&snap).unwrap_or_default();
@@ -115,17 +123,43 @@ impl Feeds {
                 Some(feed) if feed.services == services && feed.tls == tls => {}
                 Some(feed) => {
                     let version = feed.tx.borrow().version + 1;
-                    feed.tx
-                        .send_replace(self.publish(&cluster, version, &services, &tls));
+                    // Measured once per change: a version moved by something else (an ACME
+                    // certificate) keeps the last measure.
+                    if state.observed_at > feed.observed_at {
+                        feed.observed_at = state.observed_at;
+                        feed.convergence = convergence(state.observed_at);
+                        feed.counted = false;
+                    }
+                    feed.tx.send_replace(self.publish(
+                        &cluster,
+                        version,
+                        &services,
+                        &tls,
+                        state.observed_at,
+                    ));
                     feed.services = services;
                     feed.tls = tls;
                     moved.push((cluster, version));
                 }
                 None => {
-                    let (tx, _) = watch::channel(self.publish(&cluster, 1, &services, &tls));
-                    inner
-                        .feeds
-                        .insert(cluster.clone(), Feed { services, tls, tx });
+                    let (tx, _) = watch::channel(self.publish(
+                        &cluster,
+                        1,
+                        &services,
+                        &tls,
+                        state.observed_at,
+                    ));
+                    inner.feeds.insert(
+                        cluster.clone(),
+                        Feed {
+                            services,
+                            tls,
+                            convergence: convergence(state.observed_at),
+                            observed_at: state.observed_at,
+                            counted: false,
+                            tx,
+                        },
+                    );
                     moved.push((cluster, 1));
                 }
             }
@@ -143,12 +177,15 @@ impl Feeds {
         if let Some(feed) = inner.feeds.get(cluster) {
             return Some(feed.tx.subscribe());
         }
-        let (tx, rx) = watch::channel(self.publish(cluster, 1, &[], &TlsMaterial::default()));
+        let (tx, rx) = watch::channel(self.publish(cluster, 1, &[], &TlsMaterial::default(), None));
         inner.feeds.insert(
             cluster.to_string(),
             Feed {
                 services: Vec::new(),
                 tls: TlsMaterial::default(),
+                convergence: None,
+                observed_at: None,
+                counted: false,
                 tx,
             },
         );
@@ -169,6 +206,26 @@ impl Feeds {
         v.sort();
         v
     }
+
+    /// Seconds from the change behind `cluster`'s current version to its publication.
+    pub fn convergence(&self, cluster: &str) -> Option<f64> {
+        self.lock().feeds.get(cluster).and_then(|f| f.convergence)
+    }
+
+    /// [`Feeds::convergence`] if the cluster's last move was measured (a new change), once:
+    /// what the histogram counts.
+    pub fn measured(&self, cluster: &str) -> Option<f64> {
+        let mut inner = self.lock();
+        let feed = inner.feeds.get_mut(cluster)?;
+        let took = feed.convergence.filter(|_| !feed.counted);
+        feed.counted = true;
+        took
+    }
+}
+
+/// Seconds from `observed_at` to now.
+fn convergence(observed_at: Option<f64>) -> Option<f64> {
+    observed_at.map(|at| (crate::config::unix_now() - at).max(0.0))
 }
 
 /// The controller on its admin listener: serving once its snapshot API listens; `/routes`
@@ -183,7 +240,13 @@ impl crate::admin::Status for Feeds {
         serde_json::json!({
             "epoch": self.epoch(),
             "clusters": self.versions().into_iter().map(|(cluster, version, services)| {
-                serde_json::json!({"cluster": cluster, "version": version, "services": services})
+                let convergence = self.convergence(&cluster);
+                serde_json::json!({
+                    "cluster": cluster,
+                    "version": version,
+                    "services": services,
+                    "convergence_seconds": convergence,
+                })
             }).collect::<Vec<_>>(),
             "acme": acme,
         })

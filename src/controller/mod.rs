@@ -169,6 +169,9 @@ fn update(
             .cluster_version
             .with_label_values(&[cluster.as_str()])
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+        if let Some(took) = feeds.measured(&cluster) {
+            metrics.convergence.observe(took);
+        }
         let services = parts.get(&cluster).cloned().unwrap_or_default();
         tracing::info!(cluster = %cluster, version, services = services.len(), "snapshot published");
         if !crate::snapshot::valid_cluster_name(&cluster) {

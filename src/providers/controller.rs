@@ -151,6 +151,8 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
             tx.send_replace(DesiredState {
                 services: saved.services,
                 tls: saved.tls,
+                // A saved state is old news: no convergence to measure.
+                observed_at: None,
             });
             delivered = true;
         }
@@ -188,6 +190,7 @@ pub async fn run(opts: ControllerOptions, tx: watch::Sender<DesiredState>, metri
                     let state = DesiredState {
                         services: snap.services,
                         tls: snap.tls,
+                        observed_at: snap.observed_at,
                     };
                     tx.send_if_modified(|cur| {
                         let changed = *cur != state || !delivered;

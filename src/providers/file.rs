@@ -154,8 +154,16 @@ pub async fn watch(
             continue;
         }
         match parse(&path, &text) {
-            Ok(state) => {
+            Ok(mut state) => {
                 last_error = None;
+                // The change happened when the file was written (the poll finds it later).
+                state.observed_at = tokio::fs::metadata(&path)
+                    .await
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64().min(crate::config::unix_now()))
+                    .or(Some(crate::config::unix_now()));
                 tx.send_if_modified(|cur| {
                     let changed = *cur != state;
                     *cur = state;

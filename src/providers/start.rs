@@ -47,6 +47,11 @@ impl Providers {
             let source = rx.borrow();
             state.services.extend(source.services.iter().cloned());
             state.tls.merge(&source.tls);
+            // The latest change of any source is the one this state shows.
+            state.observed_at = match (state.observed_at, source.observed_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
         state
     }

@@ -155,9 +155,15 @@ async fn converge(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
     loop {
+        // When the change was seen: the first event of a burst, else this poll.
+        let mut observed_at = None;
         tokio::select! {
             ev = next(&mut events) => match ev {
-                Some(Ok(_)) => {
+                Some(Ok(first)) => {
+                    observed_at = first
+                        .time_nano
+                        .map(|ns| ns as f64 / 1e9)
+                        .filter(|t| *t > 0.0);
                     // Fold a burst of events (a stack deploy) into one re-list.
                     let deadline = tokio::time::sleep(opts.debounce);
                     tokio::pin!(deadline);
@@ -180,11 +186,10 @@ async fn converge(
         if tx.is_closed() {
             return Ok(());
         }
-        publish(
-            tx,
-            snapshot(&docker, opts.mode, opts.check_proxies).await?,
-            metrics,
-        );
+        let observed_at = observed_at.or(Some(crate::config::unix_now()));
+        let mut state = snapshot(&docker, opts.mode, opts.check_proxies).await?;
+        state.observed_at = observed_at;
+        publish(tx, state, metrics);
     }
 }
 
