@@ -346,3 +346,13 @@ pub fn acme_retry_after(value: &str) -> Option<std::time::SystemTime> {
 pub fn acme_challenge_certificate(host: &str, digest_hex: &str) -> bool {
     crate::tls::memory::challenge_certificate(host, digest_hex).is_ok()
 }
+
+/// A snapshot body as a proxy reads it: gunzipped when it is gzip (the controller sends it
+/// so to proxies that accept it), at most 1 MiB here; the bytes as they are otherwise.
+pub fn snapshot_body(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        crate::snapshot::gunzip(bytes, 1 << 20).ok()
+    } else {
+        Some(bytes.to_vec())
+    }
+}

@@ -60,6 +60,33 @@ pub fn content_etag(cluster: &str, services: &[ServiceSpec], tls: &TlsMaterial) 
     format!("\"{hex}\"")
 }
 
+/// `body` gzip-compressed, fast (level 1: a snapshot of 10,000 services shrinks about
+/// tenfold in milliseconds).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
+}
+
+/// A gzip body decompressed, refused beyond `limit` bytes (a bomb stops there).
+pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(8).min(limit));
+    flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not a valid gzip body: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("larger than {limit} bytes once decompressed"));
+    }
+    Ok(out)
+}
+
 /// The services of `state` by service cluster, sorted by name, with only interlock's
 /// labels. The key is the raw label value: a service whose cluster label is malformed
 /// lands under a name no proxy can ask for, so it reaches no cluster at all.
@@ -260,6 +287,18 @@ mod tests {
         assert!(share.tls_alpn01.is_empty() && share.acme_status.is_empty());
         let shown = serde_json::to_string(&share).unwrap();
         assert!(!shown.contains("dev"), "{shown}");
+    }
+
+    #[test]
+    fn gzip_round_trips_and_a_bomb_stops_at_the_limit() {
+        let body = br#"{"cluster":"prod","services":[]}"#.repeat(1000);
+        let small = gzip(&body);
+        assert!(small.len() * 10 < body.len());
+        assert_eq!(gunzip(&small, body.len()).unwrap(), body);
+        assert!(gunzip(&small, body.len() - 1)
+            .unwrap_err()
+            .contains("larger"));
+        assert!(gunzip(b"not gzip", 100).is_err());
     }
 
     #[test]

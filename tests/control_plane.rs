@@ -859,3 +859,52 @@ async fn a_proxy_fails_over_between_controller_replicas_without_swapping_its_tab
     assert_eq!(failed, 0);
     drop(a);
 }
+
+/// The snapshot goes gzip-compressed to a client that accepts it (proxies do), as JSON to
+/// one that does not, with the same tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_sent_compressed_to_clients_that_accept_gzip() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Scratch::new("control");
+    s.issue_certs(&["localhost", "127.0.0.1"], &["prod"]);
+    let web = TestBackend::named("web").await;
+    let many: String = (0..200)
+        .map(|i| service(&format!("web{i}"), "prod", &format!("w{i}.test"), &web, ""))
+        .collect();
+    s.write_services(&many);
+    let api = free_port();
+    let _ctl = Node::start("controller", &s.controller_args(api)).await;
+    let get = |encoding: &'static str| {
+        let s = &s;
+        async move {
+            let mut tls = control_connection(s, api, "proxy-prod").await;
+            let req = format!(
+                "GET /v1/snapshot?cluster=prod HTTP/1.1\r\nhost: localhost\r\n{encoding}connection: close\r\n\r\n"
+            );
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            let _ = tls.read_to_end(&mut raw).await;
+            let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+            (head, raw[end + 4..].to_vec())
+        }
+    };
+    let (plain_head, plain) = get("").await;
+    let (gz_head, gz) = get("accept-encoding: gzip\r\n").await;
+    assert!(!plain_head.contains("content-encoding"), "{plain_head}");
+    assert!(gz_head.contains("content-encoding: gzip"), "{gz_head}");
+    let tag = |h: &str| {
+        h.lines()
+            .find(|l| l.starts_with("etag:"))
+            .map(str::to_string)
+    };
+    assert_eq!(tag(&plain_head), tag(&gz_head));
+    let unpacked = interlock::snapshot::gunzip(&gz, 1 << 24).unwrap();
+    assert_eq!(unpacked, plain, "the same snapshot");
+    eprintln!(
+        "200 services: {} bytes of JSON, {} gzip-compressed",
+        plain.len(),
+        gz.len()
+    );
+    assert!(gz.len() * 5 < plain.len());
+}

@@ -1,5 +1,6 @@
-//! What a proxy does with the bytes the controller sends (`providers::controller::poll`)
-//! or that it finds in its saved snapshot (`load_saved`): decoded as a `Snapshot`, taken
+//! What a proxy does with the bytes the controller sends (`providers::controller::poll`;
+//! gunzipped first when they are gzip, `snapshot::gunzip`) or that it finds in its saved
+//! snapshot (`load_saved`): decoded as a `Snapshot`, taken
 //! only for its own cluster (the first byte picks "", "prod" or "dev"), last good labels
 //! filled in (`last_good`) and compiled (`compile::compile`). The same bytes are read as
 //! the all-in-one role's and the controller's state file (`last_good`, `LastGood::load`).
@@ -8,7 +9,7 @@
 //! same routes (a proxy restarted from its state file serves what it served).
 #![no_main]
 
-use interlock::fuzzing::{last_good_state, proxy_takes_snapshot};
+use interlock::fuzzing::{last_good_state, proxy_takes_snapshot, snapshot_body};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = last_good_state(bytes);
     let cluster = ["", "prod", "dev"][pick as usize % 3];
-    let Some((saved, routes)) = proxy_takes_snapshot(bytes, cluster) else {
+    let Some(body) = snapshot_body(bytes) else {
+        return;
+    };
+    let Some((saved, routes)) = proxy_takes_snapshot(&body, cluster) else {
         return;
     };
     let file = serde_json::to_vec(&saved).expect("a snapshot serialises");

@@ -161,12 +161,20 @@ async fn answer(
                     .get(header::IF_NONE_MATCH)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                let gzip = req
+                    .headers()
+                    .get_all(header::ACCEPT_ENCODING)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|c| c.split(';').next().unwrap_or("").trim() == "gzip");
                 snapshot(
                     feeds,
                     metrics,
                     &cluster,
                     held.as_deref(),
                     wait,
+                    gzip,
                     &mut shutdown,
                 )
                 .await
@@ -205,6 +213,7 @@ async fn snapshot(
     cluster: &str,
     held: Option<&str>,
     wait: Duration,
+    gzip: bool,
     shutdown: &mut Shutdown,
 ) -> Response<Full<Bytes>> {
     let Some(mut rx) = feeds.subscribe(cluster) else {
@@ -232,13 +241,28 @@ async fn snapshot(
     let mut resp = if held == Some(current.etag.as_str()) {
         reply(StatusCode::NOT_MODIFIED, Bytes::new())
     } else {
-        let mut r = reply(StatusCode::OK, current.body.clone());
+        let body = if gzip {
+            current.gzip.clone()
+        } else {
+            current.body.clone()
+        };
+        let mut r = reply(StatusCode::OK, body);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
+        if gzip {
+            r.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                header::HeaderValue::from_static("gzip"),
+            );
+        }
         r
     };
+    resp.headers_mut().insert(
+        header::VARY,
+        header::HeaderValue::from_static("accept-encoding"),
+    );
     resp.headers_mut().insert(header::ETAG, etag);
     resp
 }

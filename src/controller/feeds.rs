@@ -22,6 +22,8 @@ pub struct Published {
     pub services: usize,
     /// The JSON of the [`Snapshot`].
     pub body: Bytes,
+    /// The same, gzip-compressed (made once, for every proxy that accepts it).
+    pub gzip: Bytes,
 }
 
 struct Feed {
@@ -96,11 +98,13 @@ impl Feeds {
         };
         // Serializing plain data (strings, maps, numbers) cannot fail.
         let body = serde_json::to_vec(&snap).unwrap_or_default();
+        let gzip = crate::snapshot::gzip(&body);
         Arc::new(Published {
             version,
             etag: snap.etag(),
             services: services.len(),
             body: Bytes::from(body),
+            gzip: Bytes::from(gzip),
         })
     }
 

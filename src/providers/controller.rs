@@ -350,6 +350,7 @@ async fn poll(
     if let Some(tag) = etag {
         req = req.header(header::IF_NONE_MATCH, tag);
     }
+    req = req.header(header::ACCEPT_ENCODING, "gzip");
     let req = req
         .body(Empty::new())
         .map_err(|e| PollError::Http(e.to_string()))?;
@@ -372,6 +373,18 @@ async fn poll(
     match parts.status {
         StatusCode::NOT_MODIFIED => Ok(Outcome::Unchanged),
         StatusCode::OK => {
+            let gzipped = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            let body = if gzipped {
+                Bytes::from(
+                    crate::snapshot::gunzip(&body, MAX_SNAPSHOT_BYTES)
+                        .map_err(PollError::Invalid)?,
+                )
+            } else {
+                body
+            };
             let snap: Snapshot =
                 serde_json::from_slice(&body).map_err(|e| PollError::Invalid(e.to_string()))?;
             if snap.cluster != opts.cluster {
