@@ -94,28 +94,18 @@ pub fn check_acme(state: &mut DesiredState, acme_state: &Path) {
     let Some(store) = crate::acme::store::Store::existing(acme_state) else {
         return;
     };
-    let wanted = crate::acme::wanted(state);
     for spec in &mut state.services {
-        if !spec.labels.contains_key(labels::SSL_ACME) {
+        let Some((name, _)) = crate::acme::host_set(spec) else {
             continue;
-        }
-        let one = DesiredState {
-            services: vec![spec.clone()],
-            ..DesiredState::default()
         };
-        for name in crate::acme::wanted(&one)
-            .keys()
-            .filter(|n| wanted.contains_key(*n))
-        {
-            if let Some(why) = store.status(name).and_then(|s| s.last_error) {
-                spec.errors.push(LabelError {
-                    label: labels::SSL_ACME.to_string(),
-                    value: "true".to_string(),
-                    expected: format!(
-                        "a certificate from the ACME CA for {name}; its last order failed: {why}"
-                    ),
-                });
-            }
+        if let Some(why) = store.status(&name).and_then(|s| s.last_error) {
+            spec.errors.push(LabelError {
+                label: labels::SSL_ACME.to_string(),
+                value: "true".to_string(),
+                expected: format!(
+                    "a certificate from the ACME CA for {name}; its last order failed: {why}"
+                ),
+            });
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::labels::{self, SERVICE_CLUSTER, SSL_ACME, SSL_CERT};
-use crate::config::tls::{acme_name, pair_name, TlsMaterial};
+use crate::config::tls::{acme_hosts, pair_name, TlsMaterial};
 use crate::config::{DesiredState, ServiceSpec};
 
 /// The prefix of every label interlock reads; other labels never leave the controller.
@@ -140,8 +140,7 @@ pub fn tls_share(services: &[ServiceSpec], tls: &TlsMaterial) -> TlsMaterial {
             if !l.ssl_acme {
                 continue;
             }
-            let hosts: Vec<String> = l.hosts.iter().map(|h| h.to_string()).collect();
-            let name = acme_name(hosts.iter().map(String::as_str));
+            let (name, hosts) = acme_hosts(&l.hosts);
             if let Some(p) = tls.acme.get(&name) {
                 out.acme.insert(name.clone(), p.clone());
             }

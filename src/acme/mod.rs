@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::labels;
-use crate::config::tls::{acme_name, AcmeStatus, TlsMaterial};
-use crate::config::DesiredState;
+use crate::config::tls::{acme_hosts, AcmeStatus, TlsMaterial};
+use crate::config::{DesiredState, ServiceSpec};
 use crate::metrics::{Metrics, Part};
 pub use order::ChallengeKind;
 
@@ -122,32 +122,30 @@ impl Acme {
     }
 }
 
-/// The host sets `state`'s services ask certificates for (labels in force: their own if
-/// valid, else their last good ones), by [`acme_name`].
+/// The host sets `state`'s services ask certificates for, by their name
+/// ([`crate::config::tls::acme_name`]): each [`host_set`].
 pub fn wanted(state: &DesiredState) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for spec in &state.services {
-        let asks = |l: &BTreeMap<String, String>| l.contains_key(labels::SSL_ACME);
-        if !asks(&spec.labels) && !spec.last_good.as_ref().is_some_and(asks) {
-            continue;
-        }
-        let own = labels::parse(&spec.labels);
-        let in_force = if own.errors.is_empty() {
-            Some(own.labels)
-        } else {
-            spec.last_good
-                .as_ref()
-                .map(labels::parse)
-                .filter(|p| p.errors.is_empty())
-                .map(|p| p.labels)
-        };
-        let Some(l) = in_force.filter(|l| l.ssl_acme) else {
-            continue;
-        };
-        let mut hosts: Vec<String> = l.hosts.iter().map(|h| h.to_string()).collect();
-        hosts.sort();
-        hosts.dedup();
-        out.insert(acme_name(hosts.iter().map(String::as_str)), hosts);
+    state.services.iter().filter_map(host_set).collect()
+}
+
+/// The host set `spec` asks a certificate for, with its name, if it asks: by its
+/// labels in force (its own if valid, else its last good ones).
+pub fn host_set(spec: &ServiceSpec) -> Option<(String, Vec<String>)> {
+    let asks = |l: &BTreeMap<String, String>| l.contains_key(labels::SSL_ACME);
+    if !asks(&spec.labels) && !spec.last_good.as_ref().is_some_and(asks) {
+        return None;
     }
-    out
+    let own = labels::parse(&spec.labels);
+    let in_force = if own.errors.is_empty() {
+        Some(own.labels)
+    } else {
+        spec.last_good
+            .as_ref()
+            .map(labels::parse)
+            .filter(|p| p.errors.is_empty())
+            .map(|p| p.labels)
+    };
+    in_force
+        .filter(|l| l.ssl_acme)
+        .map(|l| acme_hosts(&l.hosts))
 }

@@ -90,6 +90,18 @@ pub fn pair_name(cert: &str, key: &str) -> String {
     format!("{cert}\n{key}")
 }
 
+/// The host set an `ssl_acme` service's certificate covers: its [`acme_name`] and its names
+/// (lower case, sorted, each once).
+pub fn acme_hosts(hosts: &[crate::config::labels::HostPattern]) -> (String, Vec<String>) {
+    let mut names: Vec<String> = hosts
+        .iter()
+        .map(|h| h.to_string().to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    (acme_name(names.iter().map(String::as_str)), names)
+}
+
 /// The name of the ACME certificate covering `hosts`: the names, sorted, comma-separated.
 pub fn acme_name<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String {
     let mut names: Vec<String> = hosts.into_iter().map(str::to_ascii_lowercase).collect();

@@ -26,6 +26,16 @@ pub struct Published {
     pub gzip: Bytes,
 }
 
+/// A cluster whose version moved.
+#[derive(Debug, PartialEq)]
+pub struct Moved {
+    pub cluster: String,
+    pub version: u64,
+    /// Seconds from the change to this version's publication, when it carries a new change
+    /// (a version moved by something else, e.g. an ACME certificate, has none).
+    pub convergence: Option<f64>,
+}
+
 struct Feed {
     services: Vec<ServiceSpec>,
     tls: TlsMaterial,
@@ -33,8 +43,6 @@ struct Feed {
     convergence: Option<f64>,
     /// When that change happened (Unix seconds).
     observed_at: Option<f64>,
-    /// Whether `convergence` went into the histogram already.
-    counted: bool,
     tx: watch::Sender<Arc<Published>>,
 }
 
@@ -109,7 +117,7 @@ impl Feeds {
     }
 
     /// Takes a new desired state; returns the clusters whose version moved.
-    pub fn update(&self, state: &DesiredState) -> Vec<(String, u64)> {
+    pub fn update(&self, state: &DesiredState) -> Vec<Moved> {
         let mut parts = snapshot::partition(state);
         let mut inner = self.lock();
         inner.synced = true;
@@ -129,11 +137,13 @@ impl Feeds {
                     let version = feed.tx.borrow().version + 1;
                     // Measured once per change: a version moved by something else (an ACME
                     // certificate) keeps the last measure.
-                    if state.observed_at > feed.observed_at {
+                    let measured = if state.observed_at > feed.observed_at {
                         feed.observed_at = state.observed_at;
                         feed.convergence = convergence(state.observed_at);
-                        feed.counted = false;
-                    }
+                        feed.convergence
+                    } else {
+                        None
+                    };
                     feed.tx.send_replace(self.publish(
                         &cluster,
                         version,
@@ -143,7 +153,11 @@ impl Feeds {
                     ));
                     feed.services = services;
                     feed.tls = tls;
-                    moved.push((cluster, version));
+                    moved.push(Moved {
+                        cluster,
+                        version,
+                        convergence: measured,
+                    });
                 }
                 None => {
                     let (tx, _) = watch::channel(self.publish(
@@ -153,18 +167,22 @@ impl Feeds {
                         &tls,
                         state.observed_at,
                     ));
+                    let measured = convergence(state.observed_at);
                     inner.feeds.insert(
                         cluster.clone(),
                         Feed {
                             services,
                             tls,
-                            convergence: convergence(state.observed_at),
+                            convergence: measured,
                             observed_at: state.observed_at,
-                            counted: false,
                             tx,
                         },
                     );
-                    moved.push((cluster, 1));
+                    moved.push(Moved {
+                        cluster,
+                        version: 1,
+                        convergence: measured,
+                    });
                 }
             }
         }
@@ -189,7 +207,6 @@ impl Feeds {
                 tls: TlsMaterial::default(),
                 convergence: None,
                 observed_at: None,
-                counted: false,
                 tx,
             },
         );
@@ -214,16 +231,6 @@ impl Feeds {
     /// Seconds from the change behind `cluster`'s current version to its publication.
     pub fn convergence(&self, cluster: &str) -> Option<f64> {
         self.lock().feeds.get(cluster).and_then(|f| f.convergence)
-    }
-
-    /// [`Feeds::convergence`] if the cluster's last move was measured (a new change), once:
-    /// what the histogram counts.
-    pub fn measured(&self, cluster: &str) -> Option<f64> {
-        let mut inner = self.lock();
-        let feed = inner.feeds.get_mut(cluster)?;
-        let took = feed.convergence.filter(|_| !feed.counted);
-        feed.counted = true;
-        took
     }
 }
 
@@ -282,6 +289,13 @@ mod tests {
         }
     }
 
+    fn versions(moved: &[Moved]) -> Vec<(String, u64)> {
+        moved
+            .iter()
+            .map(|m| (m.cluster.clone(), m.version))
+            .collect()
+    }
+
     #[test]
     fn versions_move_only_for_the_cluster_that_changed() {
         let feeds = Feeds::new();
@@ -290,10 +304,10 @@ mod tests {
         let prod = feeds.subscribe("prod").unwrap();
         assert_eq!(prod.borrow().version, 1);
         let moved = feeds.update(&state(&[("a", "prod", "a.test"), ("b", "dev", "b2.test")]));
-        assert_eq!(moved, vec![("dev".to_string(), 2)]);
+        assert_eq!(versions(&moved), vec![("dev".to_string(), 2)]);
         assert!(!prod.has_changed().unwrap());
         let moved = feeds.update(&state(&[("b", "dev", "b2.test")]));
-        assert_eq!(moved, vec![("prod".to_string(), 2)]);
+        assert_eq!(versions(&moved), vec![("prod".to_string(), 2)]);
         assert_eq!(prod.borrow().services, 0);
         let body: Snapshot =
             serde_json::from_slice(&feeds.subscribe("dev").unwrap().borrow().body).unwrap();

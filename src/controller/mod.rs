@@ -164,12 +164,17 @@ fn update(
         return reported;
     }
     let parts = crate::snapshot::partition(state);
-    for (cluster, version) in moved {
+    for feeds::Moved {
+        cluster,
+        version,
+        convergence,
+    } in moved
+    {
         metrics
             .cluster_version
             .with_label_values(&[cluster.as_str()])
             .set(i64::try_from(version).unwrap_or(i64::MAX));
-        if let Some(took) = feeds.measured(&cluster) {
+        if let Some(took) = convergence {
             metrics.convergence.observe(took);
         }
         let services = parts.get(&cluster).cloned().unwrap_or_default();

@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
 use crate::config::labels::HostPattern;
-use crate::config::tls::{acme_name, pair_name, PemPair, TlsMaterial};
+use crate::config::tls::{acme_hosts, pair_name, PemPair, TlsMaterial};
 use crate::routing::RoutingTable;
 
 /// Why a certificate could not be loaded.
@@ -229,13 +229,7 @@ pub fn uses(table: &RoutingTable, secrets_dir: &Path, material: &TlsMaterial) ->
                     }
                 }
             }
-            _ if l.ssl_acme => {
-                let hosts: Vec<String> = l.hosts.iter().map(|h| h.to_string()).collect();
-                PairSource::Memory(memory_id(
-                    "acme",
-                    &acme_name(hosts.iter().map(String::as_str)),
-                ))
-            }
+            _ if l.ssl_acme => PairSource::Memory(memory_id("acme", &acme_hosts(&l.hosts).0)),
             _ => continue,
         };
         out.push(Use {
