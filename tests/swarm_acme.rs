@@ -29,6 +29,7 @@ use common::engine::{
 use common::free_port;
 use common::multinode::{missing_tools, Bed, BedNode};
 use common::node::Scratch;
+use common::pem::{holds, long_strings, pem_texts};
 
 const IMAGE: &str = "interlock-test/interlock:acme";
 const BACKEND_IMAGE: &str = "interlock-test/backend:acme";
@@ -215,67 +216,6 @@ fn curl_https(root: &Path, host: &str, addr: SocketAddr) -> Result<String, Strin
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// The base64 bodies of the PEM blocks labelled `... label` in `text` (JSON-escaped or not).
-fn pem_texts(text: &str, label: &str) -> Vec<String> {
-    let text = text.replace("\\n", "\n");
-    let mut out = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("-----BEGIN ") {
-        rest = &rest[i + "-----BEGIN ".len()..];
-        let Some(j) = rest.find("-----") else { break };
-        let this = &rest[..j];
-        rest = &rest[j + 5..];
-        let Some(k) = rest.find("-----END ") else {
-            break;
-        };
-        if this.ends_with(label) {
-            out.push(rest[..k].chars().filter(|c| !c.is_whitespace()).collect());
-        }
-        rest = &rest[k..];
-    }
-    out
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, x)| acc | (*x as u32) << (16 - 8 * i));
-        for i in 0..=c.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-        for _ in c.len()..3 {
-            out.push('=');
-        }
-    }
-    out
-}
-
-/// Whether `text` holds the DER `der` whole, in base64 (PEM, JSON-escaped or not).
-fn holds(text: &str, der: &[u8]) -> bool {
-    let flat: String = text
-        .replace("\\n", "")
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    flat.contains(&base64_encode(der))
-}
-
-/// Every string of 40 characters or more in `v` (keys and such), recursively.
-fn long_strings(v: &serde_json::Value) -> Vec<String> {
-    match v {
-        serde_json::Value::String(s) if s.len() >= 40 && !s.starts_with("http") => {
-            vec![s.clone()]
-        }
-        serde_json::Value::Array(a) => a.iter().flat_map(long_strings).collect(),
-        serde_json::Value::Object(o) => o.values().flat_map(long_strings).collect(),
-        _ => Vec::new(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod h2frames;
 pub mod multinode;
 pub mod node;
 pub mod pebble;
+pub mod pem;
 pub mod tls;
 
 use std::collections::BTreeMap;
