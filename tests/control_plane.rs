@@ -752,6 +752,23 @@ async fn a_broken_label_keeps_its_last_good_routes_across_proxy_and_controller_r
     drop(ctl);
 }
 
+/// Waits until `proxy` has failed a poll more than `failed_polls` times and polls a
+/// controller again (another replica), at most 15 s.
+async fn until_failed_over(proxy: &Node, failed_polls: f64, what: &str) {
+    let errors = || async {
+        proxy
+            .metric("interlock_controller_errors_total", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(15), || async {
+        errors().await > failed_polls
+            && proxy.metric("interlock_controller_up", &[]).await == Some(1.0)
+    })
+    .await
+    .expect(what);
+}
+
 /// Two controller replicas on the same services file, one proxy given both: killing the
 /// replica it polls moves it to the other without fetching or swapping anything (the
 /// replicas' entity tags are digests of the same content), a change reaches it through the
@@ -804,12 +821,7 @@ async fn a_proxy_fails_over_between_controller_replicas_without_swapping_its_tab
     // The polled replica (the first) goes: the proxy moves to the other, nothing swapped.
     let failed_polls = errors().await;
     a.kill();
-    eventually(Duration::from_secs(15), || async {
-        errors().await > failed_polls
-            && proxy.metric("interlock_controller_up", &[]).await == Some(1.0)
-    })
-    .await
-    .expect("the proxy polls the other replica");
+    until_failed_over(&proxy, failed_polls, "the proxy polls the other replica").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(generation().await, before, "a failover swapped the table");
     let sent = b
@@ -838,12 +850,12 @@ async fn a_proxy_fails_over_between_controller_replicas_without_swapping_its_tab
     a = Node::start("controller a again", &s.controller_args(port_a)).await;
     let failed_polls = errors().await;
     b.kill();
-    eventually(Duration::from_secs(15), || async {
-        errors().await > failed_polls
-            && proxy.metric("interlock_controller_up", &[]).await == Some(1.0)
-    })
-    .await
-    .expect("the proxy polls the first replica again");
+    until_failed_over(
+        &proxy,
+        failed_polls,
+        "the proxy polls the first replica again",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         generation().await,
