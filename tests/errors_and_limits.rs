@@ -409,3 +409,118 @@ async fn idle_h2c_connection_is_closed_despite_keep_alive_pings() {
         start.elapsed()
     );
 }
+
+/// `com.docker.lb.retries=off` against the same failures that are retried by default: a
+/// refused endpoint beside a live one.
+#[tokio::test]
+async fn retries_off_answers_a_refused_endpoint_with_502_instead_of_moving_on() {
+    let live = TestBackend::named("live").await;
+    let dead = dead_endpoint();
+    let table = |retries: &str| {
+        state(vec![service(
+            "app",
+            &[
+                ("com.docker.lb.hosts", "app.local"),
+                ("com.docker.lb.retries", retries),
+            ],
+            &[dead, live.endpoint()],
+        )])
+    };
+    let c = client();
+    let mut statuses = Vec::new();
+    for retries in ["on", "off"] {
+        let proxy = TestProxy::start(&table(retries)).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(get(&c, &proxy, "app.local", "/").await.status);
+        }
+        statuses.push((retries, got));
+    }
+    // On: the refused connect moves to the live endpoint. Off: each of the dead endpoint's
+    // turns in the rotation is a 502 (passive health takes it out only after three).
+    for (_, got) in &mut statuses {
+        got.sort();
+    }
+    assert_eq!(
+        statuses,
+        [("on", vec![200; 4]), ("off", vec![200, 200, 502, 502])],
+        "{statuses:?}"
+    );
+}
+
+/// An endpoint that answers the first request of each connection and closes the
+/// connection on the second without answering: the stale keep-alive race, every time.
+/// Returns its endpoint and the count of connections it accepted.
+async fn one_answer_per_connection() -> (
+    interlock::config::EndpointSpec,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut heads = 0;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        heads += 1;
+                        if heads > 1 {
+                            return; // read the request, then close without answering
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let endpoint = interlock::config::EndpointSpec {
+        ip: addr.ip(),
+        port: Some(addr.port()),
+    };
+    (endpoint, conns)
+}
+
+#[tokio::test]
+async fn retries_off_does_not_resend_on_a_failed_reused_connection() {
+    let c = client();
+    let mut seen = Vec::new();
+    for retries in ["on", "off"] {
+        let (endpoint, conns) = one_answer_per_connection().await;
+        let proxy = TestProxy::start(&state(vec![service(
+            "app",
+            &[
+                ("com.docker.lb.hosts", "app.local"),
+                ("com.docker.lb.retries", retries),
+            ],
+            &[endpoint],
+        )]))
+        .await;
+        let first = get(&c, &proxy, "app.local", "/").await.status;
+        // Goes out on the pooled connection, which the endpoint closes unanswered.
+        let second = get(&c, &proxy, "app.local", "/").await.status;
+        seen.push((retries, first, second, conns.load(Ordering::SeqCst)));
+    }
+    // On: the GET is sent once more on a fresh connection (a second one). Off: 502, and
+    // no second connection.
+    assert_eq!(
+        seen,
+        [("on", 200, 200, 2), ("off", 200, 502, 1)],
+        "{seen:?}"
+    );
+}

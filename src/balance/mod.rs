@@ -37,6 +37,8 @@ pub struct BackendSet {
     pub protocol: BackendProtocol,
     /// Bounds the route's retries (carried across swaps like the cursor).
     pub budget: Arc<RetryBudget>,
+    /// False (`com.docker.lb.retries=off`): every request is one attempt on one connection.
+    pub retries: bool,
 }
 
 impl BackendSet {
@@ -96,6 +98,7 @@ mod tests {
             health: HealthPolicy::default(),
             protocol: BackendProtocol::Http1,
             budget: Arc::default(),
+            retries: true,
         }
     }
 

@@ -66,6 +66,7 @@ pub(super) fn routes(
                 health: draft.health,
                 protocol: draft.protocol,
                 budget,
+                retries: draft.retries,
             },
             check: draft.check,
         });

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::balance::Sticky;
 use crate::config::labels::{
-    self, BackendMode, BackendProtocol, BalancePolicy, HostPattern, Redirect, ServiceLabels,
+    self, BackendMode, BackendProtocol, BalancePolicy, HostPattern, Redirect, Retries,
+    ServiceLabels,
 };
 use crate::metrics::ServiceMetrics;
 use crate::routing::{ActiveCheck, CompiledService, FastMap};
@@ -60,6 +61,8 @@ pub(super) struct RouteDraft {
     pub(super) sticky: Sticky,
     pub(super) health: HealthPolicy,
     pub(super) protocol: BackendProtocol,
+    /// `com.docker.lb.retries` is not `off`.
+    pub(super) retries: bool,
     pub(super) check: Option<ActiveCheck>,
     pub(super) services: Vec<String>,
     /// Each endpoint with the index of its service in the routed services.
@@ -110,11 +113,14 @@ pub(super) fn routes(
                 context_root: root.clone(),
             };
             let draft = drafts.entry(key).or_insert_with(|| RouteDraft::of(l));
-            if draft.rewrite != l.context_root_rewrite || draft.policy != l.balance {
+            if draft.rewrite != l.context_root_rewrite
+                || draft.policy != l.balance
+                || draft.retries != (l.retries == Retries::On)
+            {
                 warnings.push((
                     s.name.to_string(),
                     format!(
-                        "shares a route with {} but sets context_root_rewrite/balance differently; {}'s settings apply",
+                        "shares a route with {} but sets context_root_rewrite/balance/retries differently; {}'s settings apply",
                         draft.services[0], draft.services[0]
                     ),
                 ));
@@ -138,6 +144,7 @@ impl RouteDraft {
             sticky: sticky_of(l),
             health: health_of(l),
             protocol: l.backend_protocol,
+            retries: l.retries == Retries::On,
             check: l.health_path.clone().map(|path| ActiveCheck {
                 path,
                 interval: l

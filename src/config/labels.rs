@@ -52,6 +52,8 @@ labels! {
     HEALTH_INTERVAL = "com.docker.lb.health_interval";
     /// interlock extension: `true` asks the ACME CA for a certificate covering `hosts`.
     SSL_ACME = "com.docker.lb.ssl_acme";
+    /// interlock extension: `on` (default) or `off`: whether a failed attempt is retried.
+    RETRIES = "com.docker.lb.retries";
 }
 
 /// Labels Interlock documented but never honoured; reported as warnings.
@@ -171,6 +173,20 @@ pub struct ServiceLabels {
     pub health_path: Option<String>,
     #[serde(serialize_with = "serialize_opt_secs")]
     pub health_interval: Option<Duration>,
+    /// Whether the service's routes retry a failed attempt (`com.docker.lb.retries`).
+    pub retries: Retries,
+}
+
+/// Whether a route retries a failed attempt (see docs/labels.md, "Retries").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retries {
+    /// A refused connection goes to another endpoint, an idempotent request whose reused
+    /// connection failed is sent once more, within the route's budget.
+    #[default]
+    On,
+    /// Every request is one attempt on one connection.
+    Off,
 }
 
 /// The protocol spoken to a service's endpoints.
@@ -286,6 +302,7 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Parsed {
                 _ => Err(LabelError::new(key, v, "one of 301, 302, 303, 307, 308")),
             },
             BACKEND_PROTOCOL => parse_protocol(v).map(|p| l.backend_protocol = p),
+            RETRIES => parse_retries(v).map(|r| l.retries = r),
             HEALTH_PATH => parse_path(HEALTH_PATH, v).map(|p| l.health_path = Some(p)),
             HEALTH_INTERVAL => parse_duration(v)
                 .filter(|d| !d.is_zero())
@@ -424,6 +441,18 @@ fn parse_bool(label: &str, v: &str) -> Result<bool, LabelError> {
         "" | "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(LabelError::new(label, v, "`true` or `false`")),
+    }
+}
+
+fn parse_retries(v: &str) -> Result<Retries, LabelError> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(Retries::On),
+        "off" | "false" => Ok(Retries::Off),
+        _ => Err(LabelError::new(
+            RETRIES,
+            v,
+            "`on` or `off` (also `true` or `false`)",
+        )),
     }
 }
 
@@ -764,6 +793,33 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("2x"), None);
+    }
+
+    #[test]
+    fn retries_are_on_unless_switched_off() {
+        assert_eq!(
+            parse(&labels(&[(HOSTS, "a.test")])).labels.retries,
+            Retries::On
+        );
+        for (v, want) in [
+            ("on", Retries::On),
+            ("TRUE", Retries::On),
+            (" off ", Retries::Off),
+            ("False", Retries::Off),
+        ] {
+            let p = parse(&labels(&[(RETRIES, v)]));
+            assert!(p.errors.is_empty(), "{v}: {:?}", p.errors);
+            assert_eq!(p.labels.retries, want, "{v}");
+        }
+        for bad in ["", "no", "maybe", "0"] {
+            let p = parse(&labels(&[(RETRIES, bad)]));
+            assert_eq!(p.errors.len(), 1, "{bad:?}");
+            let msg = p.errors[0].to_string();
+            assert!(
+                msg.contains("com.docker.lb.retries") && msg.contains("`on` or `off`"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

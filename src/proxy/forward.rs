@@ -145,8 +145,9 @@ pub(super) fn h1_response(
 /// Sends `req` to an HTTP/1.1 endpoint through its pool and reads the answer's head. A
 /// refused connect moves to another endpoint; a connection that turns out closed before
 /// the request went out gets a fresh one; an idempotent request whose reused connection
-/// failed is sent once more (each within the route's retry budget). Returns the endpoint
-/// that answered.
+/// failed is sent once more (each within the route's retry budget). A route with retries
+/// off (`com.docker.lb.retries=off`) makes one attempt on one connection. Returns the
+/// endpoint that answered.
 pub(super) async fn forward_h1(
     proxy: &Proxy,
     route: &Route,
@@ -165,7 +166,8 @@ pub(super) async fn forward_h1(
             },
         replayable,
     } = req;
-    let mut retried = false;
+    // Retries off: as if the one retry was already taken.
+    let mut retried = !route.backends.retries;
     let mut fresh = false;
     loop {
         let active = backend.upstream.track();
