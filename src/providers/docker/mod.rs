@@ -1,9 +1,13 @@
 //! The Docker provider (bollard): swarm services and their running tasks when the engine is
 //! a swarm manager, plain containers otherwise, each with its `com.docker.lb.*` labels.
 //!
-//! Convergence: Docker events (service, container, network) trigger a debounced re-list;
-//! Swarm emits no task events, so a cheap poll (default 1 s) backs them; every (re)connect
-//! starts with a full resync. When the engine is gone the last published state stays (so
+//! Convergence: Docker events (service, container, network, node) trigger a debounced
+//! re-list; Swarm emits no task events, so a cheap poll (default 1 s) backs them; every
+//! (re)connect starts with a full resync. A service or node event (an update, a scale, a
+//! drain) is followed by the orchestrator setting old tasks' desired state to `shutdown`
+//! within moments, and those tasks must leave the routes before their containers are told
+//! to stop: for a few seconds after one ([`DockerOptions::hurry_for`]) the poll runs fast
+//! ([`DockerOptions::hurry_interval`], see [`PollSchedule`]). When the engine is gone the last published state stays (so
 //! the table keeps serving), and the provider reconnects with backoff, reporting it in logs
 //! and in `interlock_docker_up`.
 
@@ -15,10 +19,12 @@ pub mod tasks;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptionsBuilder;
 use bollard::Docker;
 use thiserror::Error;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_stream_lite::next;
 
 use crate::config::DesiredState;
@@ -59,6 +65,10 @@ pub struct DockerOptions {
     pub poll_interval: Duration,
     /// Events within this window are folded into one re-list.
     pub debounce: Duration,
+    /// Task poll interval for [`hurry_for`](Self::hurry_for) after a service or node event.
+    pub hurry_interval: Duration,
+    /// How long the poll stays fast after a service or node event.
+    pub hurry_for: Duration,
     /// Check each swarm service against the swarm's proxy services (their clusters and
     /// networks); for the controller and `check`, not for an instance that is the proxy.
     pub check_proxies: bool,
@@ -70,6 +80,8 @@ impl Default for DockerOptions {
             mode: DockerMode::Auto,
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(50),
+            hurry_interval: Duration::from_millis(100),
+            hurry_for: Duration::from_secs(3),
             check_proxies: false,
         }
     }
@@ -147,13 +159,14 @@ async fn converge(
     metrics.docker_up.set(1);
     tracing::info!("connected to the Docker engine; following events");
 
-    let filters =
-        std::collections::HashMap::from([("type", vec!["service", "container", "network"])]);
+    let filters = std::collections::HashMap::from([(
+        "type",
+        vec!["service", "container", "network", "node"],
+    )]);
     let mut events =
         Box::pin(docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build())));
-    let mut poll = tokio::time::interval(opts.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll.tick().await;
+    let mut schedule = PollSchedule::new(opts);
+    let mut next_poll = schedule.next_poll(Instant::now());
     loop {
         // When the change was seen: the first event of a burst, else this poll.
         let mut observed_at = None;
@@ -164,6 +177,7 @@ async fn converge(
                         .time_nano
                         .map(|ns| ns as f64 / 1e9)
                         .filter(|t| *t > 0.0);
+                    schedule.saw(&first, Instant::now());
                     // Fold a burst of events (a stack deploy) into one re-list.
                     let deadline = tokio::time::sleep(opts.debounce);
                     tokio::pin!(deadline);
@@ -171,7 +185,10 @@ async fn converge(
                         tokio::select! {
                             _ = &mut deadline => break,
                             more = next(&mut events) => match more {
-                                Some(Ok(_)) => continue,
+                                Some(Ok(more)) => {
+                                    schedule.saw(&more, Instant::now());
+                                    continue;
+                                }
                                 Some(Err(e)) => return Err(api("events")(e)),
                                 None => return Err(stream_ended()),
                             },
@@ -181,7 +198,7 @@ async fn converge(
                 Some(Err(e)) => return Err(api("events")(e)),
                 None => return Err(stream_ended()),
             },
-            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(next_poll) => {}
         }
         if tx.is_closed() {
             return Ok(());
@@ -190,6 +207,51 @@ async fn converge(
         let mut state = snapshot(&docker, opts.mode, opts.check_proxies).await?;
         state.observed_at = observed_at;
         publish(tx, state, metrics);
+        next_poll = schedule.next_poll(Instant::now());
+    }
+}
+
+/// When the next task poll is due: the normal interval, or the fast one for a while after
+/// a service or node event (when Swarm is about to shut tasks down). Bounded: the fast
+/// window ends [`DockerOptions::hurry_for`] after the last such event.
+#[derive(Debug)]
+struct PollSchedule {
+    normal: Duration,
+    fast: Duration,
+    hurry_for: Duration,
+    hurry_until: Option<Instant>,
+}
+
+impl PollSchedule {
+    fn new(opts: &DockerOptions) -> Self {
+        PollSchedule {
+            normal: opts.poll_interval,
+            fast: opts.hurry_interval.min(opts.poll_interval),
+            hurry_for: opts.hurry_for,
+            hurry_until: None,
+        }
+    }
+
+    /// Notes an event seen at `now`: a service or node event starts (or extends) the fast
+    /// window.
+    fn saw(&mut self, ev: &EventMessage, now: Instant) {
+        if matches!(
+            ev.typ,
+            Some(EventMessageTypeEnum::SERVICE | EventMessageTypeEnum::NODE)
+        ) {
+            self.hurry_until = Some(now + self.hurry_for);
+        }
+    }
+
+    /// The next poll after a re-list at `now`.
+    fn next_poll(&mut self, now: Instant) -> Instant {
+        match self.hurry_until {
+            Some(until) if now < until => now + self.fast,
+            _ => {
+                self.hurry_until = None;
+                now + self.normal
+            }
+        }
     }
 }
 
@@ -237,5 +299,68 @@ mod tokio_stream_lite {
 
     pub async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
         poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(typ: EventMessageTypeEnum) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some("update".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_service_or_node_event_makes_the_poll_fast_for_a_while() {
+        let opts = DockerOptions::default();
+        let mut s = PollSchedule::new(&opts);
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(s.next_poll(t0), t0 + ms(1000), "normal before any event");
+        // Container and network events leave the pace alone.
+        s.saw(&event(EventMessageTypeEnum::CONTAINER), t0);
+        s.saw(&event(EventMessageTypeEnum::NETWORK), t0);
+        assert_eq!(s.next_poll(t0), t0 + ms(1000));
+
+        s.saw(&event(EventMessageTypeEnum::SERVICE), t0);
+        let mut at = t0;
+        let mut fast = 0;
+        loop {
+            let next = s.next_poll(at);
+            if next - at != ms(100) {
+                assert_eq!(next - at, ms(1000));
+                break;
+            }
+            fast += 1;
+            at = next;
+            assert!(fast < 100, "the fast window never ends");
+        }
+        assert_eq!(fast, 30, "3 s at 100 ms");
+        assert!(at >= t0 + ms(3000));
+        // It stays normal once the window is over.
+        assert_eq!(s.next_poll(at + ms(50)), at + ms(1050));
+
+        // A later event (a node drain) starts a new window; one within a window extends it.
+        let t1 = at + ms(5000);
+        s.saw(&event(EventMessageTypeEnum::NODE), t1);
+        s.saw(&event(EventMessageTypeEnum::SERVICE), t1 + ms(2000));
+        assert_eq!(s.next_poll(t1 + ms(4900)), t1 + ms(5000));
+        assert_eq!(s.next_poll(t1 + ms(5000)), t1 + ms(6000));
+    }
+
+    #[test]
+    fn the_fast_interval_is_never_slower_than_the_normal_one() {
+        let opts = DockerOptions {
+            poll_interval: Duration::from_millis(50),
+            ..DockerOptions::default()
+        };
+        let mut s = PollSchedule::new(&opts);
+        let t0 = Instant::now();
+        s.saw(&event(EventMessageTypeEnum::SERVICE), t0);
+        assert_eq!(s.next_poll(t0), t0 + Duration::from_millis(50));
     }
 }
