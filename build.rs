@@ -1,8 +1,8 @@
 //! Build-time switches of the test suite. `INTERLOCK_SKIP_DOCKER=1` marks every test that
 //! needs a Docker Engine as ignored, and `INTERLOCK_SKIP_MULTINODE=1` the tests that start
 //! private Docker daemons (the bed of tests/multinode/bed.sh: tests/multinode.rs, docker.rs,
-//! swarm_stack.rs, docker_daemon_restart.rs): they then show as ignored in the test report,
-//! never as passed.
+//! swarm_stack.rs, swarm_drain.rs, docker_daemon_restart.rs): they then show as ignored in the
+//! test report, never as passed.
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(skip_docker)");
     println!("cargo::rustc-check-cfg=cfg(skip_multinode)");

@@ -14,6 +14,10 @@
 //! time the proxies need to take it out of their routes), then it stops accepting, lets the
 //! requests in flight finish (idle keep-alive connections are closed), and exits. Without it
 //! the lame duck is 0: it stops accepting at once, then the same.
+//!
+//! `backend --check ADDR` is a health check for an image's `HEALTHCHECK` (exec form; the image
+//! has no shell): exit 0 when `GET /` at ADDR answers 200, else 1. With one, Swarm reports a
+//! task running only once it serves, so a proxy never routes to a task still starting.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,11 +35,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: backend [--listen ADDR] [--name NAME] [--lame-duck SECS]\n  \
+const USAGE: &str = "usage: backend [--listen ADDR] [--name NAME] [--lame-duck SECS]\n       \
+    backend --check ADDR\n  \
     --listen ADDR     address to listen on (default 127.0.0.1:9001)\n  \
     --name NAME       name this backend answers with (default: $BACKEND_NAME, else backend)\n  \
     --lame-duck SECS  on SIGTERM/SIGINT, go on serving for SECS seconds (default 0), then stop\n                    \
-    accepting, let requests in flight finish, and exit\n\
+    accepting, let requests in flight finish, and exit\n  \
+    --check ADDR      health check: exit 0 if GET / at ADDR answers 200, else 1\n\
     paths: GET /headers (the request's fields), GET /slow?ms=N (answers after N ms, at most\n\
     60000), anything else (one line: this backend's name, the host and the path)";
 
@@ -135,6 +141,11 @@ fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--check") {
+        let healthy = argv.next().is_some_and(|addr| check(&addr));
+        std::process::exit(if healthy { 0 } else { 1 });
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -202,6 +213,24 @@ async fn main() {
     );
     graceful.shutdown().await;
     eprintln!("backend {name}: stopped");
+}
+
+/// True when `GET /` at `addr` answers 200 within a second.
+fn check(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let second = Some(Duration::from_secs(1));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = (s.set_read_timeout(second), s.set_write_timeout(second));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET / HTTP/1.1\r\nHost: check\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// Resolves at the first SIGTERM or SIGINT.
