@@ -1,5 +1,6 @@
 //! Accepting connections (the proxy's listeners, the admin listener, the controller's
-//! snapshot API): one at a time, with `TCP_NODELAY`, until shutdown; a
+//! snapshot API): one at a time, with `TCP_NODELAY`, until shutdown, and then the ones
+//! already queued (so closing the listener resets none that the kernel accepted); a
 //! failing `accept` (out of file descriptors and the like) is retried with backoff, so
 //! the listener neither spins nor dies.
 
@@ -9,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
 
-/// The next accepted connection (with `TCP_NODELAY`), or `None` once `shutdown` fires.
-/// Accept errors (out of file descriptors and the like) are retried with backoff: the
+/// The next accepted connection (with `TCP_NODELAY`); once `shutdown` fired, the next one
+/// already queued, or `None` when none is. Accept errors (out of file descriptors and the like) are retried with backoff: the
 /// listener neither spins nor dies.
 pub(crate) async fn next(
     listener: &TcpListener,
@@ -20,7 +21,9 @@ pub(crate) async fn next(
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.wait() => return None,
+            // Stopping: the connections whose handshake the kernel already completed are
+            // taken and served; closing the listener would reset them unanswered.
+            _ = shutdown.wait() => return queued(listener),
             a = listener.accept() => a,
         };
         match accepted {
@@ -34,5 +37,17 @@ pub(crate) async fn next(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// A connection already in `listener`'s queue, without waiting for one.
+fn queued(listener: &TcpListener) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match listener.poll_accept(&mut cx) {
+        std::task::Poll::Ready(Ok((stream, peer))) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        _ => None,
     }
 }

@@ -362,6 +362,102 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     );
 }
 
+/// Reads one HTTP/1.1 answer's head from `s` (until the blank line); "" when the
+/// connection closed first.
+async fn answer_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// SIGTERM reaches a proxy whose listener holds connections it has not accepted yet (the
+/// process was stopped while clients connected and sent their requests), and one more that
+/// was accepted but has not sent its request: every one of them is answered (with
+/// `Connection: close`), none reset by the listener's close; a connection idle between
+/// requests closes; a connection made after that is refused; the process exits 0.
+/// This is what a proxy replaced in place (a stop-first update on a host port) owes the
+/// clients that reached it just before its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
+    let backend = TestBackend::with(|req| async move { common::echo("made", &req) }).await;
+    let file = ConfigFile::new(&service_toml("made", "made.test", backend.addr, ""));
+    let mut p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+    let request = b"GET / HTTP/1.1\r\nHost: made.test\r\n\r\n";
+
+    // Idle between requests: one answered, kept alive.
+    let mut idle = TcpStream::connect(p.proxy).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    assert!(answer_head(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // Accepted, no request yet.
+    let mut fresh = TcpStream::connect(p.proxy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let pid = p.pid().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    // Stopped: the kernel completes these handshakes, nobody accepts them.
+    signal("-STOP");
+    let mut queued = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(request).await.unwrap();
+        queued.push(s);
+    }
+    signal("-TERM");
+    signal("-CONT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fresh.write_all(request).await.unwrap();
+
+    let mut answers = Vec::new();
+    for s in queued.iter_mut() {
+        answers.push(answer_head(s).await);
+    }
+    let unanswered = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .count();
+    assert_eq!(
+        unanswered, 0,
+        "connections queued at SIGTERM not answered 200: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.to_ascii_lowercase().contains("connection: close")),
+        "the queued connections' answers close them: {answers:?}"
+    );
+    let first = answer_head(&mut fresh).await;
+    assert!(
+        first.starts_with("HTTP/1.1 200")
+            && first.to_ascii_lowercase().contains("connection: close"),
+        "the connection accepted before SIGTERM, its request sent after: {first:?}"
+    );
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle keep-alive connection closes: {closed:?}"
+    );
+    let later = eventually(Duration::from_secs(5), || async {
+        TcpStream::connect(p.proxy).await.is_err()
+    })
+    .await;
+    assert!(later.is_some(), "new connections are refused after SIGTERM");
+    let exit = p
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("interlock did not exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}
+
 /// Peak resident memory (VmHWM) of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

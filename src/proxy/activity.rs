@@ -29,6 +29,9 @@ pub(super) struct Activity {
     pub(super) h2: AtomicBool,
     /// Shutting down or idle too long: finish what is in flight, start nothing new.
     pub(super) closing: AtomicBool,
+    /// Shutting down while the client was sending a request (or had just connected): that
+    /// request is still read and answered, then the connection closes.
+    pub(super) draining: AtomicBool,
 }
 
 impl Activity {

@@ -120,6 +120,9 @@ pub(super) async fn serve<S>(
     // Since when a request head is pending.
     let mut head_since: Option<Instant> = None;
     let mut closing = false;
+    // Shutdown seen; and until when a request being sent then may still come whole.
+    let mut stopping = false;
+    let mut grace_until: Option<Instant> = None;
     let shutdown_wait = shutdown.wait();
     tokio::pin!(shutdown_wait);
     // The watchdog (shutdown signal and idle tick) is polled only when its own waker fired,
@@ -138,7 +141,7 @@ pub(super) async fn serve<S>(
                 return Poll::Pending;
             };
             let mut wcx = Context::from_waker(waker);
-            let event = if shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
+            let event = if !stopping && shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
                 Event::Shutdown
             } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
                 Event::Tick(now)
@@ -163,17 +166,30 @@ pub(super) async fn serve<S>(
                 break;
             }
             Event::Shutdown => {
-                closing = true;
-                activity.closing.store(true, Ordering::Relaxed);
+                stopping = true;
+                // A client that just connected (the listener's last ones) or is sending a
+                // request has it answered, then the connection closes: only connections
+                // idle between requests close at once (their clients send again, as after
+                // any keep-alive close).
+                let untouched = activity.progress.load(Ordering::Relaxed) == 0;
+                if untouched || head_pending(&activity) {
+                    activity.draining.store(true, Ordering::Relaxed);
+                    grace_until = Some(Instant::now() + REQUEST_GRACE);
+                } else {
+                    closing = true;
+                    activity.closing.store(true, Ordering::Relaxed);
+                }
             }
             Event::Tick(now) => {
-                // Bytes of a request head arrived since the last request started or ended,
-                // and none is in flight: a head is being sent. HTTP/2 frames between
-                // requests (pings, settings) are not heads.
-                let head_pending = activity.head_reads.load(Ordering::Relaxed)
-                    != activity.heads_at_boundary.load(Ordering::Relaxed)
+                if grace_until.is_some_and(|until| now >= until)
                     && activity.in_flight.load(Ordering::Relaxed) == 0
-                    && !activity.h2.load(Ordering::Relaxed);
+                {
+                    // The grace is over and no request came: close.
+                    closing = true;
+                    activity.closing.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                let head_pending = head_pending(&activity);
                 let current = activity.progress.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
@@ -197,6 +213,20 @@ pub(super) async fn serve<S>(
         }
     }
     proxy.metrics.open_connections.dec();
+}
+
+/// How long, once shutdown starts, a connection that just opened or is sending a request
+/// may take to send it whole (checked at the watchdog's ticks).
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Bytes of a request head arrived since the last request started or ended, and none is in
+/// flight: a head is being sent. HTTP/2 frames between requests (pings, settings) are not
+/// heads.
+fn head_pending(activity: &Activity) -> bool {
+    activity.head_reads.load(Ordering::Relaxed)
+        != activity.heads_at_boundary.load(Ordering::Relaxed)
+        && activity.in_flight.load(Ordering::Relaxed) == 0
+        && !activity.h2.load(Ordering::Relaxed)
 }
 
 /// What woke the connection's loop.

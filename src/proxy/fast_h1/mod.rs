@@ -152,6 +152,7 @@ where
         let close = head.close
             || stalled
             || activity.closing.load(Ordering::Relaxed)
+            || activity.draining.load(Ordering::Relaxed)
             || matches!(&reply, Reply::Made(parts) if parts.headers.contains_key(header::CONNECTION));
         let framing = Framing::of(status, head_request, body.size_hint().exact());
         reply.encode(&mut wbuf, framing, close);
