@@ -1,6 +1,6 @@
 //! examples/swarm/stack.yml on a real multi-node swarm started by the test itself
 //! (testkit/src/multinode.rs): 3 managers and 2 workers, each a private Docker daemon in a
-//! network namespace of its own. The controller runs on manager 1, prod's proxies on both
+//! network namespace of its own. A controller runs on each manager, prod's proxies on both
 //! workers (node labels, host-mode published ports), and the backends only on workers, so no
 //! manager has a task on the apps network.
 //!
@@ -138,17 +138,48 @@ impl World {
     /// Waits until the controller's container on manager 1 has published prod's snapshot
     /// (it has read Docker), then a second for the proxies' long polls; its container id.
     fn controller_ready(&self, limit: Duration) -> Option<String> {
+        let id = self.controller_ready_on(self.manager(), limit);
+        std::thread::sleep(Duration::from_secs(1));
+        id
+    }
+
+    /// The managers (one controller replica each).
+    fn managers(&self) -> Vec<&BedNode> {
+        self.bed.nodes.iter().filter(|n| n.manager).collect()
+    }
+
+    /// Waits until `node`'s controller container has published prod's snapshot; its id.
+    fn controller_ready_on(&self, node: &BedNode, limit: Duration) -> Option<String> {
         let mut id = None;
         wait_for(limit, || {
-            id = self.container_on(self.manager(), "controller");
+            id = self.container_on(node, "controller");
             id.as_ref().is_some_and(|c| {
-                container_logs(self.manager(), c)
+                container_logs(node, c)
                     .lines()
                     .any(|l| l.contains("snapshot published") && l.contains("prod"))
             })
         })?;
-        std::thread::sleep(Duration::from_secs(1));
         id
+    }
+
+    /// Waits until every manager's controller replica has published prod's snapshot.
+    fn all_controllers_ready(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        self.managers().into_iter().all(|n| {
+            self.controller_ready_on(n, limit.saturating_sub(start.elapsed()))
+                .is_some()
+        })
+    }
+
+    /// How many lines of worker `i`'s current proxy container's log contain `what`.
+    fn proxy_says(&self, i: usize, what: &str) -> usize {
+        let node = self.worker(i);
+        self.container_on(node, "proxy-prod")
+            .map(|c| container_logs(node, &c))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
     }
 
     fn answers(&self, i: usize) -> bool {
@@ -198,12 +229,20 @@ fn deploy(bed: Bed) -> World {
     let certs = Scratch::new("multinode");
     certs.issue_certs(&["controller"], &["prod", "dev"]);
 
-    // The stack file as it is now. Its controller mounts the node's Docker socket by the
-    // standard path; on this bed every daemon has its own socket, so the copy deployed mounts
-    // manager 1's, and the controller is placed there.
+    // The stack file as it is now. Its controllers (one per manager) mount their node's
+    // Docker socket by the standard path; on this bed every daemon has its own socket, so
+    // the copy deployed mounts `sockets/<node's hostname>.sock` (a Swarm mount template), a
+    // link to that node's own socket.
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/swarm/stack.yml");
     let text = std::fs::read_to_string(&file).unwrap();
-    let own_socket = manager.host.trim_start_matches("unix://").to_string();
+    let sockets = bed.root.join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    for n in bed.nodes.iter().filter(|n| n.manager) {
+        let link = sockets.join(format!("{}.sock", n.hostname));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(n.host.trim_start_matches("unix://"), &link).unwrap();
+    }
+    let own_socket = format!("{}/{{{{.Node.Hostname}}}}.sock", sockets.display());
     let mut mounts = 0;
     let text: String = text
         .lines()
@@ -237,10 +276,6 @@ fn deploy(bed: Bed) -> World {
         .env("INTERLOCK_CERTS", &certs.0)
         .env("PROD_HTTP_PORT", PROD_PORT.to_string())
         .env("DEV_HTTP_PORT", "8081")
-        .env(
-            "CONTROLLER_PLACEMENT",
-            format!("node.hostname == {}", manager.hostname),
-        )
         .env("PROD_PLACEMENT", "node.labels.interlock.cluster == prod")
         // No node is labelled for dev: no dev proxy runs (and none on a manager).
         .env("DEV_PLACEMENT", "node.labels.interlock.cluster == dev")
@@ -508,22 +543,42 @@ fn restart_proxy(w: &World, i: usize, limit: Duration) -> Result<Duration, Strin
     })
 }
 
-/// 5: the controller scaled to 0, worker 2's proxy killed and restarted by Swarm: it serves
-/// its saved snapshot; worker 1's proxy, under load, never fails.
+/// 5: every controller replica gone (placed where no node is: a global service cannot be
+/// scaled to 0), worker 2's proxy killed and restarted by Swarm: it serves its saved
+/// snapshot; worker 1's proxy, under load, never fails.
 fn proxy_restart_controller_down(w: &World) -> Verdict {
     let ctl = format!("{STACK}_controller");
+    let nowhere = "node.hostname == nowhere";
     let load = load_at(w.proxy(0), Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
-    w.m(&["service", "scale", "-d", &format!("{ctl}=0")]);
+    w.m(&[
+        "service",
+        "update",
+        "-d",
+        "-q",
+        "--constraint-add",
+        nowhere,
+        &ctl,
+    ]);
     let gone = wait_for(Duration::from_secs(30), || {
-        w.container_on(w.manager(), "controller").is_none()
+        w.managers()
+            .into_iter()
+            .all(|n| w.container_on(n, "controller").is_none())
     });
     let restarted = restart_proxy(w, 1, Duration::from_secs(30));
-    w.m(&["service", "scale", "-d", &format!("{ctl}=1")]);
+    w.m(&[
+        "service",
+        "update",
+        "-d",
+        "-q",
+        "--constraint-rm",
+        nowhere,
+        &ctl,
+    ]);
     let start = Instant::now();
     let ready = w
-        .controller_ready(Duration::from_secs(60))
-        .map(|_| start.elapsed());
+        .all_controllers_ready(Duration::from_secs(60))
+        .then(|| start.elapsed());
     let back = wait_for(Duration::from_secs(60), || w.answers(1));
     let report = load.finish();
     let mut v = Verdict::of(
@@ -535,13 +590,13 @@ fn proxy_restart_controller_down(w: &World) -> Verdict {
         ),
     );
     if gone.is_none() {
-        v = v.fail("the controller's container did not go within 30 s");
+        v = v.fail("the controllers' containers did not go within 30 s");
     }
     if let Err(e) = restarted {
         v = v.fail(format!("controller down: {e}"));
     }
     if ready.is_none() {
-        v = v.fail("the controller did not publish prod's snapshot within 60 s of its return");
+        v = v.fail("the controllers did not publish prod's snapshot within 60 s of their return");
     }
     if back.is_none() {
         v = v.fail("worker-2's proxy did not serve within 60 s of the controller's return");
@@ -663,6 +718,231 @@ fn broken_label_restart(w: &World) -> Verdict {
     v
 }
 
+/// 8: the controller replicas (one per manager) killed one by one under load at both
+/// proxies, each killed only once the one before is back (Swarm restarts it) and has
+/// published: no request fails, and no proxy fetches a snapshot or swaps its table (the
+/// replicas publish the same content under the same tag), however often it moves.
+fn controller_replicas_killed(w: &World) -> Verdict {
+    let ready = w.all_controllers_ready(Duration::from_secs(60));
+    let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(150)));
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = |what: &str| [0, 1].map(|i| w.proxy_says(i, what));
+    let swaps_before = counts("routing table swapped");
+    let fetched_before = counts("new snapshot from the controller");
+    let moves_before = counts("controller poll failed");
+    let mut back = Vec::new();
+    let mut missing = Vec::new();
+    for node in w.managers() {
+        let Some(old) = w.container_on(node, "controller") else {
+            missing.push(node.hostname.clone());
+            continue;
+        };
+        node.docker(&["kill", &old]);
+        let start = Instant::now();
+        let again = wait_for(Duration::from_secs(60), || {
+            w.controller_ready_on(node, Duration::from_millis(1))
+                .is_some_and(|c| c != old)
+        });
+        back.push(again.map(|_| start.elapsed()));
+        // The proxies' long polls settle on the replicas left.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let swaps = counts("routing table swapped");
+    let fetched = counts("new snapshot from the controller");
+    let moves = counts("controller poll failed");
+    let [a, b] = loads.map(Load::finish);
+    let mut load = a;
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples);
+    let diff =
+        |x: [usize; 2], y: [usize; 2]| [x[0].saturating_sub(y[0]), x[1].saturating_sub(y[1])];
+    let (swapped, refetched, moved) = (
+        diff(swaps, swaps_before),
+        diff(fetched, fetched_before),
+        diff(moves, moves_before),
+    );
+    let mut v = Verdict::of(
+        load,
+        format!(
+            "{} replicas killed in turn, each back and published after {back:?}; per proxy: \
+             table swaps {swapped:?}, snapshots fetched {refetched:?}, polls that moved to \
+             another replica {moved:?}",
+            back.len()
+        ),
+    );
+    if !ready {
+        v = v.fail("not every manager's controller replica had published before the kills");
+    }
+    if !missing.is_empty() {
+        v = v.fail(format!("no controller replica on {missing:?}"));
+    }
+    if back.iter().any(Option::is_none) {
+        v = v.fail("a killed replica was not back and published within 60 s");
+    }
+    if swapped != [0, 0] || refetched != [0, 0] {
+        v = v.fail(format!(
+            "the proxies refetched or swapped with nothing changed: swaps {swapped:?}, \
+             snapshots {refetched:?}"
+        ));
+    }
+    if moved.contains(&0) {
+        // Every replica was killed, so each proxy's was.
+        v = v.fail("a proxy's poll never moved: the kills did not reach its replica");
+    }
+    v
+}
+
+/// What probing one address every 20 ms (a fresh connection each) saw.
+#[derive(Debug, Default)]
+struct Outage {
+    probes: usize,
+    failed: usize,
+    /// The longest run of failed probes: first failure to the next answer.
+    longest: Duration,
+}
+
+/// Probes `addr` every 20 ms until `stop`: how long it did not answer 200.
+fn watch_outage(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> Outage {
+    let mut o = Outage::default();
+    let mut down_since: Option<Instant> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        o.probes += 1;
+        if matches!(probe(addr, HOST), Ok((200, _))) {
+            if let Some(t) = down_since.take() {
+                o.longest = o.longest.max(t.elapsed());
+            }
+        } else {
+            o.failed += 1;
+            down_since.get_or_insert_with(Instant::now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(t) = down_since {
+        o.longest = o.longest.max(t.elapsed());
+    }
+    o
+}
+
+/// 9: the proxies upgraded (the interlock image replaced: `service update --force`, with
+/// the stack's update settings: one node at a time, stop-first, host-mode ports). Measured:
+/// how long each node's published port did not answer (a fresh connection every 20 ms), the
+/// keep-alive load at each node, and a client that, like an external load balancer, sends a
+/// request the first node refuses to the other node: that one loses nothing.
+fn proxy_upgrade(w: &World) -> Verdict {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let svc = format!("{STACK}_proxy-prod");
+    let before: Vec<Option<String>> = [0, 1]
+        .map(|i| w.container_on(w.worker(i), "proxy-prod"))
+        .into();
+    let stop = AtomicBool::new(false);
+    let (outages, (balanced, redispatched), done, loads) = std::thread::scope(|scope| {
+        let watchers = [0, 1].map(|i| {
+            let (addr, stop) = (w.proxy(i), &stop);
+            scope.spawn(move || watch_outage(addr, stop))
+        });
+        // The external balancer: node 1 first, node 2 when node 1 does not answer (and the
+        // other way round every other request), a fresh connection each time. A node that
+        // refuses the connection, or closes it before any byte, gets none: on this bed a
+        // host-mode port is dockerd's userland proxy (no iptables), which accepts on the
+        // container's behalf and closes when the container's port is not there, where a
+        // kernel's NAT answers "refused". (interlock itself answers every connection it took:
+        // tests/process.rs.)
+        let balancer = {
+            let (nodes, stop) = ([w.proxy(0), w.proxy(1)], &stop);
+            scope.spawn(move || {
+                let mut report = LoadReport::default();
+                let mut redispatched = 0;
+                let mut turn = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    turn += 1;
+                    let first = nodes[turn % 2];
+                    let other = nodes[(turn + 1) % 2];
+                    report.requests += 1;
+                    let answer = match probe(first, HOST) {
+                        Err(e) if e.starts_with("connect") || e.starts_with("closed without") => {
+                            redispatched += 1;
+                            probe(other, HOST)
+                        }
+                        a => a,
+                    };
+                    if !matches!(answer, Ok((200, _))) {
+                        report.failures += 1;
+                        if report.samples.len() < 8 {
+                            report.samples.push(format!("{answer:?}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (report, redispatched)
+            })
+        };
+        let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(150)));
+        std::thread::sleep(Duration::from_secs(1));
+        w.m(&["service", "update", "-d", "-q", "--force", &svc]);
+        let done = wait_for(Duration::from_secs(120), || {
+            w.m(&[
+                "service",
+                "inspect",
+                &svc,
+                "--format",
+                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            ]) == "completed"
+        });
+        // Both new proxies answer before the watch ends.
+        wait_for(Duration::from_secs(30), || w.answers(0) && w.answers(1));
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        let loads = loads.map(Load::finish);
+        (
+            watchers.map(|h| h.join().unwrap()),
+            balancer.join().unwrap(),
+            done,
+            loads,
+        )
+    });
+    let after: Vec<Option<String>> = [0, 1]
+        .map(|i| w.container_on(w.worker(i), "proxy-prod"))
+        .into();
+    let [a, b] = &loads;
+    let mut v = Verdict::of(
+        balanced.clone(),
+        format!(
+            "update completed in {done:?}; per node, port not answering at most {:?} and \
+             {:?} ({} and {} of {} and {} probes failed); keep-alive load per node: {} of {} \
+             and {} of {} failed; external balancer: {} of {} failed, {} sent to the other \
+             node",
+            outages[0].longest,
+            outages[1].longest,
+            outages[0].failed,
+            outages[1].failed,
+            outages[0].probes,
+            outages[1].probes,
+            a.failures,
+            a.requests,
+            b.failures,
+            b.requests,
+            balanced.failures,
+            balanced.requests,
+            redispatched,
+        ),
+    );
+    if done.is_none() {
+        v = v.fail("the proxies' update did not complete within 120 s");
+    }
+    if before
+        .iter()
+        .zip(&after)
+        .any(|(b, a)| b == a || a.is_none())
+    {
+        v = v.fail(format!(
+            "not every proxy was replaced: {before:?} -> {after:?}"
+        ));
+    }
+    v
+}
+
 /// A container's output (stdout and stderr) on `node`.
 fn container_logs(node: &BedNode, id: &str) -> String {
     Command::new("docker")
@@ -767,7 +1047,7 @@ fn swarm_of_five_nodes_routes_every_task_through_failures() {
 
     type Scenario = fn(&World) -> Verdict;
     // (name, scenario, whether it needs the service routed at all to mean anything)
-    let scenarios: [(&str, Scenario, bool); 7] = [
+    let scenarios: [(&str, Scenario, bool); 9] = [
         ("1-every-endpoint-routed", every_endpoint, false),
         ("3-worker-drained", drain_worker, true),
         ("2-rolling-update", rolling_update, true),
@@ -778,6 +1058,12 @@ fn swarm_of_five_nodes_routes_every_task_through_failures() {
             true,
         ),
         ("6-broken-label-proxy-restart", broken_label_restart, true),
+        (
+            "8-controller-replicas-killed",
+            controller_replicas_killed,
+            true,
+        ),
+        ("9-proxy-upgrade", proxy_upgrade, true),
         ("7-engine-log-quiet", quiet_engine_log, false),
     ];
     let mut failed = Vec::new();

@@ -118,6 +118,8 @@ impl Stack {
             .env("DEV_PLACEMENT", manager)
             .env("PROD_APPS_NETWORK", &stack.prod_network)
             .env("DEV_APPS_NETWORK", format!("{}-apps-dev", stack.name))
+            // ACME with one controller, as docs/swarm.md says.
+            .env("CONTROLLER_MODE", "replicated")
             .env("ACME_AGREE_TOS", "true")
             .env("ACME_EMAIL", "ops@secure.test")
             .env("ACME_DIRECTORY", directory)

@@ -627,10 +627,18 @@ fn the_example_stack_routes_each_cluster_and_survives_its_controller() {
     assert_eq!(tls_answer.0, "HTTP/1.1 200 OK");
     assert!(tls_answer.1.starts_with("web-prod"), "{tls_answer:?}");
 
-    // The controller is gone for good (scaled to 0) and prod's proxy restarts: it serves
-    // the routes it saved in its state file, and is healthy doing so.
+    // The controller is gone for good (placed where no node is: a global service cannot be
+    // scaled to 0) and prod's proxy restarts: it serves the routes it saved in its state
+    // file, and is healthy doing so.
     let controller = format!("{}_controller", stack.name);
-    docker(&["service", "scale", "-d", &format!("{controller}=0")]);
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--constraint-add",
+        "node.hostname == nowhere",
+        &controller,
+    ]);
     wait_until(Duration::from_secs(60), || {
         stack.containers("controller").is_empty()
     });
