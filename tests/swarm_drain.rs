@@ -34,7 +34,6 @@ use common::multinode::{missing_tools, Bed, BedNode, Load};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,34 +216,6 @@ fn with_healthcheck(base: &str, tag: &str) {
     );
 }
 
-/// Builds the example backend (the image must have `--lame-duck` and `/slow`; the testkit
-/// builds it only when missing). Without the variables cargo set for this test process:
-/// build scripts (ring's) watch some of them, and seeing them would rebuild half the tree.
-fn build_backend() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--example", "backend"]);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        let set_by_cargo = k == "OUT_DIR"
-            || k == "CARGO_PRIMARY_PACKAGE"
-            || [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_TARGET_TMPDIR",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p));
-        if set_by_cargo {
-            cmd.env_remove(&*k);
-        }
-    }
-    let st = cmd.status().unwrap();
-    assert!(st.success(), "building the example backend");
-}
-
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 #[cfg_attr(skip_multinode, ignore = "INTERLOCK_SKIP_MULTINODE=1")]
@@ -255,7 +226,6 @@ fn stop_first_rolling_update_loses_no_request_with_retries_off() {
         "this test starts a dockerd of its own and needs {missing:?}"
     );
     let t0 = Instant::now();
-    build_backend();
     let bed = Bed::up(1, 0);
     let node = bed.manager().clone();
     use_daemon(&node.host);

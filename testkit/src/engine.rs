@@ -263,16 +263,36 @@ pub fn image_layout(tag: &str) -> String {
 
 /// Imports the example backend (`examples/backend.rs`, built if missing) as `tag`.
 pub fn backend_image(tag: &str) {
-    let backend = bin_dir().join("examples/backend");
-    if !backend.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--example", "backend"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building the example backend");
+    build_example_backend();
+    import_image(tag, &bin_dir().join("examples/backend"));
+}
+
+/// `cargo build --example backend` (a no-op when it is current; a stale binary is never
+/// used), without the variables cargo sets for the test process: build scripts watch some of
+/// them (ring's does), and seeing them changed would rebuild half the tree.
+pub fn build_example_backend() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--example", "backend"]);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let set_by_cargo = k == "OUT_DIR"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if set_by_cargo {
+            cmd.env_remove(&*k);
+        }
     }
-    import_image(tag, &backend);
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "building the example backend");
 }
 
 /// Starts container `name` (replacing one of that name) of the example backend `image`,
