@@ -519,6 +519,28 @@ fn the_example_stack_gets_a_certificate_from_an_acme_ca_in_the_swarm() {
         !pem_texts(&dev_json, "PRIVATE KEY").contains(&cert_keys[0]),
         "dev's snapshot holds secure.test's key"
     );
+
+    // A second controller replica with ACME on: the controllers say it is one too many.
+    docker(&["service", "scale", "-d", &format!("{controller}=2")]);
+    let mut warned = false;
+    wait_until(Duration::from_secs(60), || {
+        warned = stack.containers("controller").iter().any(|c| {
+            docker_command()
+                .args(["logs", c])
+                .output()
+                .map(|o| {
+                    let log = String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr);
+                    log.lines().any(|l| {
+                        l.contains("several controller replicas") && l.contains("\"replicas\":2")
+                    })
+                })
+                .unwrap_or(false)
+        });
+        warned
+    });
+    assert!(warned, "no controller warned of two replicas with ACME on");
+    docker(&["service", "scale", "-d", &format!("{controller}=1")]);
     eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
     drop(stack);
     drop(bed);

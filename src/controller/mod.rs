@@ -68,6 +68,9 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         crate::admin::start(addr, feeds.clone(), metrics.clone(), shutdown.clone()).await?;
     }
     let acme = crate::acme::Acme::start(cfg.acme.clone(), &metrics)?;
+    if cfg.acme.is_some() && cfg.providers.docker.is_some() {
+        tokio::spawn(warn_acme_replicas());
+    }
     let secrets = Arc::new(Mutex::new(secrets::Secrets::new(cfg.secrets_dir.clone())));
     tokio::spawn(publish(
         providers,
@@ -131,6 +134,38 @@ async fn publish(
             }
         }
         changed.notified().await;
+    }
+}
+
+/// With ACME on, every 10 s: warns when more than one task of a controller service runs in
+/// the swarm (and again when their number changes). Replicas each order their own
+/// certificates, and the CA's challenges reach proxies that follow another replica.
+async fn warn_acme_replicas() {
+    let mut said: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Not a swarm, or Docker away: the provider reports that already.
+        let Ok(docker) = providers::docker::connect().await else {
+            continue;
+        };
+        let Ok(replicas) = providers::docker::controller_replicas(&docker).await else {
+            continue;
+        };
+        for (service, n) in &replicas {
+            if *n > 1 && said.get(service) != Some(n) {
+                tracing::warn!(
+                    service = %service,
+                    replicas = n,
+                    "ACME is on and several controller replicas run: each orders its own \
+                     certificates, and the CA's challenges reach the proxies that follow \
+                     another replica; run one controller (the example stack: \
+                     CONTROLLER_MODE=replicated)"
+                );
+            }
+        }
+        said = replicas;
     }
 }
 

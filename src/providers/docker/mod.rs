@@ -13,6 +13,7 @@
 
 mod containers;
 mod proxies;
+mod replicas;
 mod swarm;
 pub mod tasks;
 
@@ -29,6 +30,8 @@ use tokio_stream_lite::next;
 
 use crate::config::DesiredState;
 use crate::metrics::Metrics;
+
+pub use replicas::controller_replicas;
 
 /// Why a snapshot of the engine could not be taken.
 #[derive(Debug, Error)]

@@ -147,6 +147,11 @@ fn role(s: &Service) -> Option<String> {
     command_line(s)?.into_iter().next()
 }
 
+/// Whether `s` runs interlock's controller role.
+pub(super) fn is_controller(s: &Service) -> bool {
+    role(s).as_deref() == Some("controller")
+}
+
 /// The cluster a service serves if it is an interlock proxy.
 fn proxy_cluster(s: &Service) -> Option<String> {
     let c = container(s)?;
