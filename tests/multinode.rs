@@ -25,6 +25,8 @@ use common::node::Scratch;
 
 const IMAGE: &str = "interlock-test/interlock:multinode";
 const BACKEND_IMAGE: &str = "interlock-test/backend:multinode";
+/// [`BACKEND_IMAGE`] with a HEALTHCHECK (exec form): a task runs once it serves.
+const HEALTHY_BACKEND_IMAGE: &str = "interlock-test/backend:multinode-healthy";
 const STACK: &str = "interlock";
 const HOST: &str = "web.test";
 const WEB: &str = "web";
@@ -214,8 +216,10 @@ fn deploy(bed: Bed) -> World {
     std::env::set_var("DOCKER_HOST", &manager.host);
     common::engine::build_image(IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
     common::engine::backend_image(BACKEND_IMAGE);
+    common::engine::with_healthcheck(BACKEND_IMAGE, HEALTHY_BACKEND_IMAGE);
     bed.spread_image(IMAGE);
     bed.spread_image(BACKEND_IMAGE);
+    bed.spread_image(HEALTHY_BACKEND_IMAGE);
 
     for w in bed.workers() {
         manager.docker(&[
@@ -794,6 +798,81 @@ fn controller_replicas_killed(w: &World) -> Verdict {
     v
 }
 
+/// Waits (at most `limit`) until the last update of the backends completed.
+fn update_completed(w: &World, limit: Duration) -> Option<Duration> {
+    wait_for(limit, || {
+        w.m(&[
+            "service",
+            "inspect",
+            WEB,
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+        ]) == "completed"
+    })
+}
+
+/// 10: drain before stop across the cluster: the backends get what docs/swarm.md asks of
+/// them (a 3 s lame duck after SIGTERM, a HEALTHCHECK, stop_grace_period 15 s) and
+/// `com.docker.lb.retries=off`; then a stop-first rolling update (one task at a time) under
+/// load at both workers' proxies, which learn of each task leaving through the controller:
+/// no request may fail, since nothing is retried.
+fn stop_first_update_retries_off(w: &World) -> Verdict {
+    w.m(&[
+        "service",
+        "update",
+        "-d",
+        "-q",
+        "--image",
+        HEALTHY_BACKEND_IMAGE,
+        "--args",
+        "--listen 0.0.0.0:9001 --lame-duck 3",
+        "--label-add",
+        "com.docker.lb.retries=off",
+        "--update-order",
+        "stop-first",
+        "--update-delay",
+        "1s",
+        "--stop-grace-period",
+        "15s",
+        WEB,
+    ]);
+    let prepared = update_completed(w, Duration::from_secs(120));
+    let ready = wait_for(Duration::from_secs(30), || {
+        w.running_backends().len() == REPLICAS && w.answers(0) && w.answers(1)
+    });
+    let middle = w.running_backends();
+    let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(150)));
+    std::thread::sleep(Duration::from_secs(1));
+    w.m(&["service", "update", "-d", "-q", "--force", WEB]);
+    let done = update_completed(w, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(2));
+    let [a, b] = loads.map(Load::finish);
+    let after = w.running_backends();
+    let mut load = a;
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples);
+    let mut v = Verdict::of(
+        load,
+        format!(
+            "prepared (lame duck, HEALTHCHECK, retries off) in {prepared:?}; stop-first \
+             update with retries off completed in {done:?}"
+        ),
+    );
+    if prepared.is_none() || ready.is_none() {
+        v = v.fail("the backends' new settings were not rolled out within 120 s");
+    }
+    if done.is_none() {
+        v = v.fail("the stop-first update did not complete within 120 s");
+    }
+    if !middle.is_disjoint(&after) || after.len() != REPLICAS {
+        v = v.fail(format!(
+            "not every task was replaced: {middle:?} -> {after:?}"
+        ));
+    }
+    v
+}
+
 /// What probing one address every 20 ms (a fresh connection each) saw.
 #[derive(Debug, Default)]
 struct Outage {
@@ -1047,7 +1126,7 @@ fn swarm_of_five_nodes_routes_every_task_through_failures() {
 
     type Scenario = fn(&World) -> Verdict;
     // (name, scenario, whether it needs the service routed at all to mean anything)
-    let scenarios: [(&str, Scenario, bool); 9] = [
+    let scenarios: [(&str, Scenario, bool); 10] = [
         ("1-every-endpoint-routed", every_endpoint, false),
         ("3-worker-drained", drain_worker, true),
         ("2-rolling-update", rolling_update, true),
@@ -1064,6 +1143,11 @@ fn swarm_of_five_nodes_routes_every_task_through_failures() {
             true,
         ),
         ("9-proxy-upgrade", proxy_upgrade, true),
+        (
+            "10-stop-first-update-retries-off",
+            stop_first_update_retries_off,
+            true,
+        ),
         ("7-engine-log-quiet", quiet_engine_log, false),
     ];
     let mut failed = Vec::new();

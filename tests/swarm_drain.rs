@@ -183,39 +183,6 @@ fn task_address(task: &str) -> String {
     .to_string()
 }
 
-/// `base` with a HEALTHCHECK in exec form (the image has no shell): `backend --check`. A task
-/// whose container has one is reported running only once it is healthy, so a proxy never
-/// routes to a backend that is not listening yet (without it, a task can be running a few
-/// milliseconds before its process listens, and with retries off that is a 502).
-fn with_healthcheck(base: &str, tag: &str) {
-    use std::io::Write;
-    use std::process::Stdio;
-    let dockerfile = format!(
-        "FROM {base}\nHEALTHCHECK --interval=250ms --timeout=2s --retries=3 \
-         CMD [\"/backend\", \"--check\", \"127.0.0.1:9001\"]\n"
-    );
-    let mut build = docker_command()
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", tag, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    build
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dockerfile.as_bytes())
-        .unwrap();
-    let out = build.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker build of {tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 #[cfg_attr(skip_docker, ignore = "INTERLOCK_SKIP_DOCKER=1")]
 #[cfg_attr(skip_multinode, ignore = "INTERLOCK_SKIP_MULTINODE=1")]
@@ -230,7 +197,7 @@ fn stop_first_rolling_update_loses_no_request_with_retries_off() {
     let node = bed.manager().clone();
     use_daemon(&node.host);
     backend_image(BACKEND_IMAGE);
-    with_healthcheck(BACKEND_IMAGE, HEALTHY_BACKEND_IMAGE);
+    common::engine::with_healthcheck(BACKEND_IMAGE, HEALTHY_BACKEND_IMAGE);
     import_image(PROXY_IMAGE, Path::new(env!("CARGO_BIN_EXE_interlock")));
     eprintln!(
         "bed {} ({}) up in {:.1} s, images on it at {:.1} s",

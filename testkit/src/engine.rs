@@ -267,6 +267,38 @@ pub fn backend_image(tag: &str) {
     import_image(tag, &bin_dir().join("examples/backend"));
 }
 
+/// `base` with a HEALTHCHECK in exec form (the image has no shell): `backend --check`. A task
+/// whose container has one is reported running only once it is healthy, so a proxy never
+/// routes to a backend that is not listening yet (without it, a task can be running a few
+/// milliseconds before its process listens, and with retries off that is a 502).
+pub fn with_healthcheck(base: &str, tag: &str) {
+    use std::io::Write;
+    let dockerfile = format!(
+        "FROM {base}\nHEALTHCHECK --interval=250ms --timeout=2s --retries=3 \
+         CMD [\"/backend\", \"--check\", \"127.0.0.1:9001\"]\n"
+    );
+    let mut build = docker_command()
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker build of {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `cargo build --example backend` (a no-op when it is current; a stale binary is never
 /// used), without the variables cargo sets for the test process: build scripts watch some of
 /// them (ring's does), and seeing them changed would rebuild half the tree.
