@@ -189,6 +189,15 @@ impl World {
     }
 }
 
+/// The two proxies' loads finished, as one report.
+fn both(loads: [Load; 2]) -> LoadReport {
+    let [mut load, b] = loads.map(Load::finish);
+    load.requests += b.requests;
+    load.failures += b.failures;
+    load.samples.extend(b.samples);
+    load
+}
+
 /// Polls `f` every 200 ms until it holds or `limit` passes; how long it took.
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -433,12 +442,8 @@ fn rolling_update(w: &World) -> Verdict {
     });
     // The proxies follow the last task change.
     std::thread::sleep(Duration::from_secs(2));
-    let [a, b] = loads.map(Load::finish);
+    let load = both(loads);
     let after = w.running_backends();
-    let mut load = a;
-    load.requests += b.requests;
-    load.failures += b.failures;
-    load.samples.extend(b.samples);
     let nodes: BTreeSet<String> = after
         .iter()
         .filter_map(|b| b.split('@').nth(1).map(str::to_string))
@@ -755,11 +760,7 @@ fn controller_replicas_killed(w: &World) -> Verdict {
     let swaps = counts("routing table swapped");
     let fetched = counts("new snapshot from the controller");
     let moves = counts("controller poll failed");
-    let [a, b] = loads.map(Load::finish);
-    let mut load = a;
-    load.requests += b.requests;
-    load.failures += b.failures;
-    load.samples.extend(b.samples);
+    let load = both(loads);
     let diff =
         |x: [usize; 2], y: [usize; 2]| [x[0].saturating_sub(y[0]), x[1].saturating_sub(y[1])];
     let (swapped, refetched, moved) = (
@@ -846,12 +847,8 @@ fn stop_first_update_retries_off(w: &World) -> Verdict {
     w.m(&["service", "update", "-d", "-q", "--force", WEB]);
     let done = update_completed(w, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(2));
-    let [a, b] = loads.map(Load::finish);
+    let load = both(loads);
     let after = w.running_backends();
-    let mut load = a;
-    load.requests += b.requests;
-    load.failures += b.failures;
-    load.samples.extend(b.samples);
     let mut v = Verdict::of(
         load,
         format!(
@@ -1052,11 +1049,7 @@ fn quiet_engine_log(w: &World) -> Verdict {
     let before = w.manager().daemon_log().len();
     std::thread::sleep(Duration::from_secs(10));
     let log = w.manager().daemon_log();
-    let [a, b] = loads.map(Load::finish);
-    let mut load = a;
-    load.requests += b.requests;
-    load.failures += b.failures;
-    load.samples.extend(b.samples);
+    let load = both(loads);
     let (noise, errors): (Vec<&str>, Vec<&str>) = log[before.min(log.len())..]
         .lines()
         .filter(|l| l.contains("level=error"))
