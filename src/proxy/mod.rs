@@ -17,7 +17,8 @@
 //! watchdog reads).
 //!
 //! Beside them: `headers.rs` (field rules both ways), `body.rs` (response bodies),
-//! `rewind.rs` (a stream replaying bytes already read), `misbehaviour.rs` (HTTP/2 clients
+//! `rewind.rs` (a stream replaying bytes already read), `splice.rs` (the bytes of a tunnel,
+//! both ways, with no buffer held while it is idle), `misbehaviour.rs` (HTTP/2 clients
 //! closed for breaking the protocol), `delegate.rs` (one `AsyncWrite` pass-through).
 
 #[macro_use]
@@ -33,6 +34,7 @@ mod hyper_service;
 mod misbehaviour;
 mod preface;
 mod rewind;
+mod splice;
 // `pub(crate)`: the request-head reader is fuzzed (crate::fuzzing).
 pub(crate) mod fast_h1;
 mod tls;

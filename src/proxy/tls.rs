@@ -124,13 +124,7 @@ impl Proxy {
             upstream.write_all(&hello).await?;
             let _active = backend.upstream.track();
             self.metrics.open_tunnels.inc();
-            let res = tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut upstream,
-                16 * 1024,
-                16 * 1024,
-            )
-            .await;
+            let res = super::splice::splice(&mut client, &mut upstream).await;
             self.metrics.open_tunnels.dec();
             drop(guard);
             return res.map(|_| ());

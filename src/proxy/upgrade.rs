@@ -1,7 +1,7 @@
 //! Upgraded connections (websockets and any other `Upgrade`): once the upstream answers
 //! 101, the client's upgraded stream and the upstream socket are joined by a tunnel task.
 //! The task holds no reference to the routing table, so table swaps never touch it;
-//! draining waits for it.
+//! draining waits for it. It holds no buffer while the tunnel is idle (`splice.rs`).
 
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
@@ -40,13 +40,9 @@ pub(super) fn tunnel(
         let mut client = TokioIo::new(client);
         let copied = async {
             client.write_all(&early).await?;
-            tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut upstream,
-                16 * 1024,
-                16 * 1024,
-            )
-            .await
+            // Cut from the upstream connection's read buffer: let go of it.
+            drop(early);
+            super::splice::splice(&mut client, &mut upstream).await
         };
         match copied.await {
             Ok((up, down)) => tracing::debug!(upstream = label, up, down, "tunnel closed"),

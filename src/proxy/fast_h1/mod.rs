@@ -19,17 +19,18 @@ mod response;
 pub(crate) use request::{may_end_head, MAX_FIELDS};
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{header, StatusCode};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::activity::{Activity, InFlight};
@@ -73,6 +74,11 @@ enum Plan {
 }
 
 /// Serves plain requests on `io` until it closes or a request is not plain.
+///
+/// Between requests a connection holds no buffer: the read buffer is released once it is
+/// empty and the next read goes through the stack ([`poll_fill`]), and each request is
+/// served by its own boxed future ([`exchange`]), so the connection's own future stays
+/// small while it waits (an idle keep-alive connection costs about 2 KiB, not 13.5).
 pub(super) async fn serve<S>(
     proxy: &Proxy,
     client: &ClientInfo,
@@ -87,8 +93,7 @@ where
     let body_cap = settings
         .max_body_bytes
         .map_or(MAX_BODY, |m| m.min(MAX_BODY));
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut wbuf = BytesMut::new();
+    let mut buf = BytesMut::new();
     let mut head = Head::default();
     loop {
         match read_head(proxy, activity, body_cap, &mut io, &mut buf, &mut head).await {
@@ -96,87 +101,129 @@ where
             Read::Closed => return End::Closed,
             Read::Handoff => return End::Handoff(io, buf),
         }
-        let in_flight = InFlight::start(activity.clone());
-        let start = Instant::now();
-        // A small body is read whole before the request goes on (nginx buffers request
-        // bodies too); larger ones stream, on hyper's path.
-        let whole = head.len + head.body_len as usize;
-        let stalled = match read_to(settings.body_read_timeout, &mut io, &mut buf, whole).await {
-            BodyRead::Whole => false,
-            BodyRead::Stalled => true,
-            BodyRead::Closed => return End::Closed,
-        };
-        let access = proxy.access_log.then(|| access_fields(&head, &buf));
-        let head_request = &buf[head.method.clone()] == b"HEAD";
-        let mut service = None;
-        let plan = if stalled {
-            let e = ProxyError::BodyStalled(settings.body_read_timeout);
-            Plan::Answer(answer::error(&e))
-        } else {
-            plan(proxy, client, peer, &head, &buf)
-        };
-        let (reply, body) = match plan {
-            Plan::Handoff => {
-                drop(in_flight);
-                return End::Handoff(io, buf);
-            }
-            Plan::Answer(resp) => {
-                buf.advance(whole.min(buf.len()));
-                made(resp)
-            }
-            Plan::Forward(route, backend, mut req) => {
-                buf.advance(head.len);
-                if head.body_len > 0 {
-                    let body = buf.split_to(head.body_len as usize).freeze();
-                    req.out.body = Some(UpstreamBody::Buffered(Some(body)));
-                }
-                if access.is_some() {
-                    service = Some(backend.service.clone());
-                }
-                match std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await {
-                    Ok((Outcome::Response(head, body), active, backend)) => {
-                        let elapsed = start.elapsed().as_secs_f64();
-                        backend.metrics.record(head.status.as_u16(), elapsed);
-                        (Reply::Relayed(head), ProxyBody::H1(body, active))
-                    }
-                    // Not asked for: the client refuses an unasked 101.
-                    Ok((Outcome::Upgraded(..), _, _)) => {
-                        made(answer::error(&ProxyError::UpgradeRefused))
-                    }
-                    Err((e, backend)) => made(forward::failed(&route, &backend, &e, start)),
-                }
-            }
-        };
-        let status = reply.status();
-        // A stalled body's rest must not be read as a next request.
-        let close = head.close
-            || stalled
-            || activity.closing.load(Ordering::Relaxed)
-            || activity.draining.load(Ordering::Relaxed)
-            || matches!(&reply, Reply::Made(parts) if parts.headers.contains_key(header::CONNECTION));
-        let framing = Framing::of(status, head_request, body.size_hint().exact());
-        reply.encode(&mut wbuf, framing, close);
-        drop(reply);
-        let body = (framing != Framing::None).then_some(body);
-        let mut sender = Sender::new(wbuf.split().freeze(), body, framing == Framing::Chunked);
-        if !head.trailers {
-            sender = sender.without_trailers();
+        let step = Box::pin(exchange(
+            proxy, client, peer, activity, &mut io, &mut buf, &head,
+        ));
+        match step.await {
+            Step::Next => {}
+            Step::Closed => return End::Closed,
+            Step::Handoff => return End::Handoff(io, buf),
         }
-        let sent = poll_fn(|cx| sender.poll_send(&mut io, cx)).await;
-        drop(sender);
-        if let Some((method, path)) = access {
-            forward::log_access(peer, &method, &path, status, service.as_deref(), start);
+        if buf.is_empty() {
+            // Nothing pipelined: wait for the next request without a buffer.
+            buf = BytesMut::new();
         }
-        drop(in_flight);
-        if let Err(e) = sent {
-            tracing::debug!(%peer, error = ?e, "response to the client cut short");
-            return End::Closed;
-        }
-        if close {
-            let _ = io.shutdown().await;
-            return End::Closed;
-        }
+        head.fields = Vec::new();
     }
+}
+
+/// How one request on the fast path ended.
+enum Step {
+    /// Answered; the connection stays open.
+    Next,
+    /// Closed, or to be closed.
+    Closed,
+    /// Not ours after all: hyper's, with the bytes in the buffer.
+    Handoff,
+}
+
+/// One plain request whose head `buf` starts with: its body read, forwarded (or answered),
+/// the answer sent.
+async fn exchange<S>(
+    proxy: &Proxy,
+    client: &ClientInfo,
+    peer: SocketAddr,
+    activity: &Arc<Activity>,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &Head,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &proxy.settings;
+    let in_flight = InFlight::start(activity.clone());
+    let start = Instant::now();
+    // A small body is read whole before the request goes on (nginx buffers request
+    // bodies too); larger ones stream, on hyper's path.
+    let whole = head.len + head.body_len as usize;
+    let stalled = match read_to(settings.body_read_timeout, io, buf, whole).await {
+        BodyRead::Whole => false,
+        BodyRead::Stalled => true,
+        BodyRead::Closed => return Step::Closed,
+    };
+    let access = proxy.access_log.then(|| access_fields(head, buf));
+    let head_request = &buf[head.method.clone()] == b"HEAD";
+    let mut service = None;
+    let plan = if stalled {
+        let e = ProxyError::BodyStalled(settings.body_read_timeout);
+        Plan::Answer(answer::error(&e))
+    } else {
+        plan(proxy, client, peer, head, buf)
+    };
+    let (reply, body) = match plan {
+        Plan::Handoff => {
+            drop(in_flight);
+            return Step::Handoff;
+        }
+        Plan::Answer(resp) => {
+            buf.advance(whole.min(buf.len()));
+            made(resp)
+        }
+        Plan::Forward(route, backend, mut req) => {
+            buf.advance(head.len);
+            if head.body_len > 0 {
+                let body = buf.split_to(head.body_len as usize).freeze();
+                req.out.body = Some(UpstreamBody::Buffered(Some(body)));
+            }
+            if access.is_some() {
+                service = Some(backend.service.clone());
+            }
+            match std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await {
+                Ok((Outcome::Response(head, body), active, backend)) => {
+                    let elapsed = start.elapsed().as_secs_f64();
+                    backend.metrics.record(head.status.as_u16(), elapsed);
+                    (Reply::Relayed(head), ProxyBody::H1(body, active))
+                }
+                // Not asked for: the client refuses an unasked 101.
+                Ok((Outcome::Upgraded(..), _, _)) => {
+                    made(answer::error(&ProxyError::UpgradeRefused))
+                }
+                Err((e, backend)) => made(forward::failed(&route, &backend, &e, start)),
+            }
+        }
+    };
+    let status = reply.status();
+    // A stalled body's rest must not be read as a next request.
+    let close = head.close
+        || stalled
+        || activity.closing.load(Ordering::Relaxed)
+        || activity.draining.load(Ordering::Relaxed)
+        || matches!(&reply, Reply::Made(parts) if parts.headers.contains_key(header::CONNECTION));
+    let framing = Framing::of(status, head_request, body.size_hint().exact());
+    let mut wbuf = BytesMut::new();
+    reply.encode(&mut wbuf, framing, close);
+    drop(reply);
+    let body = (framing != Framing::None).then_some(body);
+    let mut sender = Sender::new(wbuf.freeze(), body, framing == Framing::Chunked);
+    if !head.trailers {
+        sender = sender.without_trailers();
+    }
+    let sent = poll_fn(|cx| sender.poll_send(&mut *io, cx)).await;
+    drop(sender);
+    if let Some((method, path)) = access {
+        forward::log_access(peer, &method, &path, status, service.as_deref(), start);
+    }
+    drop(in_flight);
+    if let Err(e) = sent {
+        tracing::debug!(%peer, error = ?e, "response to the client cut short");
+        return Step::Closed;
+    }
+    if close {
+        let _ = io.shutdown().await;
+        return Step::Closed;
+    }
+    Step::Next
 }
 
 /// How reading a head went.
@@ -259,12 +306,26 @@ async fn read_to<S: AsyncRead + Unpin>(
 }
 
 /// Reads what `io` has into `buf`, with room for a read of [`READ_SIZE`] at least an
-/// eighth free; `Ok(0)` is the end of the stream.
+/// eighth free; `Ok(0)` is the end of the stream. A `buf` without room (a connection
+/// waiting for its next request holds none) is read into through the stack, and gets its
+/// room only when bytes came.
 fn poll_fill<S: AsyncRead + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if !got.is_empty() {
+            // Room for what came, and for a small body after it.
+            *buf = BytesMut::with_capacity(got.len().max(READ_SIZE / 8));
+            buf.extend_from_slice(got);
+        }
+        return Poll::Ready(Ok(got.len()));
+    }
     if buf.capacity() - buf.len() < READ_SIZE / 8 {
         buf.reserve(READ_SIZE);
     }
