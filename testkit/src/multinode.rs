@@ -346,7 +346,8 @@ impl Load {
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
-        let deadline = Instant::now() + max_time;
+        let started = Instant::now();
+        let deadline = started + max_time;
         let per_client = max_requests.div_ceil(clients);
         let threads = (0..clients)
             .map(|_| {
@@ -368,7 +369,9 @@ impl Load {
                             Outcome::Failed(why) => {
                                 r.failures += 1;
                                 if r.samples.len() < 8 {
-                                    r.samples.push(why);
+                                    // When, since the load started: to line up with events.
+                                    let at = started.elapsed().as_secs_f64();
+                                    r.samples.push(format!("{why} (at {at:.1} s)"));
                                 }
                             }
                         }
