@@ -261,6 +261,31 @@ fn swarm_tasks_are_routed_scaled_and_rolled_without_errors(node: &BedNode) {
         "{routes}"
     );
 
+    // Between events, a poll (every 250 ms here) asks the engine for the task list alone,
+    // not for the services and networks again: 3 s of steady state with the daemon's API
+    // log on.
+    node.set_debug(true);
+    std::thread::sleep(Duration::from_millis(500));
+    let from = node.daemon_log().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = node.daemon_log();
+    node.set_debug(false);
+    let calls = |path: &str| {
+        log[from.min(log.len())..]
+            .lines()
+            .filter(|l| l.contains("Calling GET") && l.contains(path))
+            .count()
+    };
+    let (tasks, services, networks) = (calls("/tasks"), calls("/services"), calls("/networks"));
+    eprintln!(
+        "3 s of steady state: {tasks} task lists, {services} service lists, {networks} network lists"
+    );
+    assert!(tasks >= 6, "the provider polled tasks {tasks} times in 3 s");
+    assert!(
+        services <= 1 && networks <= 1,
+        "polls between events listed services {services} and networks {networks} times"
+    );
+
     // Rolling update (one task at a time) and a scale-down under continuous load.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (

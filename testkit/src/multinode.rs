@@ -107,6 +107,18 @@ impl BedNode {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
 
+    /// Turns this node's dockerd debug log (which records every API call) on or off, as
+    /// its operator would: `debug` in its daemon.json, then SIGHUP (a live reload).
+    pub fn set_debug(&self, on: bool) {
+        std::fs::write(self.dir.join("daemon.json"), format!("{{\"debug\": {on}}}")).unwrap();
+        let pid = self.daemon_pid().expect("the node's dockerd runs");
+        let st = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "SIGHUP to the node's dockerd");
+    }
+
     /// The pid of this node's dockerd, if it runs (checked against its command line).
     pub fn daemon_pid(&self) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.dir.join("pid"))

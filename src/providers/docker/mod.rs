@@ -2,14 +2,16 @@
 //! a swarm manager, plain containers otherwise, each with its `com.docker.lb.*` labels.
 //!
 //! Convergence: Docker events (service, container, network, node) trigger a debounced
-//! re-list; Swarm emits no task events, so a cheap poll (default 1 s) backs them; every
-//! (re)connect starts with a full resync. A service or node event (an update, a scale, a
+//! re-list; Swarm emits no task events, so a cheap poll (default 1 s) backs them: in swarm
+//! mode a poll asks for the task list alone, against the services and networks listed at
+//! the last event (they change only with events). Every (re)connect starts with a full
+//! resync. A service or node event (an update, a scale, a
 //! drain) is followed by the orchestrator setting old tasks' desired state to `shutdown`
 //! within moments, and those tasks must leave the routes before their containers are told
 //! to stop: for a few seconds after one ([`DockerOptions::hurry_for`]) the poll runs fast
-//! ([`DockerOptions::hurry_interval`], see [`PollSchedule`]). When the engine is gone the last published state stays (so
-//! the table keeps serving), and the provider reconnects with backoff, reporting it in logs
-//! and in `interlock_docker_up`.
+//! ([`DockerOptions::hurry_interval`], see [`PollSchedule`]). When the engine is gone the
+//! last published state stays (so the table keeps serving), and the provider reconnects
+//! with backoff, reporting it in logs and in `interlock_docker_up`.
 
 mod containers;
 mod proxies;
@@ -105,6 +107,21 @@ pub async fn snapshot(
     mode: DockerMode,
     check_proxies: bool,
 ) -> Result<DesiredState, DockerError> {
+    read(docker, mode, check_proxies, &mut None).await
+}
+
+/// A complete view. In swarm mode with `listing` set (a task poll), only the task list is
+/// asked for, against the services and networks listed last; otherwise everything is
+/// listed, and `listing` keeps the services and networks for the next polls.
+async fn read(
+    docker: &Docker,
+    mode: DockerMode,
+    check_proxies: bool,
+    listing: &mut Option<swarm::Listing>,
+) -> Result<DesiredState, DockerError> {
+    if let Some(last) = listing.as_ref() {
+        return swarm::snapshot(docker, last, check_proxies).await;
+    }
     let swarm = match mode {
         DockerMode::Swarm => true,
         DockerMode::Containers => false,
@@ -117,7 +134,8 @@ pub async fn snapshot(
         }
     };
     if swarm {
-        swarm::snapshot(docker, check_proxies).await
+        let listed = listing.insert(swarm::list(docker).await?);
+        swarm::snapshot(docker, listed, check_proxies).await
     } else {
         containers::snapshot(docker).await
     }
@@ -149,7 +167,9 @@ async fn converge(
     reported: &mut bool,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
-    let first = snapshot(&docker, opts.mode, opts.check_proxies).await?;
+    // Swarm's services and networks as listed at the last event (see `read`).
+    let mut listing = None;
+    let first = read(&docker, opts.mode, opts.check_proxies, &mut listing).await?;
     if *reported {
         publish(tx, first, metrics);
     } else {
@@ -173,9 +193,11 @@ async fn converge(
     loop {
         // When the change was seen: the first event of a burst, else this poll.
         let mut observed_at = None;
+        let mut event = false;
         tokio::select! {
             ev = next(&mut events) => match ev {
                 Some(Ok(first)) => {
+                    event = true;
                     observed_at = first
                         .time_nano
                         .map(|ns| ns as f64 / 1e9)
@@ -206,8 +228,13 @@ async fn converge(
         if tx.is_closed() {
             return Ok(());
         }
+        // An event may have changed services or networks: list them again. A poll only
+        // asks for the tasks.
+        if event {
+            listing = None;
+        }
         let observed_at = observed_at.or(Some(crate::config::unix_now()));
-        let mut state = snapshot(&docker, opts.mode, opts.check_proxies).await?;
+        let mut state = read(&docker, opts.mode, opts.check_proxies, &mut listing).await?;
         state.observed_at = observed_at;
         publish(tx, state, metrics);
         next_poll = schedule.next_poll(Instant::now());

@@ -23,27 +23,53 @@ use super::{api, service_networks, tasks, DockerError};
 use crate::config::labels::{self, BackendMode, LabelError};
 use crate::config::{DesiredState, EndpointSpec, ServiceSpec};
 
-/// Reads every labelled service with its endpoints.
-pub(super) async fn snapshot(
-    docker: &Docker,
-    check_proxies: bool,
-) -> Result<DesiredState, DockerError> {
+/// The services and networks of the swarm as last listed. They change only with the
+/// events the provider follows (service, network), so a task poll reuses them and asks the
+/// engine for the task list alone.
+pub(super) struct Listing {
+    services: Vec<Service>,
+    /// Network ID -> name (not listed when no service is labelled).
+    net_names: HashMap<String, String>,
+}
+
+/// Lists the services, and the networks when a service is labelled.
+pub(super) async fn list(docker: &Docker) -> Result<Listing, DockerError> {
     let services = docker
         .list_services(None)
         .await
         .map_err(api("service list"))?;
+    let net_names = if services.iter().any(has_lb_labels) {
+        docker
+            .list_networks(None)
+            .await
+            .map_err(api("network list"))?
+            .iter()
+            .filter_map(|n| Some((n.id.clone()?, n.name.clone()?)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    Ok(Listing {
+        services,
+        net_names,
+    })
+}
+
+/// Every labelled service of `listing` with the addresses of its running tasks, as the
+/// engine lists them now.
+pub(super) async fn snapshot(
+    docker: &Docker,
+    listing: &Listing,
+    check_proxies: bool,
+) -> Result<DesiredState, DockerError> {
+    let Listing {
+        services,
+        net_names,
+    } = listing;
     let labelled: Vec<&Service> = services.iter().filter(|s| has_lb_labels(s)).collect();
     if labelled.is_empty() {
         return Ok(DesiredState::default());
     }
-    let networks = docker
-        .list_networks(None)
-        .await
-        .map_err(api("network list"))?;
-    let net_names: HashMap<String, String> = networks
-        .iter()
-        .filter_map(|n| Some((n.id.clone()?, n.name.clone()?)))
-        .collect();
     let tasks = tasks::list(&docker.client_version().to_string()).await?;
     // Per service ID: (network ID, address) of each running task.
     let mut addresses: HashMap<&str, Vec<(&str, IpAddr)>> = HashMap::new();
@@ -54,7 +80,7 @@ pub(super) async fn snapshot(
             .extend(t.addresses.iter().map(|(n, ip)| (n.as_str(), *ip)));
     }
     let proxies = if check_proxies {
-        ProxyServices::find(&services)
+        ProxyServices::find(services)
     } else {
         ProxyServices::default()
     };
@@ -69,7 +95,7 @@ pub(super) async fn snapshot(
             .into_iter()
             .collect();
         let mut errors = Vec::new();
-        let endpoints = match choose_network(svc, &net_names) {
+        let endpoints = match choose_network(svc, net_names) {
             Err(e) => {
                 errors.push(e);
                 Vec::new()
@@ -80,7 +106,7 @@ pub(super) async fn snapshot(
                     .map(|c| c.trim())
                     .unwrap_or_default();
                 let named = labels.get(labels::NETWORK).map(|v| v.trim());
-                errors.extend(proxies.check(cluster, &net_id, named, &net_names));
+                errors.extend(proxies.check(cluster, &net_id, named, net_names));
                 if labels::parse(&labels).labels.backend_mode == BackendMode::Vip {
                     service_vip(svc, &net_id).into_iter().collect()
                 } else {
