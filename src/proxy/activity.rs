@@ -6,8 +6,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -32,6 +32,11 @@ pub(super) struct Activity {
     /// Shutting down while the client was sending a request (or had just connected): that
     /// request is still read and answered, then the connection closes.
     pub(super) draining: AtomicBool,
+    /// The watchdog's gate (see `connection.rs`): false when its waker fired since the
+    /// watchdog was last polled (or it never was), so it must be polled.
+    pub(super) gate_quiet: AtomicBool,
+    /// The connection task, which the gate wakes.
+    pub(super) gate_task: OnceLock<Waker>,
 }
 
 impl Activity {

@@ -13,8 +13,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -132,30 +132,31 @@ pub(super) async fn serve<S>(
     tokio::pin!(shutdown_wait);
     // The watchdog (shutdown signal and idle tick) is polled only when its own waker fired,
     // not on each of the several wake-ups of this task per request.
-    let gate = Arc::new(Gate::default());
+    // The gate lives in the activity: one allocation less per connection.
+    let gate = activity.clone();
     let gate_waker = Waker::from(gate.clone());
     loop {
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Event::Ended(res));
+            // The watchdog first: a shutdown that woke the task together with an upstream's
+            // answer is seen before that answer is framed (it then says Connection: close).
+            if !closing {
+                if let Some(waker) = gate.enter(cx.waker(), &gate_waker) {
+                    let mut wcx = Context::from_waker(waker);
+                    let event = if !stopping && shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
+                        Some(Event::Shutdown)
+                    } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
+                        Some(Event::Tick(now))
+                    } else {
+                        None
+                    };
+                    if let Some(event) = event {
+                        // Poll the watchdog again next time: it must re-arm what just fired.
+                        gate.gate_quiet.store(false, Ordering::Relaxed);
+                        return Poll::Ready(event);
+                    }
+                }
             }
-            if closing {
-                return Poll::Pending;
-            }
-            let Some(waker) = gate.enter(cx.waker(), &gate_waker) else {
-                return Poll::Pending;
-            };
-            let mut wcx = Context::from_waker(waker);
-            let event = if !stopping && shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
-                Event::Shutdown
-            } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
-                Event::Tick(now)
-            } else {
-                return Poll::Pending;
-            };
-            // Poll the watchdog again next time: it must re-arm what just fired.
-            gate.fired.store(true, Ordering::Relaxed);
-            Poll::Ready(event)
+            conn.as_mut().poll(cx).map(Event::Ended)
         })
         .await;
         match event {
@@ -241,42 +242,29 @@ enum Event<E> {
     Tick(Instant),
 }
 
-/// Wakes the connection task on behalf of the watchdog and remembers that it did.
-struct Gate {
-    fired: AtomicBool,
-    task: OnceLock<Waker>,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate {
-            fired: AtomicBool::new(true),
-            task: OnceLock::new(),
-        }
-    }
-}
-
-impl Gate {
+/// The gate (in [`Activity`]): wakes the connection task on behalf of the watchdog and
+/// remembers that it did.
+impl Activity {
     /// The waker to poll the watchdog with, or `None` when it need not be polled: it has
     /// not been woken since its last poll. A task whose waker changed (never the case for a
     /// spawned task) polls the watchdog every time, with its own waker.
     fn enter<'a>(&self, task: &'a Waker, gate: &'a Waker) -> Option<&'a Waker> {
-        let stored = self.task.get_or_init(|| task.clone());
+        let stored = self.gate_task.get_or_init(|| task.clone());
         if !stored.will_wake(task) {
             return Some(task);
         }
-        self.fired.swap(false, Ordering::AcqRel).then_some(gate)
+        (!self.gate_quiet.swap(true, Ordering::AcqRel)).then_some(gate)
     }
 }
 
-impl Wake for Gate {
+impl Wake for Activity {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        if let Some(task) = self.task.get() {
+        self.gate_quiet.store(false, Ordering::Release);
+        if let Some(task) = self.gate_task.get() {
             task.wake_by_ref();
         }
     }
