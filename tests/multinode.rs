@@ -431,15 +431,7 @@ fn rolling_update(w: &World) -> Verdict {
     let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(120)));
     std::thread::sleep(Duration::from_secs(1));
     w.m(&["service", "update", "-d", "-q", "--force", WEB]);
-    let done = wait_for(Duration::from_secs(100), || {
-        w.m(&[
-            "service",
-            "inspect",
-            WEB,
-            "--format",
-            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
-        ]) == "completed"
-    });
+    let done = update_completed(w, WEB, Duration::from_secs(100));
     // The proxies follow the last task change.
     std::thread::sleep(Duration::from_secs(2));
     let load = both(loads);
@@ -799,13 +791,13 @@ fn controller_replicas_killed(w: &World) -> Verdict {
     v
 }
 
-/// Waits (at most `limit`) until the last update of the backends completed.
-fn update_completed(w: &World, limit: Duration) -> Option<Duration> {
+/// Waits (at most `limit`) until the last update of service `svc` completed.
+fn update_completed(w: &World, svc: &str, limit: Duration) -> Option<Duration> {
     wait_for(limit, || {
         w.m(&[
             "service",
             "inspect",
-            WEB,
+            svc,
             "--format",
             "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
         ]) == "completed"
@@ -837,7 +829,7 @@ fn stop_first_update_retries_off(w: &World) -> Verdict {
         "15s",
         WEB,
     ]);
-    let prepared = update_completed(w, Duration::from_secs(120));
+    let prepared = update_completed(w, WEB, Duration::from_secs(120));
     let ready = wait_for(Duration::from_secs(30), || {
         w.running_backends().len() == REPLICAS && w.answers(0) && w.answers(1)
     });
@@ -845,7 +837,7 @@ fn stop_first_update_retries_off(w: &World) -> Verdict {
     let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(150)));
     std::thread::sleep(Duration::from_secs(1));
     w.m(&["service", "update", "-d", "-q", "--force", WEB]);
-    let done = update_completed(w, Duration::from_secs(120));
+    let done = update_completed(w, WEB, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(2));
     let load = both(loads);
     let after = w.running_backends();
@@ -957,15 +949,7 @@ fn proxy_upgrade(w: &World) -> Verdict {
         let loads = [0, 1].map(|i| load_at(w.proxy(i), Duration::from_secs(150)));
         std::thread::sleep(Duration::from_secs(1));
         w.m(&["service", "update", "-d", "-q", "--force", &svc]);
-        let done = wait_for(Duration::from_secs(120), || {
-            w.m(&[
-                "service",
-                "inspect",
-                &svc,
-                "--format",
-                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
-            ]) == "completed"
-        });
+        let done = update_completed(w, &svc, Duration::from_secs(120));
         // Both new proxies answer before the watch ends.
         wait_for(Duration::from_secs(30), || w.answers(0) && w.answers(1));
         std::thread::sleep(Duration::from_secs(1));

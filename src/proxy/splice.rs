@@ -128,11 +128,11 @@ mod tests {
         let tunnel = tokio::spawn(async move { splice(&mut a, &mut b).await });
         let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
-        let (up2, down2) = (up.clone(), down.clone());
-        let client_side = tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(client);
+        // One end: sends `out` then its end of stream, and reads everything to the end.
+        async fn end(stream: tokio::io::DuplexStream, out: Vec<u8>) -> Vec<u8> {
+            let (mut r, mut w) = tokio::io::split(stream);
             let writer = async {
-                w.write_all(&up2).await.unwrap();
+                w.write_all(&out).await.unwrap();
                 w.shutdown().await.unwrap();
             };
             let mut got = Vec::new();
@@ -140,19 +140,9 @@ mod tests {
             let (_, n) = tokio::join!(writer, reader);
             n.unwrap();
             got
-        });
-        let server_side = tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(server);
-            let writer = async {
-                w.write_all(&down2).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let mut got = Vec::new();
-            let reader = r.read_to_end(&mut got);
-            let (_, n) = tokio::join!(writer, reader);
-            n.unwrap();
-            got
-        });
+        }
+        let client_side = tokio::spawn(end(client, up.clone()));
+        let server_side = tokio::spawn(end(server, down.clone()));
         let at_client = client_side.await.unwrap();
         let at_server = server_side.await.unwrap();
         assert_eq!(at_server, up);
