@@ -879,12 +879,9 @@ pub fn upstream_errors(proxy: &TestProxy, service: &str) -> f64 {
 
 /// A free port on 127.0.0.1 with nothing listening (bound, then released).
 pub fn dead_endpoint() -> EndpointSpec {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
     EndpointSpec {
         ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        port: Some(port),
+        port: Some(free_port()),
     }
 }
 
@@ -906,13 +903,28 @@ impl Drop for Proc {
     }
 }
 
-/// A port that was free a moment ago (a spawned binary needs a number, not a listener).
+/// The ports `free_port` hands out: below Linux's ephemeral range (32768 and up), so neither
+/// the kernel's `bind(0)` nor an outgoing connection's source port can take one between the
+/// check and the spawned binary's own bind.
+const HANDED_OUT: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port that was free a moment ago and that no other call of this process has returned (a
+/// spawned binary needs a number, not a listener). Each process starts at its own place in
+/// `HANDED_OUT`, so test binaries running side by side seldom even try the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(HANDED_OUT.end - HANDED_OUT.start);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = HANDED_OUT.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {HANDED_OUT:?}");
 }
 
 /// One raw h2c (prior knowledge) client connection to `addr`: its sender, and the task

@@ -65,9 +65,8 @@ impl Drop for Pebble {
 /// A port free on 127.0.0.1 for both UDP and TCP (a DNS server listens on both).
 fn free_dns_port() -> u16 {
     for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = crate::free_port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
