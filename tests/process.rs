@@ -378,9 +378,9 @@ async fn answer_head(s: &mut TcpStream) -> String {
 
 /// SIGTERM reaches a proxy whose listener holds connections it has not accepted yet (the
 /// process was stopped while clients connected and sent their requests), and one more that
-/// was accepted but has not sent its request: every one of them is answered (with
-/// `Connection: close`), none reset by the listener's close; a connection idle between
-/// requests closes; a connection made after that is refused; the process exits 0.
+/// was accepted but has not sent its request: every one of them is answered and then
+/// closed cleanly, none reset by the listener's close (the one accepted before the signal
+/// is told `Connection: close`); a connection idle between requests closes; a connection made after that is refused; the process exits 0.
 /// This is what a proxy replaced in place (a stop-first update on a host port) owes the
 /// clients that reached it just before its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,12 +428,18 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
         unanswered, 0,
         "connections queued at SIGTERM not answered 200: {answers:?}"
     );
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.to_ascii_lowercase().contains("connection: close")),
-        "the queued connections' answers close them: {answers:?}"
-    );
+    // At SIGCONT the process sees the pending SIGTERM and the queued connections at the
+    // same instant, in no order the kernel promises (the signal may reach another thread
+    // than the one that returns from epoll): a connection served before the signal was seen
+    // is answered as any connection just before a SIGTERM (kept alive), then closed as idle
+    // once it is; the others are answered with `Connection: close`. Either way the client
+    // has its answer and then a clean close, never a reset.
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert!(
+            closes_cleanly(s).await,
+            "queued connection {i} is closed, not reset, after its answer"
+        );
+    }
     let first = answer_head(&mut fresh).await;
     assert!(
         first.starts_with("HTTP/1.1 200")
@@ -456,6 +462,19 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
         .await
         .expect("interlock did not exit after SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}
+
+/// `s` reaches its end (what is left of an answer's body, then EOF) within 5 s, without a
+/// reset.
+async fn closes_cleanly(s: &mut TcpStream) -> bool {
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => return true,
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
 }
 
 /// Peak resident memory (VmHWM) of a process, in bytes.
