@@ -67,16 +67,18 @@ pub(super) async fn serve<S>(
             // or abandoned with the connection).
             let in_flight = InFlight::start(activity.clone());
             let (proxy, client) = (proxy.clone(), client.clone());
-            async move {
-                // Pinned in place: awaiting a future held by value would store it twice in
-                // this one (hyper moves this future once per request).
+            // Boxed: hyper moves this future several times per request (out of the call,
+            // into its stream future, into the spawned task on HTTP/2), and the forwarding
+            // state it holds is kilobytes; a box moves as a pointer.
+            Box::pin(async move {
+                // Pinned in place: awaiting a future held by value would store it twice.
                 let resp =
                     std::pin::pin!(super::hyper_service::handle(proxy, client, peer, req)).await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,
                 }))
-            }
+            })
         })
     };
     // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper (which
@@ -118,7 +120,11 @@ pub(super) async fn serve<S>(
     let head_timeout = proxy.settings.header_read_timeout;
     // A quarter of the shorter timeout: each is enforced within 1.25x of its length.
     let period = (idle_timeout.min(head_timeout) / 4).max(Duration::from_millis(50));
-    let mut tick = tokio::time::interval(period);
+    // The first tick one period away, not at once: an immediate tick would arm a timer
+    // 1 ms out, earlier than the runtime's planned wake-up, which makes the timer driver
+    // wake the I/O driver (an eventfd write and a spurious epoll return) for every new
+    // connection, and fire a timer, for nothing: there is nothing to check yet.
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = 0;
     let mut quiet_since = Instant::now();
