@@ -119,6 +119,8 @@ async fn backend(listener: TcpListener) {
 /// One request on `s`, its answer read whole; the status code.
 async fn request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &[u8]) -> Option<u16> {
     s.write_all(req).await.ok()?;
+    // A TLS stream may keep what was written in its buffer until flushed.
+    s.flush().await.ok()?;
     let mut buf = Vec::new();
     let len = read_message(s, &mut buf).await?;
     let head = String::from_utf8_lossy(&buf[..len]);

@@ -213,6 +213,7 @@ async fn a_proxy_can_read_only_the_cluster_its_certificate_names() {
             .await?;
         tls.write_all(b"GET /v1/snapshot?cluster=prod HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await?;
+        tls.flush().await?;
         let mut buf = Vec::new();
         tls.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
@@ -470,6 +471,7 @@ async fn a_long_poll_whose_proxy_goes_away_is_no_longer_counted_as_waiting() {
     )
     .await
     .unwrap();
+    tls.flush().await.unwrap();
     let mut head = Vec::new();
     let _ = tls.read_to_end(&mut head).await;
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -894,6 +896,7 @@ async fn snapshots_are_sent_compressed_to_clients_that_accept_gzip() {
                 "GET /v1/snapshot?cluster=prod HTTP/1.1\r\nhost: localhost\r\n{encoding}connection: close\r\n\r\n"
             );
             tls.write_all(req.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
             let mut raw = Vec::new();
             let _ = tls.read_to_end(&mut raw).await;
             let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();

@@ -214,6 +214,7 @@ async fn after_alpn_h2_an_http1_request_gets_goaway_and_a_close() {
     tls.write_all(b"GET / HTTP/1.1\r\nHost: app.local\r\n\r\n")
         .await
         .unwrap();
+    tls.flush().await.unwrap();
     let frames = read_frames(&mut tls, |f| f.iter().any(|(kind, ..)| *kind == 0x7)).await;
     let goaway = frames.iter().find(|(kind, ..)| *kind == 0x7);
     let (_, _, stream, payload) = goaway.unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
@@ -249,6 +250,7 @@ async fn after_alpn_h2_an_http1_request_gets_goaway_and_a_close() {
     tls.write_all(b"GET /h1 HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    tls.flush().await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
     assert!(

@@ -59,6 +59,7 @@ pub async fn read_frames<S: AsyncRead + AsyncWrite + Unpin>(
                 if kind == 0x4 && flags & 0x1 == 0 {
                     // The peer may have closed already (after a GOAWAY).
                     let _ = s.write_all(&frame(0x4, 0x1, 0, &[])).await;
+                    let _ = s.flush().await;
                 }
                 frames.push((kind, flags, stream, payload));
                 if until(&frames) {

@@ -140,6 +140,8 @@ pub async fn get(tls: &mut Tls, host: &str) -> (String, String) {
     tls.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
         .await
         .unwrap();
+    // tokio-rustls may keep written records in its buffer until flushed.
+    tls.flush().await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
