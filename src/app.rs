@@ -303,6 +303,8 @@ async fn listen(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the proxy listener {addr}"))?;
+        let listener = crate::accept::LazyListener::new(listener)
+            .with_context(|| format!("polling the proxy listener {addr}"))?;
         tracing::info!(%addr, "proxy listening (HTTP/1.1 and h2c)");
         tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
     }

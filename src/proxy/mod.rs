@@ -45,9 +45,9 @@ pub use body::ProxyBody;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accept::LazyListener;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
 use crate::config::settings::ProxySettings;
 use crate::metrics::Metrics;
@@ -104,7 +104,9 @@ impl Proxy {
 
     /// Accepts connections until `shutdown` fires, then stops accepting; connections drain
     /// on their own (see [`Proxy::drain`]).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
+    /// Plain connections join the runtime's poller only when they first wait
+    /// ([`LazyListener`]): one that is answered and closed at once never does.
+    pub async fn serve(self: Arc<Self>, listener: LazyListener, mut shutdown: Shutdown) {
         while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
             let guard = self.tracker.track();
             tokio::spawn(connection::serve(

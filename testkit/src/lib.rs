@@ -220,6 +220,7 @@ impl TestProxy {
         applier.apply(state);
         let proxy = Proxy::new(applier.store.clone(), settings, metrics.clone(), false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = interlock::accept::LazyListener::new(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = shutdown::channel();
         tokio::spawn(proxy.clone().serve(listener, shutdown));
