@@ -979,3 +979,65 @@ async fn h2c_connection_specific_fields_reset_the_stream_only() {
     }
     assert_eq!(backend.requests.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn h2c_client_reset_cancels_the_upstream_request_and_the_connection_goes_on() {
+    // A client that resets its stream (RST_STREAM CANCEL) while the upstream has not
+    // answered: the proxy drops that upstream request (its connection closes: it cannot be
+    // reused with an answer still due), and the client's connection serves the next stream.
+    let (heard, mut heard_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let backend = RawBackend::start(move |mut s, idx| {
+        let heard = heard.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if idx == 0 {
+                // The first request is never answered: wait for the proxy to give it up.
+                let _ = heard.send("request");
+                let closed = matches!(s.read(&mut buf).await, Ok(0) | Err(_));
+                let _ = heard.send(if closed { "closed" } else { "bytes" });
+            } else {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext")
+                    .await;
+                let _ = s.read(&mut buf).await;
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    hello.extend(h2_get(1, &[]));
+    s.write_all(&hello).await.unwrap();
+    assert_eq!(
+        bounded("upstream request", 5, heard_rx.recv()).await,
+        Some("request")
+    );
+    // RST_STREAM(CANCEL) on stream 1.
+    s.write_all(&frame(0x3, 0, 1, &[0, 0, 0, 8])).await.unwrap();
+    assert_eq!(
+        bounded("upstream request given up", 5, heard_rx.recv()).await,
+        Some("closed")
+    );
+    s.write_all(&h2_get(3, &[])).await.unwrap();
+    let frames = read_frames(&mut s, |f| {
+        f.iter()
+            .any(|(kind, flags, id, _)| *id == 3 && *kind == 0x0 && flags & 0x1 != 0)
+            || f.iter().any(|(kind, ..)| *kind == 0x7)
+    })
+    .await;
+    let data: Vec<u8> = frames
+        .iter()
+        .filter(|(kind, _, id, _)| *kind == 0x0 && *id == 3)
+        .flat_map(|(_, _, _, p)| p.clone())
+        .collect();
+    assert_eq!(data, b"next", "{frames:?}");
+}

@@ -1,5 +1,6 @@
 //! One client connection: plain HTTP/1.1 requests on our fast path (`fast_h1/`), then, from
-//! the first other request on, hyper (HTTP/1.1 or h2c on the same socket); a watchdog for
+//! the first other request on, hyper (HTTP/1.1), or our HTTP/2 server (`h2_server.rs`) after
+//! ALPN `h2` or a cleartext client's preface; a watchdog for
 //! idle connections and slow request heads, and graceful close on shutdown (both paths
 //! read `Activity::closing`).
 //!
@@ -33,6 +34,7 @@ use super::headers::ClientInfo;
 use super::rewind::Rewind;
 use super::{Proxy, ProxyBody};
 use crate::shutdown::{Shutdown, TrackGuard};
+use crate::upstream::ClientBody;
 
 /// Serves one accepted connection until it closes. `h2`: TLS negotiated ALPN `h2`, so
 /// only HTTP/2 is served (see `preface.rs`).
@@ -68,12 +70,17 @@ pub(super) async fn serve<S>(
             let in_flight = InFlight::start(activity.clone());
             let (proxy, client) = (proxy.clone(), client.clone());
             // Boxed: hyper moves this future several times per request (out of the call,
-            // into its stream future, into the spawned task on HTTP/2), and the forwarding
-            // state it holds is kilobytes; a box moves as a pointer.
+            // into its connection's state), and the forwarding state it holds is
+            // kilobytes; a box moves as a pointer.
             Box::pin(async move {
                 // Pinned in place: awaiting a future held by value would store it twice.
-                let resp =
-                    std::pin::pin!(super::hyper_service::handle(proxy, client, peer, req)).await?;
+                let resp = std::pin::pin!(super::hyper_service::handle(
+                    proxy,
+                    client,
+                    peer,
+                    req.map(ClientBody::Hyper),
+                ))
+                .await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,
@@ -81,26 +88,37 @@ pub(super) async fn serve<S>(
             })
         })
     };
-    // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper (which
-    // also detects HTTP/2).
+    // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper, or our
+    // HTTP/2 server when the client sent HTTP/2's preface.
     let conn = async {
-        let (io, read) = if h2 {
+        let (io, read, h2) = if h2 {
             let mut io = io;
             match super::preface::expect(&activity.closing, &mut io).await {
-                Some(read) => (io, read),
+                Some(read) => (io, read, true),
                 None => return Ok::<(), BoxError>(()),
             }
         } else {
             match super::fast_h1::serve(&proxy, &client, peer, &activity, io).await {
                 End::Closed => return Ok::<(), BoxError>(()),
-                End::Handoff(io, read) => (io, read),
+                End::Handoff(mut io, mut read) => {
+                    match super::preface::detect(&activity.closing, &mut io, &mut read).await {
+                        Some(h2) => (io, read, h2),
+                        None => return Ok(()),
+                    }
+                }
             }
         };
-        // Boxed: hyper's connection is large, and this future's size is what every
-        // connection costs while it waits on the fast path.
+        let io = Rewind::new(read.freeze(), io);
+        if h2 {
+            // Boxed, as hyper's connection below: this future's size is what every
+            // connection costs while it waits on the fast path.
+            let server =
+                super::h2_server::serve(proxy.clone(), client.clone(), peer, activity.clone(), io);
+            return Box::pin(server).await;
+        }
         let hyper = async {
-            let io = TokioIo::new(Rewind::new(read.freeze(), io));
-            let conn = proxy.builder.serve_connection_with_upgrades(io, svc);
+            let io = TokioIo::new(io);
+            let conn = proxy.http1.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);
             let mut shutting_down = false;
             std::future::poll_fn(|cx| {
@@ -108,7 +126,7 @@ pub(super) async fn serve<S>(
                     shutting_down = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                conn.as_mut().poll(cx)
+                conn.as_mut().poll(cx).map_err(BoxError::from)
             })
             .await
         };

@@ -27,7 +27,7 @@ pub enum ProxyError {
     #[error("upstream refused the protocol upgrade")]
     UpgradeRefused,
     #[error("the request body was malformed or cut short")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] super::body::BoxError),
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(u64),
     #[error("the request body sent nothing for {0:?}")]
@@ -125,7 +125,7 @@ impl ProxyError {
         let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<ClientBodyError>());
         let body = match cause.filter(|_| e.is_user()) {
             None => return Err(e),
-            Some(ClientBodyError::Broken(_)) => return Ok(ProxyError::ClientBody(e)),
+            Some(ClientBodyError::Broken(_)) => return Ok(ProxyError::ClientBody(e.into())),
             Some(ClientBodyError::TooLarge(limit)) => ClientBodyError::TooLarge(*limit),
             Some(ClientBodyError::Stalled(after)) => ClientBodyError::Stalled(*after),
         };

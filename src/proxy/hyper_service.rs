@@ -1,6 +1,6 @@
-//! hyper's front-end: the service that serves every request the fast path hands over
-//! (HTTP/1.1 with a streamed or chunked body, upgrades, HTTP/1.0) and every HTTP/2
-//! request. It applies the rules of a request as hyper parsed it (Host or `:authority`,
+//! The service that serves every request the fast path hands over to hyper (HTTP/1.1 with
+//! a streamed or chunked body, upgrades, HTTP/1.0) and every HTTP/2 request (from
+//! `h2_server.rs`). It applies the rules of a request as hyper parsed it (Host or `:authority`,
 //! transfer codings, refused methods, the body limit), builds the upstream request, and
 //! calls the forwarding core (`forward.rs`); upgrades become tunnels (`upgrade.rs`).
 
@@ -13,7 +13,6 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::ProxyBody;
@@ -24,14 +23,14 @@ use crate::balance::Backend;
 use crate::config::labels::BackendProtocol;
 use crate::routing::Route;
 use crate::upstream::h1::{self, Outcome};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{ClientBody, UpstreamBody};
 
 /// Serves one client request. Never fails: errors are answered.
 pub(super) async fn handle(
     proxy: Arc<Proxy>,
     client: Arc<ClientInfo>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let method = proxy.access_log.then(|| req.method().clone());
@@ -90,6 +89,13 @@ fn request_host<'a>(
 }
 
 impl NamedHost<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            NamedHost::Authority(a) => a.as_str().as_bytes(),
+            NamedHost::Field(h) => h.as_bytes(),
+        }
+    }
+
     fn as_str(&self) -> Option<&str> {
         match self {
             NamedHost::Authority(a) => Some(a.as_str()),
@@ -110,7 +116,7 @@ async fn route_and_forward(
     proxy: &Proxy,
     client: &ClientInfo,
     peer_ip: IpAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     start: Instant,
 ) -> (Response<ProxyBody>, Option<Arc<str>>) {
     // A reverse proxy is no tunnel to arbitrary hosts: CONNECT is answered here, never
@@ -191,7 +197,7 @@ async fn send_upstream(
     client: &ClientInfo,
     route: &Route,
     backend: Backend,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
     let settings = &proxy.settings;
@@ -211,7 +217,9 @@ async fn send_upstream(
     let head = {
         let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let target = route.upstream_path(pq);
-        let host = upstream_host(&parts);
+        // The routed host as bytes: an HTTP/2 `:authority` is written as it is, with no
+        // field value made of it.
+        let host = request_host(parts.version, &parts.uri, &parts.headers);
         let fields_len = parts
             .headers
             .iter()
@@ -220,9 +228,14 @@ async fn send_upstream(
         headers::upstream_head(
             parts.method.as_str(),
             &target,
-            || parts.headers.iter(),
+            || {
+                parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            },
             fields_len,
-            host.as_ref(),
+            host.as_ref().map(NamedHost::as_bytes),
             client,
             upgrade,
             framing,

@@ -5,8 +5,10 @@
 //! a way of reading requests off the socket:
 //!   - `fast_h1/`: plain HTTP/1.1 requests, parsed in place, until the first request
 //!     that is not plain hands the connection, with its unread bytes, to
-//!   - `hyper_service.rs`: hyper's HTTP/1.1 and HTTP/2 (h2c auto-detected; after ALPN
-//!     `h2`, `preface.rs` checks the preface first);
+//!   - `hyper_service.rs`: hyper's HTTP/1.1, and the service every HTTP/2 request goes
+//!     through too;
+//!   - `h2_server.rs`: HTTP/2 on the `h2` crate (after ALPN `h2`, or a cleartext client's
+//!     preface; `preface.rs` tells them apart), its streams polled in the connection's task;
 //!   - `upgrade.rs`: a websocket (or other upgrade) becomes a tunnel task that outlives
 //!     the HTTP connection and every table swap;
 //!
@@ -29,6 +31,7 @@ mod body;
 mod connection;
 pub mod error;
 mod forward;
+mod h2_server;
 pub mod headers;
 mod hyper_service;
 mod misbehaviour;
@@ -46,8 +49,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accept::LazyListener;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
 
 use crate::config::settings::ProxySettings;
 use crate::metrics::Metrics;
@@ -65,7 +68,10 @@ pub struct Proxy {
     pub tracker: Tracker,
     /// Client connections closed for breaking the protocol: counted, logged sparingly.
     misbehaviour: misbehaviour::Summary,
-    builder: auto::Builder<TokioExecutor>,
+    /// hyper's HTTP/1.1 server, for what the fast path hands over.
+    http1: http1::Builder,
+    /// Our HTTP/2 server's settings (`h2_server.rs`).
+    h2: h2::server::Builder,
 }
 
 impl Proxy {
@@ -75,22 +81,15 @@ impl Proxy {
         metrics: Arc<Metrics>,
         access_log: bool,
     ) -> Arc<Self> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // The connection's watchdog times request heads (see connection.rs).
             .header_read_timeout(None::<Duration>)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers)
             .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let h2 = h2_server::builder(settings.max_header_bytes, 256);
         Arc::new(Proxy {
             table,
             settings,
@@ -98,7 +97,8 @@ impl Proxy {
             access_log,
             tracker: Tracker::default(),
             misbehaviour: misbehaviour::Summary::default(),
-            builder,
+            http1,
+            h2,
         })
     }
 

@@ -2,6 +2,8 @@
 //! its connection preface (RFC 9113 §3.4). Anything else (an HTTP/1.1 request, say) is
 //! answered with our SETTINGS and a GOAWAY(PROTOCOL_ERROR), and the connection closes;
 //! it is never served as HTTP/1.1, whose fast path and routing the client did not ask for.
+//! On a cleartext connection, the same preface tells HTTP/2 with prior knowledge from
+//! HTTP/1.1 ([`detect`]).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -22,7 +24,7 @@ const REFUSAL: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\
 expected the HTTP/2 connection preface";
 
 /// Reads the client's first bytes: `Some` with what was read (the preface at least, for
-/// hyper's HTTP/2 server to read again) when they start with the preface; `None` when the
+/// the HTTP/2 server to read again) when they start with the preface; `None` when the
 /// connection closed, or was refused because they do not, or `closing` was set
 /// (shutdown, idle too long).
 pub(super) async fn expect<S: AsyncRead + AsyncWrite + Unpin>(
@@ -30,22 +32,36 @@ pub(super) async fn expect<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
 ) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(PREFACE.len() * 2);
+    if detect(closing, io, &mut buf).await? {
+        return Some(buf);
+    }
+    let _ = io.write_all(REFUSAL).await;
+    let _ = io.shutdown().await;
+    None
+}
+
+/// Whether the connection's first bytes, `buf` and what comes next, are HTTP/2's preface
+/// (a cleartext client's prior knowledge): reads only as far as needed to tell, into `buf`.
+/// `None` when the connection closed first, or `closing` was set.
+pub(super) async fn detect<S: AsyncRead + Unpin>(
+    closing: &AtomicBool,
+    io: &mut S,
+    buf: &mut BytesMut,
+) -> Option<bool> {
     loop {
         let n = buf.len().min(PREFACE.len());
         if buf[..n] != PREFACE[..n] {
-            let _ = io.write_all(REFUSAL).await;
-            let _ = io.shutdown().await;
-            return None;
+            return Some(false);
         }
         if n == PREFACE.len() {
-            return Some(buf);
+            return Some(true);
         }
         let read = poll_fn(|cx| {
             // Shutting down or idle for too long: nothing more is read.
             if closing.load(Ordering::Relaxed) {
                 return Poll::Ready(Ok(0));
             }
-            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)
         })
         .await;
         if !matches!(read, Ok(n) if n > 0) {

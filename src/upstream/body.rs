@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
+
+use super::client_body::{BoxError, ClientBody};
 
 /// Body of a request forwarded upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// The client's body; `left` more bytes may pass, of `limit` (`u64::MAX`: no limit).
     Client {
-        body: Incoming,
+        body: ClientBody,
         left: u64,
         limit: u64,
         stall: Stall,
@@ -31,7 +32,7 @@ pub enum UpstreamBody {
 #[derive(Debug, Error)]
 pub enum ClientBodyError {
     #[error("the request body was malformed or cut short: {0}")]
-    Broken(#[source] hyper::Error),
+    Broken(#[source] BoxError),
     #[error("the request body is larger than the limit of {0} bytes")]
     TooLarge(u64),
     #[error("the request body stalled: no byte for {0:?}")]
@@ -50,7 +51,7 @@ pub struct Stall {
 impl UpstreamBody {
     /// The client's body, capped at `limit` bytes (`None`: no limit), cut when no byte
     /// arrives for `stall`.
-    pub fn client(body: Incoming, limit: Option<u64>, stall: Duration) -> Self {
+    pub fn client(body: ClientBody, limit: Option<u64>, stall: Duration) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         UpstreamBody::Client {
             body,

@@ -5,6 +5,7 @@
 //! leaves the table it is [retired](Upstream::retire) and its idle connections close.
 
 mod body;
+mod client_body;
 pub mod h1;
 mod h2;
 mod health;
@@ -12,6 +13,7 @@ mod pool;
 pub mod probe;
 
 pub use body::{ClientBodyError, UpstreamBody};
+pub use client_body::ClientBody;
 pub use health::{now_ms, HealthPolicy};
 pub use pool::{ConnectError, PooledConn};
 

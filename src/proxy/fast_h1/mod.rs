@@ -8,9 +8,9 @@
 //!
 //! The first request that is not plain (a chunked or larger body, an upgrade, HTTP/1.0,
 //! HTTP/2's preface, a malformed or oversized head, a route to an h2c endpoint) hands the connection, with
-//! every byte read and not yet served, to hyper for the rest of its life
-//! ([`End::Handoff`]): the general case keeps hyper's validation and answers, and the
-//! hardening tests hold for both paths.
+//! every byte read and not yet served, to hyper for the rest of its life (or, after
+//! HTTP/2's preface, to our HTTP/2 server) ([`End::Handoff`]): the general case keeps
+//! hyper's validation and answers, and the hardening tests hold for both paths.
 
 mod request;
 mod response;
@@ -44,6 +44,7 @@ use crate::upstream::h1::{Outcome, Outgoing, RequestFraming, ResponseHead};
 use crate::upstream::UpstreamBody;
 use crate::wire::Sender;
 pub(crate) use request::{Head, Parsed};
+pub(super) use response::with_date;
 use response::Framing;
 
 /// Read buffer size (and what it grows by).

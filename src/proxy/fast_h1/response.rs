@@ -117,7 +117,7 @@ fn put_decimal(w: &mut BytesMut, mut n: u64) {
 
 /// Calls `f` with the current time as an HTTP date (IMF-fixdate), formatted at most once
 /// a second per thread.
-fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+pub(in crate::proxy) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }

@@ -45,7 +45,9 @@ impl ResponseHead {
 
     /// The head as `http`'s parts: names lowercased, values sharing the head's bytes.
     pub fn into_parts(self) -> http::response::Parts {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for two more: the HTTP/2 server adds a Date where the upstream sent none, and
+        // a full map would grow (reallocate) just to look for it.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 2);
         for &[ns, ne, vs, ve] in &self.fields {
             let name = HeaderName::from_bytes(&self.raw[ns as usize..ne as usize]);
             let value = HeaderValue::from_maybe_shared(self.raw.slice(vs as usize..ve as usize));
