@@ -303,6 +303,37 @@ async fn answers_that_leave_the_connection_unclear_are_not_pooled() {
 }
 
 #[tokio::test]
+async fn bytes_after_a_large_body_keep_the_connection_out_of_the_pool_too() {
+    // After a large body the connection reads in larger pieces; the read buffer let go
+    // before the connection idles must not take unasked bytes with it: they are what says
+    // the connection is not usable.
+    let backend = RawBackend::start(|mut s, _| async move {
+        let mut buf = Vec::new();
+        let body = vec![b'x'; 256 * 1024];
+        while read_request(&mut s, &mut buf).await.is_some() {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            let (most, end) = body.split_at(body.len() - 2);
+            if s.write_all(head.as_bytes()).await.is_err() || s.write_all(most).await.is_err() {
+                return;
+            }
+            // Once the proxy has read that far, the body's last bytes come with bytes no
+            // one asked for, in one piece.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if s.write_all(&[end, b"GARBAGE"].concat()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
+    for _ in 0..2 {
+        let r = get_app(&proxy).await;
+        assert_eq!((r.status, r.body.len()), (200, 256 * 1024));
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn request_bodies_are_framed_by_the_proxy() {
     // Whatever framing the client used, the backend gets a Content-Length body when the
     // length is known and a chunked one when it is not, never both.

@@ -140,15 +140,18 @@ impl H1Conn {
         }
     }
 
-    /// Before the connection idles in a pool: its read buffer, empty once the response was
-    /// read whole, is let go (hundreds of idle connections would each keep [`FIRST_READ`],
-    /// up to [`MAX_READ`] after large bodies); the next exchange allocates it again (one
-    /// allocation per request, cheaper than the memory held); the read size stays, so the
-    /// next large body is read in large reads again.
+    /// Before the connection idles in a pool: its read buffer, empty (a connection with
+    /// bytes left over after a response is never pooled: `ResponseBody::finish`), is let go
+    /// (hundreds of idle connections would each keep [`FIRST_READ`], up to [`MAX_READ`]
+    /// after large bodies); the next exchange allocates it again (one allocation per
+    /// request, cheaper than the memory held); the read size stays, so the next large body
+    /// is read in large reads again.
     pub(super) fn shrink_idle_buffer(&mut self) {
-        if self.rbuf.is_empty() || self.read_size > FIRST_READ {
-            self.rbuf = BytesMut::new();
-        }
+        debug_assert!(
+            self.rbuf.is_empty(),
+            "a connection with unread bytes is pooled"
+        );
+        self.rbuf = BytesMut::new();
     }
 
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
