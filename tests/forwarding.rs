@@ -622,3 +622,70 @@ async fn head_and_bodiless_responses_keep_the_upstream_connection() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 9);
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn h2c_bodies_both_ways_pass_whole_through_small_flow_control_windows() {
+    // Four streams at once on one connection whose client grants 16 KiB windows (stream
+    // and connection) and reads slowly: each 512 KiB answer must arrive whole and in
+    // order, the proxy sending only as the windows open; each 300 KiB request body must
+    // reach the upstream whole.
+    const ANSWER: usize = 512 * 1024;
+    let pattern = |i: usize| (i % 251) as u8;
+    let backend = RawBackend::start(move |mut s, _| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        while let Some(req) = read_request(&mut s, &mut buf).await {
+            // The body's length and a checksum, then the large answer.
+            let sum: u64 = req.body.iter().map(|&b| u64::from(b)).sum();
+            let body: Vec<u8> = (0..ANSWER).map(pattern).collect();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\nx-got: {} {sum}\r\n\r\n",
+                req.body.len()
+            );
+            if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
+                return;
+            }
+            let _ = s.read(&mut [0u8; 0]).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::app(&[backend.endpoint()]).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let sent: Vec<u8> = (0..300 * 1024).map(|i| (i % 7) as u8).collect();
+    let sent_sum: u64 = sent.iter().map(|&b| u64::from(b)).sum();
+    let calls = (0..4).map(|_| {
+        let mut tx = tx.clone();
+        let sent = sent.clone();
+        async move {
+            let req = Request::post("http://app.local/upload")
+                .body(full(sent))
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            let got = resp.headers()["x-got"].to_str().unwrap().to_string();
+            let mut body = resp.into_body();
+            let mut received = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    received.extend_from_slice(&data);
+                    // A slow reader: the windows open only as it reads.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (got, received)
+        }
+    });
+    let results = bounded("four streams", 30, futures_util::future::join_all(calls)).await;
+    for (got, received) in results {
+        assert_eq!(got, format!("{} {sent_sum}", 300 * 1024));
+        assert_eq!(received.len(), ANSWER);
+        assert!(received.iter().enumerate().all(|(i, &b)| b == pattern(i)));
+    }
+}
