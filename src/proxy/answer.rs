@@ -1,6 +1,7 @@
 //! Every response interlock makes itself, in one place: errors (400, 405, 408, 413, 501,
-//! 502, 503, 504), redirects, the answers to ACME HTTP-01 challenges. Both front-ends (the HTTP/1.1 fast path, hyper's path) send
-//! these; each is a short `text/plain` body saying what happened, never a backend's page.
+//! 502, 503, 504), redirects, the answers to ACME HTTP-01 challenges. Every front-end (the
+//! HTTP/1.1 fast path, hyper's HTTP/1.1, our HTTP/2 server) sends these; each is a short
+//! `text/plain` body saying what happened, never a backend's page.
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};

@@ -1,8 +1,8 @@
 //! One client connection: plain HTTP/1.1 requests on our fast path (`fast_h1/`), then, from
 //! the first other request on, hyper (HTTP/1.1), or our HTTP/2 server (`h2_server.rs`) after
 //! ALPN `h2` or a cleartext client's preface; a watchdog for
-//! idle connections and slow request heads, and graceful close on shutdown (both paths
-//! read `Activity::closing`).
+//! idle connections and slow request heads, and graceful close on shutdown (every
+//! front-end reads `Activity::closing`).
 //!
 //! The request-head timeout is the watchdog's, not hyper's: hyper's HTTP/1 header timer
 //! also runs while a keep-alive connection waits for its next request, so it closed idle
@@ -74,7 +74,7 @@ pub(super) async fn serve<S>(
             // kilobytes; a box moves as a pointer.
             Box::pin(async move {
                 // Pinned in place: awaiting a future held by value would store it twice.
-                let resp = std::pin::pin!(super::hyper_service::handle(
+                let resp = std::pin::pin!(super::service::handle(
                     proxy,
                     client,
                     peer,

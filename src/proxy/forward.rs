@@ -1,5 +1,5 @@
-//! The forwarding core both front-ends call (the HTTP/1.1 fast path in `fast_h1/`, hyper's
-//! HTTP/1.1 and HTTP/2 path in `hyper_service.rs`): resolve the route in the live table
+//! The forwarding core every front-end calls (the HTTP/1.1 fast path in `fast_h1/`, hyper's
+//! HTTP/1.1 and our HTTP/2 server, through `service.rs`): resolve the route in the live table
 //! (one load per request), pick an endpoint, forward over the endpoint's pool (HTTP/1.1)
 //! or shared connection (h2c) with retries within the route's budget, and account for
 //! failures (passive health, metrics, the access log). What the client gets when it fails

@@ -2,7 +2,7 @@
 //! `h2`, or a cleartext client's preface) and its streams run in the connection's own task,
 //! each stream a future in one set, not a task of its own: a request costs no spawn, no
 //! cross-task wake-up, and no lock beyond the `h2` crate's own. Each request goes through
-//! the same service as hyper's path (`hyper_service::handle`); the answer's head and body
+//! the same service as hyper's path (`service::handle`); the answer's head and body
 //! are written to the stream here, within the client's flow-control window.
 //!
 //! Keep-alive: when no byte came from the client for [`KEEP_ALIVE`], a PING is sent; when
@@ -190,7 +190,7 @@ async fn serve_stream(
     let body = ClientBody::h2(recv, &parts.headers);
     let req = Request::from_parts(parts, body);
     let resp = {
-        let handle = std::pin::pin!(super::hyper_service::handle(
+        let handle = std::pin::pin!(super::service::handle(
             shared.proxy.clone(),
             shared.client.clone(),
             shared.peer,

@@ -5,8 +5,8 @@
 //! a way of reading requests off the socket:
 //!   - `fast_h1/`: plain HTTP/1.1 requests, parsed in place, until the first request
 //!     that is not plain hands the connection, with its unread bytes, to
-//!   - `hyper_service.rs`: hyper's HTTP/1.1, and the service every HTTP/2 request goes
-//!     through too;
+//!   - hyper's HTTP/1.1 (`connection.rs`), whose requests go through `service.rs`, as
+//!     every HTTP/2 request does;
 //!   - `h2_server.rs`: HTTP/2 on the `h2` crate (after ALPN `h2`, or a cleartext client's
 //!     preface; `preface.rs` tells them apart), its streams polled in the connection's task;
 //!   - `upgrade.rs`: a websocket (or other upgrade) becomes a tunnel task that outlives
@@ -33,10 +33,10 @@ pub mod error;
 mod forward;
 mod h2_server;
 pub mod headers;
-mod hyper_service;
 mod misbehaviour;
 mod preface;
 mod rewind;
+mod service;
 mod splice;
 // `pub(crate)`: the request-head reader is fuzzed (crate::fuzzing).
 pub(crate) mod fast_h1;
