@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use crate::upstream::h1;
 use crate::upstream::ActiveGuard;
 
-/// Errors of a streamed body, whichever upstream protocol it came from.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Errors of a streamed body, whichever protocol it came from (one alias for the crate,
+/// defined where the client's body is).
+pub use crate::upstream::BoxError;
 
 /// Body of a response to a client.
 pub enum ProxyBody {

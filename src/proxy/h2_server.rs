@@ -190,22 +190,18 @@ async fn serve_stream(
     let body = ClientBody::h2(recv, &parts.headers);
     let req = Request::from_parts(parts, body);
     let resp = {
-        let handle = std::pin::pin!(super::service::handle(
+        let mut handle = std::pin::pin!(super::service::handle(
             shared.proxy.clone(),
             shared.client.clone(),
             shared.peer,
             req,
         ));
-        let mut handle = handle;
         let answered = poll_fn(|cx| {
             if let Poll::Ready(Ok(resp)) = handle.as_mut().poll(cx) {
                 return Poll::Ready(Some(resp));
             }
             // Waiting for the answer: a reset stream needs none.
-            match respond.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
+            respond.poll_reset(cx).map(|_| None)
         })
         .await;
         match answered {
@@ -259,21 +255,13 @@ async fn send_body(mut body: ProxyBody, mut tx: h2::SendStream<Bytes>) {
                     match tx.poll_capacity(cx) {
                         Poll::Ready(Some(Ok(_))) => {}
                         Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(None),
-                        Poll::Pending => {
-                            return match tx.poll_reset(cx) {
-                                Poll::Ready(_) => Poll::Ready(None),
-                                Poll::Pending => Poll::Pending,
-                            }
-                        }
+                        Poll::Pending => return tx.poll_reset(cx).map(|_| None),
                     }
                 }
             }
             match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Ready(frame) => Poll::Ready(Some(frame)),
-                Poll::Pending => match tx.poll_reset(cx) {
-                    Poll::Ready(_) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => tx.poll_reset(cx).map(|_| None),
             }
         })
         .await;

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-/// Errors of a client's body (hyper's or the `h2` crate's).
+/// Errors of a streamed body (hyper's, the `h2` crate's, ours): the crate's one alias.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client's streaming request body.

@@ -13,7 +13,7 @@ mod pool;
 pub mod probe;
 
 pub use body::{ClientBodyError, UpstreamBody};
-pub use client_body::ClientBody;
+pub use client_body::{BoxError, ClientBody};
 pub use health::{now_ms, HealthPolicy};
 pub use pool::{ConnectError, PooledConn};
 
