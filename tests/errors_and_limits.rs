@@ -136,6 +136,49 @@ async fn slow_upstream_is_504_after_upstream_timeout() {
     );
 }
 
+/// An upstream connection keeps one timer across its exchanges (re-armed lazily): a
+/// request on a reused connection times out at its own deadline, not at the earlier
+/// request's, and the next request after a timeout is served.
+#[tokio::test]
+async fn a_reused_upstream_connection_times_out_at_its_own_requests_deadline() {
+    let backend = TestBackend::with(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    let settings = ProxySettings {
+        upstream_timeout: Duration::from_millis(800),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::with_settings(&app(&[backend.endpoint()]), settings).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy, "app.local", "/fast").await.status, 200);
+    // Most of the first request's timeout goes by before the second request is sent on
+    // the same (pooled) upstream connection.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    let r = bounded(
+        "timed-out request",
+        4,
+        get(&c, &proxy, "app.local", "/slow"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_secs(3),
+        "timed out after {took:?}, not at its own deadline (800 ms)"
+    );
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "the second request went out on the first one's connection"
+    );
+    assert_eq!(get(&c, &proxy, "app.local", "/fast").await.status, 200);
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_504_after_connect_timeout() {
     // A listener with a backlog of 0 that never accepts: once its accept queue is full the

@@ -51,9 +51,11 @@ impl BackendSet {
         if n == 0 {
             return None;
         }
-        let now = crate::upstream::now_ms();
+        // Read once, and only if an endpoint was taken out (see `is_available`).
+        let now = std::cell::OnceCell::new();
+        let clock = || *now.get_or_init(crate::upstream::now_ms);
         let not_avoided = |b: &Backend| avoid.is_none_or(|a| !std::ptr::eq(a, &*b.upstream));
-        let healthy = |b: &Backend| not_avoided(b) && b.upstream.is_available(now);
+        let healthy = |b: &Backend| not_avoided(b) && b.upstream.is_available(clock);
         let choose = |ok: &dyn Fn(&Backend) -> bool| -> Option<&Backend> {
             if let Some(key) = key {
                 return self

@@ -211,16 +211,16 @@ pub(super) async fn forward_h1(
             head_request,
             upgrade,
         };
-        let exchange = h1::exchange(pooled.conn, out, &backend.upstream);
-        let sent = tokio::time::timeout(settings.upstream_timeout, exchange).await;
+        let deadline = tokio::time::Instant::now() + settings.upstream_timeout;
+        let sent = h1::exchange(pooled.conn, out, &backend.upstream, deadline).await;
         let e = match sent {
-            Ok(Ok(outcome)) => {
+            Ok(outcome) => {
                 backend.upstream.record_success();
                 return Ok((outcome, active, backend));
             }
-            Err(_) => return Err((ProxyError::Timeout, backend)),
-            Ok(Err(ExchangeError::ClientBody(e))) => return Err((e.into(), backend)),
-            Ok(Err(ExchangeError::Unsent(e, unsent)))
+            Err(ExchangeError::TimedOut) => return Err((ProxyError::Timeout, backend)),
+            Err(ExchangeError::ClientBody(e)) => return Err((e.into(), backend)),
+            Err(ExchangeError::Unsent(e, unsent))
                 if !retried && route.backends.budget.withdraw() =>
             {
                 tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
@@ -229,7 +229,7 @@ pub(super) async fn forward_h1(
                 fresh = true;
                 continue;
             }
-            Ok(Err(ExchangeError::Unsent(e, _) | ExchangeError::Failed(e))) => e,
+            Err(ExchangeError::Unsent(e, _) | ExchangeError::Failed(e)) => e,
         };
         if !may_replay || !route.backends.budget.withdraw() {
             return Err((ProxyError::Upstream(e.into()), backend));

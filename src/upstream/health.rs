@@ -42,9 +42,25 @@ pub fn now_ms() -> u64 {
 }
 
 impl Upstream {
-    /// False while passive health has the endpoint out.
-    pub fn is_available(&self, now_ms: u64) -> bool {
-        self.health.down_until_ms.load(Ordering::Relaxed) <= now_ms && self.probe_ok()
+    /// False while passive health has the endpoint out. `now_ms` (see [`now_ms`]) is
+    /// called only for an endpoint that was taken out: the clock is not read per request
+    /// while every endpoint is in.
+    pub fn is_available(&self, now_ms: impl Fn() -> u64) -> bool {
+        let h = &self.health;
+        let down_until = h.down_until_ms.load(Ordering::Relaxed);
+        if down_until != 0 {
+            if down_until > now_ms() {
+                return false;
+            }
+            // Back in: forget the time (a failure meanwhile set a new one, which stays).
+            let _ = h.down_until_ms.compare_exchange(
+                down_until,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.probe_ok()
     }
 
     /// Counts a failure; takes the endpoint out when the policy says so. Returns true when

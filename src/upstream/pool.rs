@@ -70,7 +70,7 @@ impl IdleQueue {
 }
 
 pub(super) struct Idle {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     since: Instant,
 }
 
@@ -89,7 +89,7 @@ pub enum ConnectError {
 
 /// A connection checked out of an upstream's pool.
 pub struct PooledConn {
-    pub conn: H1Conn,
+    pub conn: Box<H1Conn>,
     /// True when the connection served an earlier request (a failure on it may be a stale
     /// keep-alive race, worth one retry of an idempotent request).
     pub reused: bool,
@@ -97,7 +97,7 @@ pub struct PooledConn {
 
 impl Upstream {
     /// Returns a connection to the pool (its last response was read completely).
-    pub(super) fn release(&self, mut conn: H1Conn) {
+    pub(super) fn release(&self, mut conn: Box<H1Conn>) {
         if !self.is_retired() {
             conn.shrink_idle_buffer();
             self.idle.push(Idle {

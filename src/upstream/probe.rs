@@ -34,6 +34,7 @@ impl Upstream {
 
 /// Probes one endpoint once.
 pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
     let exchange = async {
         // Validated as a request target and a field value, as any request's.
         let (parts, ()) = Request::get(path)
@@ -53,7 +54,10 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
             upgrade: false,
         };
         let pooled = upstream.connect(timeout).await.ok()?;
-        let status = match h1::exchange(pooled.conn, out, upstream).await.ok()? {
+        let status = match h1::exchange(pooled.conn, out, upstream, deadline)
+            .await
+            .ok()?
+        {
             h1::Outcome::Response(head, _) => head.status,
             h1::Outcome::Upgraded(..) => return None,
         };

@@ -18,8 +18,8 @@ mod response;
 #[doc(hidden)]
 pub(crate) use request::{may_end_head, MAX_FIELDS};
 
+use std::cell::RefCell;
 use std::future::poll_fn;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -306,26 +306,35 @@ async fn read_to<S: AsyncRead + Unpin>(
     BodyRead::Whole
 }
 
+thread_local! {
+    /// Where a connection without a buffer reads (see [`poll_fill`]): zeroed once per
+    /// thread, so a read into it zeroes nothing (a socket not yet registered with the
+    /// runtime is read by safe code, which needs initialized room: 4 KiB zeroed per read
+    /// into fresh room).
+    static SCRATCH: RefCell<[u8; READ_SIZE]> = const { RefCell::new([0; READ_SIZE]) };
+}
+
 /// Reads what `io` has into `buf`, with room for a read of [`READ_SIZE`] at least an
 /// eighth free; `Ok(0)` is the end of the stream. A `buf` without room (a connection
-/// waiting for its next request holds none) is read into through the stack, and gets its
-/// room only when bytes came.
+/// waiting for its next request holds none) is read into through the thread's scratch
+/// room, and gets its room only when bytes came.
 fn poll_fill<S: AsyncRead + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
     if buf.capacity() == 0 {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut read = ReadBuf::uninit(&mut stack);
-        ready!(Pin::new(io).poll_read(cx, &mut read))?;
-        let got = read.filled();
-        if !got.is_empty() {
-            // Room for what came, and for a small body after it.
-            *buf = BytesMut::with_capacity(got.len().max(READ_SIZE / 8));
-            buf.extend_from_slice(got);
-        }
-        return Poll::Ready(Ok(got.len()));
+        return SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            ready!(Pin::new(io).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if !got.is_empty() {
+                // Room for what came, and for a small body after it.
+                *buf = BytesMut::with_capacity(got.len().max(READ_SIZE / 8));
+                buf.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        });
     }
     if buf.capacity() - buf.len() < READ_SIZE / 8 {
         buf.reserve(READ_SIZE);

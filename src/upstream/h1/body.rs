@@ -168,7 +168,7 @@ pub(crate) fn length_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
 /// An upstream response body.
 pub struct ResponseBody {
     /// `None` once the body ended (the connection went back to the pool or was closed).
-    conn: Option<H1Conn>,
+    conn: Option<Box<H1Conn>>,
     framing: Framing,
     reusable: bool,
     /// The rest of the request body, when the answer came before it was all sent (boxed:
@@ -179,7 +179,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub(super) fn new(
-        conn: H1Conn,
+        conn: Box<H1Conn>,
         framing: Framing,
         reusable: bool,
         sending: Option<Box<Sender<UpstreamBody>>>,

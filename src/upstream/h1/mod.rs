@@ -13,10 +13,15 @@
 //!   §6.3).
 //! - [`body`]: the response body (length, chunked or close-delimited) as it streams to
 //!   the client.
+//! - [`spare`]: read buffers recycled per thread between exchanges.
+//!
+//! An exchange's deadline (the upstream timeout) is watched by one timer the connection
+//! keeps for its life ([`H1Conn::poll_deadline`]), not one set and dropped per request.
 
 mod body;
 mod request;
 mod response;
+mod spare;
 
 pub use body::ResponseBody;
 pub use request::{HeadWriter, RequestFraming};
@@ -27,7 +32,7 @@ pub(crate) use body::{length_data, Chunk, Decoded, Framing};
 #[doc(hidden)]
 pub(crate) use response::parse_head;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +41,7 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::{ClientBodyError, Upstream, UpstreamBody};
 use crate::wire::{SendError, Sender};
@@ -78,6 +84,12 @@ pub struct H1Conn {
     /// Bytes of `rbuf` parsed without finding a whole response head (0: none yet). The
     /// head is parsed again only once a line has ended since (see `poll_head`).
     head_scanned: usize,
+    /// `rbuf` is a [`spare`] buffer of [`FIRST_READ`], never grown: it goes back to the
+    /// spares when the connection idles.
+    rbuf_spare: bool,
+    /// Watches the deadline of the exchange in flight (see [`H1Conn::poll_deadline`]):
+    /// one timer for the connection's life, not one per exchange.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// The end of a successful exchange.
@@ -99,6 +111,8 @@ pub enum ExchangeError {
     Failed(H1Error),
     /// The client's body failed: the client's fault, not the upstream's.
     ClientBody(ClientBodyError),
+    /// No answer's head came before the deadline.
+    TimedOut,
 }
 
 /// What is sent: the encoded head, the body (if any) and how it is framed.
@@ -113,13 +127,17 @@ pub struct Outgoing {
 }
 
 impl H1Conn {
-    pub(super) fn new(io: TcpStream) -> Self {
-        H1Conn {
+    /// Boxed: a connection moves between the pool, the exchange and the response body,
+    /// each a move of a pointer instead of the whole connection.
+    pub(super) fn new(io: TcpStream) -> Box<Self> {
+        Box::new(H1Conn {
             io,
             rbuf: BytesMut::new(),
             read_size: FIRST_READ,
             head_scanned: 0,
-        }
+            rbuf_spare: false,
+            timer: None,
+        })
     }
 
     /// True when the upstream closed this idle connection, reset it, or sent something
@@ -143,21 +161,51 @@ impl H1Conn {
     /// Before the connection idles in a pool: its read buffer, empty (a connection with
     /// bytes left over after a response is never pooled: `ResponseBody::finish`), is let go
     /// (hundreds of idle connections would each keep [`FIRST_READ`], up to [`MAX_READ`]
-    /// after large bodies); the next exchange allocates it again (one allocation per
-    /// request, cheaper than the memory held); the read size stays, so the next large body
-    /// is read in large reads again.
+    /// after large bodies): one of the first read size goes to this thread's [`spare`]
+    /// buffers for the next exchange, a grown one is freed. The read size stays, so the next
+    /// large body is read in large reads again.
     pub(super) fn shrink_idle_buffer(&mut self) {
         debug_assert!(
             self.rbuf.is_empty(),
             "a connection with unread bytes is pooled"
         );
-        self.rbuf = BytesMut::new();
+        let buf = std::mem::take(&mut self.rbuf);
+        if std::mem::take(&mut self.rbuf_spare) {
+            spare::give(buf);
+        }
+    }
+
+    /// Ready once `deadline` has passed. A timer set, polled and dropped per exchange
+    /// costs a request about a tenth of its user-space work (the timer wheel's insert and
+    /// removal, the clock read twice); this one stays armed between exchanges and is reset
+    /// only when it fires before the deadline it now watches (a later exchange's: once per
+    /// timeout's length on a busy connection) or is set later than it.
+    fn poll_deadline(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
-            self.rbuf.reserve(self.read_size);
+            if self.rbuf.capacity() == 0 && self.read_size == FIRST_READ {
+                self.rbuf = spare::take(FIRST_READ);
+                self.rbuf_spare = true;
+            } else {
+                self.rbuf.reserve(self.read_size);
+                self.rbuf_spare = false;
+            }
         }
         let room = self.rbuf.capacity() - self.rbuf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
@@ -172,19 +220,20 @@ impl H1Conn {
     }
 }
 
-/// Sends one request on `conn` and reads the answer's head. The body, if any, is sent
-/// while the answer is watched for, and goes on being sent while the answer's body is read
-/// if the answer came first.
+/// Sends one request on `conn` and reads the answer's head, unless `deadline` passes
+/// first. The body, if any, is sent while the answer is watched for, and goes on being
+/// sent while the answer's body is read if the answer came first.
 pub async fn exchange(
-    mut conn: H1Conn,
+    mut conn: Box<H1Conn>,
     out: Outgoing,
     upstream: &Arc<Upstream>,
+    deadline: Instant,
 ) -> Result<Outcome, ExchangeError> {
     let body = out.body.filter(|_| out.framing != RequestFraming::Empty);
     let mut sender = Sender::new(out.head, body, out.framing == RequestFraming::Chunked);
     let mut sent = false;
     let mut write_error: Option<io::Error> = None;
-    let head = poll_fn(|cx| {
+    let mut step = |conn: &mut H1Conn, cx: &mut Context<'_>| {
         if !sent {
             match sender.poll_send(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => sent = true,
@@ -207,7 +256,7 @@ pub async fn exchange(
             }
         }
         loop {
-            let head = match ready!(response::poll_head(&mut conn, cx, out.head_request)) {
+            let head = match ready!(response::poll_head(conn, cx, out.head_request)) {
                 Ok(head) => head,
                 Err(e) => {
                     let e = match (write_error.take(), e) {
@@ -232,6 +281,13 @@ pub async fn exchange(
             }
             return Poll::Ready(Ok(head));
         }
+    };
+    let head = poll_fn(|cx| {
+        if let Poll::Ready(done) = step(&mut conn, cx) {
+            return Poll::Ready(done);
+        }
+        conn.poll_deadline(deadline, cx)
+            .map(|()| Err(ExchangeError::TimedOut))
     })
     .await?;
     if head.head.status.as_u16() == 101 {
