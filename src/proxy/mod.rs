@@ -109,14 +109,16 @@ impl Proxy {
     pub async fn serve(self: Arc<Self>, listener: LazyListener, mut shutdown: Shutdown) {
         while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
             let guard = self.tracker.track();
-            tokio::spawn(connection::serve(
+            // Boxed: the connection's future is kilobytes, and spawning moves it several
+            // times (and the task writes its stage twice more); a box moves as a pointer.
+            tokio::spawn(Box::pin(connection::serve(
                 self.clone(),
                 stream,
                 peer,
                 shutdown.clone(),
                 guard,
                 false,
-            ));
+            )));
         }
     }
 

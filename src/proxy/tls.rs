@@ -35,14 +35,16 @@ impl Proxy {
             let proxy = self.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            // Boxed, as plain connections' (`Proxy::serve`): spawning moves a box, not
+            // kilobytes of connection state.
+            tokio::spawn(Box::pin(async move {
                 if let Err(e) = proxy
                     .handle_tls(stream, peer, acceptor, shutdown, guard)
                     .await
                 {
                     tracing::debug!(%peer, error = %e, "TLS connection refused");
                 }
-            });
+            }));
         }
     }
 
