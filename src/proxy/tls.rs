@@ -35,16 +35,14 @@ impl Proxy {
             let proxy = self.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
-            // Boxed, as plain connections' (`Proxy::serve`): spawning moves a box, not
-            // kilobytes of connection state.
-            tokio::spawn(Box::pin(async move {
+            tokio::spawn(async move {
                 if let Err(e) = proxy
                     .handle_tls(stream, peer, acceptor, shutdown, guard)
                     .await
                 {
                     tracing::debug!(%peer, error = %e, "TLS connection refused");
                 }
-            }));
+            });
         }
     }
 
