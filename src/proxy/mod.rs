@@ -111,7 +111,7 @@ impl Proxy {
             let guard = self.tracker.track();
             // Not boxed, though spawning moves the connection's future (kilobytes) several
             // times (~1,100 instructions per connection): a box beside the task's own
-            // allocation made each idle connection 0.4 KiB larger (`benches/idle.rs`).
+            // allocation made each idle connection ~0.3 KiB larger (`benches/idle.rs`).
             tokio::spawn(connection::serve(
                 self.clone(),
                 stream,
