@@ -27,8 +27,8 @@
 use interlock_testkit as common;
 
 use common::engine::{
-    backend_image, docker, docker_command, docker_quiet, http_get, import_image, use_daemon,
-    wait_until,
+    backend_image, docker, docker_command, docker_quiet, http_get, http_get_within, import_image,
+    use_daemon, wait_until,
 };
 use common::multinode::{missing_tools, Bed, BedNode, Load};
 use std::collections::BTreeSet;
@@ -355,7 +355,10 @@ fn stop_first_rolling_update_loses_no_request_with_retries_off() {
             let host = host.clone();
             std::thread::spawn(move || {
                 let start = Instant::now();
-                let r = http_get(http, &host, &format!("/slow?ms={SLOW_MS}"));
+                // The answer comes SLOW_MS after the request: the read waits longer than
+                // that (a read timeout of exactly SLOW_MS raced the answer by milliseconds).
+                let wait = Duration::from_millis(SLOW_MS) + Duration::from_secs(10);
+                let r = http_get_within(http, &host, &format!("/slow?ms={SLOW_MS}"), wait);
                 (r.map(|r| (r.status, r.backend)), start.elapsed())
             })
         })

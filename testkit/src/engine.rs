@@ -127,9 +127,20 @@ pub struct Reply {
 
 /// One blocking HTTP/1.1 GET with `Connection: close`; `None` if the connection failed.
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<Reply> {
+    http_get_within(addr, host, path, Duration::from_secs(10))
+}
+
+/// [`http_get`], waiting up to `read_timeout` for each read (a request the backend answers
+/// late on purpose needs more than the usual 10 s).
+pub fn http_get_within(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    read_timeout: Duration,
+) -> Option<Reply> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(read_timeout)).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
