@@ -367,25 +367,6 @@ where
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn ip_values_read_as_display_writes_them() {
-        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-        let edges = [0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 254, 255];
-        for &a in &edges {
-            for &b in &edges {
-                let v4 = IpAddr::V4(Ipv4Addr::new(a, b, b, a));
-                assert_eq!(ip_value(v4).to_str().unwrap(), v4.to_string());
-            }
-        }
-        for ip in [
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-            "2001:db8::1".parse().unwrap(),
-            "::ffff:10.0.0.1".parse().unwrap(),
-        ] {
-            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
-        }
-    }
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -576,5 +557,24 @@ mod tests {
             head.contains("sec-websocket-key: k\r\n") && !head.contains("content-length"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn ip_values_read_as_display_writes_them() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let edges = [0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 254, 255];
+        for &a in &edges {
+            for &b in &edges {
+                let v4 = IpAddr::V4(Ipv4Addr::new(a, b, b, a));
+                assert_eq!(ip_value(v4).to_str().unwrap(), v4.to_string());
+            }
+        }
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ] {
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
     }
 }

@@ -32,39 +32,34 @@ impl Upstream {
     }
 }
 
-/// Probes one endpoint once.
+/// Probes one endpoint once, within `timeout` in all: the connect gets what is left of it,
+/// the exchange its deadline.
 pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
-    let exchange = async {
-        // Validated as a request target and a field value, as any request's.
-        let (parts, ()) = Request::get(path)
-            .header(header::HOST, host)
-            .body(())
-            .ok()?
-            .into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut head = h1::HeadWriter::new(parts.method.as_str(), target, 64);
-        head.field(b"host", parts.headers[header::HOST].as_bytes());
-        head.field(b"user-agent", b"interlock-health-check");
-        let out = h1::Outgoing {
-            head: head.finish(h1::RequestFraming::Empty, false),
-            body: None,
-            framing: h1::RequestFraming::Empty,
-            head_request: false,
-            upgrade: false,
-        };
-        let pooled = upstream.connect(timeout).await.ok()?;
-        let status = match h1::exchange(pooled.conn, out, upstream, deadline)
-            .await
-            .ok()?
-        {
-            h1::Outcome::Response(head, _) => head.status,
-            h1::Outcome::Upgraded(..) => return None,
-        };
-        Some(status.is_success() || status.is_redirection())
+    // Validated as a request target and a field value, as any request's.
+    let Ok(request) = Request::get(path).header(header::HOST, host).body(()) else {
+        return false;
     };
-    matches!(
-        tokio::time::timeout(timeout, exchange).await,
-        Ok(Some(true))
-    )
+    let (parts, ()) = request.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = h1::HeadWriter::new(parts.method.as_str(), target, 64);
+    head.field(b"host", parts.headers[header::HOST].as_bytes());
+    head.field(b"user-agent", b"interlock-health-check");
+    let out = h1::Outgoing {
+        head: head.finish(h1::RequestFraming::Empty, false),
+        body: None,
+        framing: h1::RequestFraming::Empty,
+        head_request: false,
+        upgrade: false,
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let Ok(pooled) = upstream.connect(left).await else {
+        return false;
+    };
+    match h1::exchange(pooled.conn, out, upstream, deadline).await {
+        Ok(h1::Outcome::Response(head, _)) => {
+            head.status.is_success() || head.status.is_redirection()
+        }
+        Ok(h1::Outcome::Upgraded(..)) | Err(_) => false,
+    }
 }
