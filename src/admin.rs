@@ -50,13 +50,8 @@ pub async fn start(
 }
 
 /// Serves admin requests until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    view: View,
-    metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
-) {
-    while let Some((stream, _)) = crate::accept::next(&listener, &mut shutdown).await {
+pub async fn serve(listener: TcpListener, view: View, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    while let Some((stream, _)) = crate::accept::next(&listener, &shutdown).await {
         let view = view.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -2,48 +2,76 @@
 //! connection task watches, and a tracker of the tasks (connections and upgraded tunnels)
 //! that draining waits for.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-/// Fires once when the instance starts draining.
+/// Fires once when the instance starts draining (or when its trigger is dropped).
 #[derive(Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    signal: Arc<Signal>,
+}
+
+#[derive(Default)]
+struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
 }
 
 /// The sending side of [`Shutdown`].
 pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
+    signal: Arc<Signal>,
 }
 
 /// A trigger and its first receiver.
 pub fn channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger { tx }, Shutdown { rx })
+    let signal = Arc::new(Signal::default());
+    (
+        ShutdownTrigger {
+            signal: signal.clone(),
+        },
+        Shutdown { signal },
+    )
 }
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
-        let _ = self.tx.send(true);
+        self.signal.fired.store(true, Ordering::Release);
+        self.signal.notify.notify_waiters();
     }
 
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
-            rx: self.tx.subscribe(),
+            signal: self.signal.clone(),
         }
     }
 }
 
+impl Drop for ShutdownTrigger {
+    /// A trigger gone can no longer say when to stop: whoever waits for it stops now.
+    fn drop(&mut self) {
+        self.trigger();
+    }
+}
+
 impl Shutdown {
-    /// Resolves once shutdown has been triggered (or the trigger is gone).
-    pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|&v| v).await;
+    /// Resolves once shutdown has been triggered (or the trigger is gone). Waiting costs
+    /// nothing until the future is first polled (then it joins the signal's waiters).
+    pub async fn wait(&self) {
+        let notified = self.signal.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a trigger in between wakes it.
+        notified.as_mut().enable();
+        if self.is_triggered() {
+            return;
+        }
+        notified.await;
     }
 
+    /// Whether shutdown has been triggered: one atomic load.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.signal.fired.load(Ordering::Acquire)
     }
 }
 

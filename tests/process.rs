@@ -468,6 +468,50 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
 }
 
+/// A request whose answer is still on its way from a slow upstream when SIGTERM comes is
+/// answered with `Connection: close`, and then the connection closes cleanly: also when the
+/// request was already there when the connection was accepted (the process was stopped
+/// while the client connected and sent it), so that the connection never waited for its
+/// client and had no idle watchdog armed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_upstream_wait_closes_the_connection_after_its_answer() {
+    let backend = TestBackend::with(|req| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        common::echo("slow", &req)
+    })
+    .await;
+    let file = ConfigFile::new(&service_toml("slow", "slow.test", backend.addr, ""));
+    let mut p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+    let pid = p.pid().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .await
+        .unwrap();
+    signal("-CONT");
+    // The request is at the backend, which answers 1.5 s after it came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal("-TERM");
+    let head = tokio::time::timeout(Duration::from_secs(5), answer_head(&mut s))
+        .await
+        .expect("an answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("connection: close"),
+        "the answer in flight at SIGTERM: {head:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+    assert!(matches!(end, Ok(Ok(_))), "then a clean close: {end:?}");
+    let exit = p
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("interlock did not exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}
+
 /// Peak resident memory (VmHWM) of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

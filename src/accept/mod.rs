@@ -5,6 +5,7 @@
 //! the listener neither spins nor dies. The proxy's plain listener accepts
 //! connections that join the runtime's poller only when they first wait (`lazy.rs`).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
@@ -51,16 +52,29 @@ impl Listener for LazyListener {
 /// listener neither spins nor dies.
 pub(crate) async fn next<L: Listener>(
     listener: &L,
-    shutdown: &mut Shutdown,
+    shutdown: &Shutdown,
 ) -> Option<(L::Stream, SocketAddr)> {
     let mut backoff = Duration::from_millis(5);
     loop {
-        let accepted = tokio::select! {
-            biased;
-            // Stopping: the connections whose handshake the kernel already completed are
-            // taken and served; closing the listener would reset them unanswered.
-            _ = shutdown.wait() => return queued(listener),
-            a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
+        // Stopping: the connections whose handshake the kernel already completed are
+        // taken and served; closing the listener would reset them unanswered.
+        if shutdown.is_triggered() {
+            return queued(listener);
+        }
+        // The shutdown signal is watched only while no connection is waiting: under load
+        // the accept is ready at once, and registering with the signal and leaving it again
+        // cost two lock round trips per connection.
+        let accepted = {
+            let stop = shutdown.wait();
+            let mut stop = std::pin::pin!(stop);
+            std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+                Poll::Ready(accepted) => Poll::Ready(Some(accepted)),
+                Poll::Pending => stop.as_mut().poll(cx).map(|()| None),
+            })
+            .await
+        };
+        let Some(accepted) = accepted else {
+            return queued(listener);
         };
         match accepted {
             Ok((stream, peer)) => {

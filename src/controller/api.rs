@@ -53,8 +53,7 @@ async fn accept_loop(
     shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let mut stop = shutdown.clone();
-    while let Some((stream, peer)) = crate::accept::next(&listener, &mut stop).await {
+    while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
         let (acceptor, feeds, metrics, shutdown) = (
             acceptor.clone(),
             feeds.clone(),
@@ -135,7 +134,7 @@ async fn answer(
     cert: &CertificateDer<'static>,
     feeds: &Feeds,
     metrics: &Metrics,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Response<Full<Bytes>> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
@@ -175,7 +174,7 @@ async fn answer(
                     held.as_deref(),
                     wait,
                     gzip,
-                    &mut shutdown,
+                    &shutdown,
                 )
                 .await
             }
@@ -214,7 +213,7 @@ async fn snapshot(
     held: Option<&str>,
     wait: Duration,
     gzip: bool,
-    shutdown: &mut Shutdown,
+    shutdown: &Shutdown,
 ) -> Response<Full<Bytes>> {
     let Some(mut rx) = feeds.subscribe(cluster) else {
         let mut resp = reply(

@@ -32,6 +32,9 @@ pub(super) struct Activity {
     /// Shutting down while the client was sending a request (or had just connected): that
     /// request is still read and answered, then the connection closes.
     pub(super) draining: AtomicBool,
+    /// The fast path is waiting for an upstream's answer, not for the client: no reason
+    /// to arm the watchdog for that wait (see `connection.rs`).
+    pub(super) awaiting_upstream: AtomicBool,
     /// The watchdog's gate (see `connection.rs`): false when its waker fired since the
     /// watchdog was last polled (or it never was), so it must be polled.
     pub(super) gate_quiet: AtomicBool,
@@ -43,6 +46,22 @@ impl Activity {
     fn mark_boundary(&self) {
         let heads = self.head_reads.load(Ordering::Relaxed);
         self.heads_at_boundary.store(heads, Ordering::Relaxed);
+    }
+}
+
+/// Marks the connection as waiting for an upstream's answer until dropped.
+pub(super) struct AwaitingUpstream<'a>(&'a Activity);
+
+impl Activity {
+    pub(super) fn awaiting_upstream(&self) -> AwaitingUpstream<'_> {
+        self.awaiting_upstream.store(true, Ordering::Relaxed);
+        AwaitingUpstream(self)
+    }
+}
+
+impl Drop for AwaitingUpstream<'_> {
+    fn drop(&mut self) {
+        self.0.awaiting_upstream.store(false, Ordering::Relaxed);
     }
 }
 

@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 
 use super::activity::{Activity, InFlight, Monitored};
 use super::body::BoxError;
@@ -42,7 +42,7 @@ pub(super) async fn serve<S>(
     proxy: Arc<Proxy>,
     stream: S,
     peer: SocketAddr,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     _guard: TrackGuard,
     h2: bool,
 ) where
@@ -137,14 +137,13 @@ pub(super) async fn serve<S>(
     let head_timeout = proxy.settings.header_read_timeout;
     // A quarter of the shorter timeout: each is enforced within 1.25x of its length.
     let period = (idle_timeout.min(head_timeout) / 4).max(Duration::from_millis(50));
-    // The first tick one period away, not at once: an immediate tick would arm a timer
-    // 1 ms out, earlier than the runtime's planned wake-up, which makes the timer driver
-    // wake the I/O driver (an eventfd write and a spurious epoll return) for every new
-    // connection, and fire a timer, for nothing: there is nothing to check yet.
-    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The watchdog (shutdown signal and idle tick) is armed when the connection first
+    // waits for its client, or sees shutdown: a connection whose request was there when
+    // it was accepted and that closes after its answer (`Connection: close`) waits only
+    // for its upstream, and never needs a timer or a place among the signal's waiters.
+    let mut watchdog = Watchdog::default();
     let mut seen = 0;
-    let mut quiet_since = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
     // Since when a request head is pending.
     let mut head_since: Option<Instant> = None;
     let mut closing = false;
@@ -153,33 +152,36 @@ pub(super) async fn serve<S>(
     let mut grace_until: Option<Instant> = None;
     let shutdown_wait = shutdown.wait();
     tokio::pin!(shutdown_wait);
-    // The watchdog (shutdown signal and idle tick) is polled only when its own waker fired,
-    // not on each of the several wake-ups of this task per request.
-    // The gate lives in the activity: one allocation less per connection.
+    // The watchdog is polled only when its own waker fired, not on each of the several
+    // wake-ups of this task per request. The gate lives in the activity: one allocation
+    // less per connection.
     let gate = activity.clone();
-    let gate_waker = Waker::from(gate.clone());
     loop {
         let event = std::future::poll_fn(|cx| {
             // The watchdog first: a shutdown that woke the task together with an upstream's
             // answer is seen before that answer is framed (it then says Connection: close).
             if !closing {
-                if let Some(waker) = gate.enter(cx.waker(), &gate_waker) {
-                    let mut wcx = Context::from_waker(waker);
-                    let event = if !stopping && shutdown_wait.as_mut().poll(&mut wcx).is_ready() {
-                        Some(Event::Shutdown)
-                    } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
-                        Some(Event::Tick(now))
-                    } else {
-                        None
-                    };
-                    if let Some(event) = event {
-                        // Poll the watchdog again next time: it must re-arm what just fired.
-                        gate.gate_quiet.store(false, Ordering::Relaxed);
-                        return Poll::Ready(event);
-                    }
+                if !watchdog.is_armed() && shutdown.is_triggered() {
+                    quiet_since = Some(watchdog.arm(&gate, period));
+                }
+                if let Some(event) = watchdog.poll(cx, &gate, stopping, shutdown_wait.as_mut()) {
+                    return Poll::Ready(event);
                 }
             }
-            conn.as_mut().poll(cx).map(Event::Ended)
+            let polled = conn.as_mut().poll(cx);
+            if polled.is_pending()
+                && !closing
+                && !watchdog.is_armed()
+                && !activity.awaiting_upstream.load(Ordering::Relaxed)
+            {
+                // Waiting for the client from here on (or for hyper's or HTTP/2's
+                // connection, which may): the watchdog is needed, and polled once to arm.
+                quiet_since = Some(watchdog.arm(&gate, period));
+                if let Some(event) = watchdog.poll(cx, &gate, stopping, shutdown_wait.as_mut()) {
+                    return Poll::Ready(event);
+                }
+            }
+            polled.map(Event::Ended)
         })
         .await;
         match event {
@@ -222,7 +224,7 @@ pub(super) async fn serve<S>(
                 let current = activity.progress.load(Ordering::Relaxed);
                 if current != seen {
                     seen = current;
-                    quiet_since = now;
+                    quiet_since = Some(now);
                     head_since = head_pending.then_some(now);
                     continue;
                 }
@@ -233,6 +235,7 @@ pub(super) async fn serve<S>(
                     tracing::debug!(%peer, "closing client connection: request head too slow");
                     break;
                 }
+                let quiet_since = *quiet_since.get_or_insert(now);
                 if now.duration_since(quiet_since) >= idle_timeout {
                     tracing::debug!(%peer, "closing idle client connection");
                     closing = true;
@@ -242,6 +245,62 @@ pub(super) async fn serve<S>(
         }
     }
     proxy.metrics.open_connections.dec();
+}
+
+/// The connection's watchdog: its idle tick and the waker that marks the gate when the
+/// tick or the shutdown signal fires. Neither exists until the connection first waits for
+/// its client (or sees shutdown).
+#[derive(Default)]
+struct Watchdog {
+    tick: Option<Interval>,
+    waker: Option<Waker>,
+}
+
+impl Watchdog {
+    fn is_armed(&self) -> bool {
+        self.tick.is_some()
+    }
+
+    /// Arms the idle tick, first due one period from now, and returns now. The first tick
+    /// is not immediate: that would arm a timer 1 ms out, earlier than the runtime's planned
+    /// wake-up, which makes the timer driver wake the I/O driver (an eventfd write and a
+    /// spurious epoll return) for nothing: there is nothing to check yet.
+    fn arm(&mut self, gate: &Arc<Activity>, period: Duration) -> Instant {
+        let now = Instant::now();
+        self.tick.get_or_insert_with(|| {
+            let mut tick = tokio::time::interval_at(now + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        self.waker.get_or_insert_with(|| Waker::from(gate.clone()));
+        now
+    }
+
+    /// What fired, if the watchdog is armed and the gate says it was woken (or it never
+    /// was polled). `stopping`: shutdown already seen, the signal need not be polled again.
+    fn poll<F: Future<Output = ()>, E>(
+        &mut self,
+        cx: &Context<'_>,
+        gate: &Activity,
+        stopping: bool,
+        shutdown: Pin<&mut F>,
+    ) -> Option<Event<E>> {
+        let (Some(tick), Some(own_waker)) = (self.tick.as_mut(), self.waker.as_ref()) else {
+            return None;
+        };
+        let waker = gate.enter(cx.waker(), own_waker)?;
+        let mut wcx = Context::from_waker(waker);
+        let event = if !stopping && shutdown.poll(&mut wcx).is_ready() {
+            Event::Shutdown
+        } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
+            Event::Tick(now)
+        } else {
+            return None;
+        };
+        // Poll the watchdog again next time: it must re-arm what just fired.
+        gate.gate_quiet.store(false, Ordering::Relaxed);
+        Some(event)
+    }
 }
 
 /// How long, once shutdown starts, a connection that just opened or is sending a request

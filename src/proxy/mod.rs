@@ -106,8 +106,8 @@ impl Proxy {
     /// on their own (see [`Proxy::drain`]).
     /// Plain connections join the runtime's poller only when they first wait
     /// ([`LazyListener`]): one that is answered and closed at once never does.
-    pub async fn serve(self: Arc<Self>, listener: LazyListener, mut shutdown: Shutdown) {
-        while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
+    pub async fn serve(self: Arc<Self>, listener: LazyListener, shutdown: Shutdown) {
+        while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
             let guard = self.tracker.track();
             // Not boxed, though spawning moves the connection's future (kilobytes) several
             // times (~1,100 instructions per connection): a box beside the task's own

@@ -27,10 +27,10 @@ impl Proxy {
         self: Arc<Self>,
         listener: TcpListener,
         tls: Arc<TlsState>,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) {
         let acceptor = TlsAcceptor::from(tls.config.clone());
-        while let Some((stream, peer)) = crate::accept::next(&listener, &mut shutdown).await {
+        while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
             let guard = self.tracker.track();
             let proxy = self.clone();
             let acceptor = acceptor.clone();

@@ -180,7 +180,11 @@ where
             if access.is_some() {
                 service = Some(backend.service.clone());
             }
-            match std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await {
+            let forwarded = {
+                let _waiting = activity.awaiting_upstream();
+                std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await
+            };
+            match forwarded {
                 Ok((Outcome::Response(head, body), active, backend)) => {
                     let elapsed = start.elapsed().as_secs_f64();
                     backend.metrics.record(head.status.as_u16(), elapsed);
