@@ -51,7 +51,8 @@ pub async fn start(
 
 /// Serves admin requests until shutdown.
 pub async fn serve(listener: TcpListener, view: View, metrics: Arc<Metrics>, shutdown: Shutdown) {
-    while let Some((stream, _)) = crate::accept::next(&listener, &shutdown).await {
+    let mut incoming = crate::accept::Incoming::new(&listener, &shutdown);
+    while let Some((stream, _)) = incoming.next().await {
         let view = view.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -44,6 +44,11 @@ impl LazyListener {
         Ok(LazyListener { fd })
     }
 
+    /// `TCP_NODELAY` on the listening socket (accepted sockets inherit it on Linux).
+    pub(super) fn set_nodelay(&self) -> io::Result<()> {
+        socket2::SockRef::from(self.fd.get_ref()).set_tcp_nodelay(true)
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.fd.get_ref().local_addr()
     }
@@ -85,6 +90,16 @@ impl LazyTcp {
         match &self.state {
             State::Direct(s) => s.set_nodelay(nodelay),
             State::Registered(s) => s.set_nodelay(nodelay),
+            State::Failed => Err(failed()),
+        }
+    }
+
+    /// Whether `TCP_NODELAY` is set (for tests).
+    #[cfg(test)]
+    pub(crate) fn nodelay(&self) -> io::Result<bool> {
+        match &self.state {
+            State::Direct(s) => s.nodelay(),
+            State::Registered(s) => s.nodelay(),
             State::Failed => Err(failed()),
         }
     }

@@ -25,6 +25,9 @@ pub(crate) trait Listener {
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Stream, SocketAddr)>>;
     /// Requests and answers leave at once (`TCP_NODELAY`).
     fn set_nodelay(stream: &Self::Stream);
+    /// `TCP_NODELAY` on the listening socket: Linux gives the option to every socket the
+    /// listener accepts, which then needs no system call of its own.
+    fn set_listener_nodelay(&self) -> io::Result<()>;
 }
 
 impl Listener for TcpListener {
@@ -34,6 +37,9 @@ impl Listener for TcpListener {
     }
     fn set_nodelay(stream: &TcpStream) {
         let _ = stream.set_nodelay(true);
+    }
+    fn set_listener_nodelay(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).set_tcp_nodelay(true)
     }
 }
 
@@ -45,15 +51,45 @@ impl Listener for LazyListener {
     fn set_nodelay(stream: &LazyTcp) {
         let _ = stream.set_nodelay(true);
     }
+    fn set_listener_nodelay(&self) -> io::Result<()> {
+        self.set_nodelay()
+    }
 }
 
-/// The next accepted connection (with `TCP_NODELAY`); once `shutdown` fired, the next one
-/// already queued, or `None` when none is. Accept errors (out of file descriptors and the like) are retried with backoff: the
-/// listener neither spins nor dies.
-pub(crate) async fn next<L: Listener>(
-    listener: &L,
-    shutdown: &Shutdown,
-) -> Option<(L::Stream, SocketAddr)> {
+/// The connections of one listener, each with `TCP_NODELAY`.
+pub(crate) struct Incoming<'a, L> {
+    listener: &'a L,
+    shutdown: &'a Shutdown,
+    /// Each accepted socket needs its own `setsockopt` (the listener's option is not
+    /// inherited: not Linux, or setting it failed).
+    nodelay_each: bool,
+}
+
+impl<'a, L: Listener> Incoming<'a, L> {
+    pub(crate) fn new(listener: &'a L, shutdown: &'a Shutdown) -> Self {
+        let inherited = cfg!(target_os = "linux") && listener.set_listener_nodelay().is_ok();
+        Incoming {
+            listener,
+            shutdown,
+            nodelay_each: !inherited,
+        }
+    }
+
+    /// The next accepted connection; once `shutdown` fired, the next one already queued, or
+    /// `None` when none is. Accept errors (out of file descriptors and the like) are retried
+    /// with backoff: the listener neither spins nor dies.
+    pub(crate) async fn next(&mut self) -> Option<(L::Stream, SocketAddr)> {
+        let accepted = next(self.listener, self.shutdown).await;
+        if self.nodelay_each {
+            if let Some((stream, _)) = &accepted {
+                L::set_nodelay(stream);
+            }
+        }
+        accepted
+    }
+}
+
+async fn next<L: Listener>(listener: &L, shutdown: &Shutdown) -> Option<(L::Stream, SocketAddr)> {
     let mut backoff = Duration::from_millis(5);
     loop {
         // Stopping: the connections whose handshake the kernel already completed are
@@ -77,10 +113,7 @@ pub(crate) async fn next<L: Listener>(
             return queued(listener);
         };
         match accepted {
-            Ok((stream, peer)) => {
-                L::set_nodelay(&stream);
-                return Some((stream, peer));
-            }
+            Ok(accepted) => return Some(accepted),
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -94,10 +127,42 @@ pub(crate) async fn next<L: Listener>(
 fn queued<L: Listener>(listener: &L) -> Option<(L::Stream, SocketAddr)> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match listener.poll_accept(&mut cx) {
-        Poll::Ready(Ok((stream, peer))) => {
-            L::set_nodelay(&stream);
-            Some((stream, peer))
-        }
+        Poll::Ready(Ok(accepted)) => Some(accepted),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets have `TCP_NODELAY` (inherited from the listener on Linux) on both
+    /// kinds of listener, also the one taken from the queue after shutdown.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lazy = LazyListener::new(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let mut plain_incoming = Incoming::new(&plain, &shutdown);
+        let mut lazy_incoming = Incoming::new(&lazy, &shutdown);
+        let _c1 = TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let _c2 = TcpStream::connect(lazy.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s1, _) = plain_incoming.next().await.unwrap();
+        let (s2, _) = lazy_incoming.next().await.unwrap();
+        assert!(s1.nodelay().unwrap());
+        assert!(s2.nodelay().unwrap());
+        // Queued when shutdown fires: still taken, still with the option.
+        let _c3 = TcpStream::connect(lazy.local_addr().unwrap())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        trigger.trigger();
+        let (s3, _) = lazy_incoming.next().await.unwrap();
+        assert!(s3.nodelay().unwrap());
+        assert!(lazy_incoming.next().await.is_none());
     }
 }

@@ -53,7 +53,8 @@ async fn accept_loop(
     shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
+    let mut incoming = crate::accept::Incoming::new(&listener, &shutdown);
+    while let Some((stream, peer)) = incoming.next().await {
         let (acceptor, feeds, metrics, shutdown) = (
             acceptor.clone(),
             feeds.clone(),

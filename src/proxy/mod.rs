@@ -107,7 +107,8 @@ impl Proxy {
     /// Plain connections join the runtime's poller only when they first wait
     /// ([`LazyListener`]): one that is answered and closed at once never does.
     pub async fn serve(self: Arc<Self>, listener: LazyListener, shutdown: Shutdown) {
-        while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
+        let mut incoming = crate::accept::Incoming::new(&listener, &shutdown);
+        while let Some((stream, peer)) = incoming.next().await {
             let guard = self.tracker.track();
             // Not boxed, though spawning moves the connection's future (kilobytes) several
             // times (~1,100 instructions per connection): a box beside the task's own

@@ -30,7 +30,8 @@ impl Proxy {
         shutdown: Shutdown,
     ) {
         let acceptor = TlsAcceptor::from(tls.config.clone());
-        while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown).await {
+        let mut incoming = crate::accept::Incoming::new(&listener, &shutdown);
+        while let Some((stream, peer)) = incoming.next().await {
             let guard = self.tracker.track();
             let proxy = self.clone();
             let acceptor = acceptor.clone();
