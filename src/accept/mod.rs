@@ -1,5 +1,6 @@
 //! Accepting connections (the proxy's listeners, the admin listener, the controller's
-//! snapshot API): one at a time, with `TCP_NODELAY`, until shutdown, and then the ones
+//! snapshot API): one at a time, with `TCP_NODELAY` (set on the listening socket, whose
+//! accepted sockets inherit it on Linux), until shutdown, and then the ones
 //! already queued (so closing the listener resets none that the kernel accepted); a
 //! failing `accept` (out of file descriptors and the like) is retried with backoff, so
 //! the listener neither spins nor dies. The proxy's plain listener accepts
