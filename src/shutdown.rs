@@ -69,6 +69,13 @@ impl Shutdown {
         notified.await;
     }
 
+    /// A future that resolves at the next trigger after it was created (polled or not). For
+    /// a waiter that must stay small (each connection holds one): it does not see a trigger
+    /// from before it was created, which [`Shutdown::is_triggered`] tells.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.signal.notify.notified()
+    }
+
     /// Whether shutdown has been triggered: one atomic load.
     pub fn is_triggered(&self) -> bool {
         self.signal.fired.load(Ordering::Acquire)

@@ -33,6 +33,7 @@ use super::fast_h1::End;
 use super::headers::ClientInfo;
 use super::rewind::Rewind;
 use super::{Proxy, ProxyBody};
+use crate::config::settings::ProxySettings;
 use crate::shutdown::{Shutdown, TrackGuard};
 use crate::upstream::ClientBody;
 
@@ -90,18 +91,20 @@ pub(super) async fn serve<S>(
     // Plain HTTP/1.1 requests on our fast path; from the first other one on, hyper, or our
     // HTTP/2 server when the client sent HTTP/2's preface.
     let conn = async {
-        let (io, read, h2) = if h2 {
-            let mut io = io;
+        // The stream stays here; the fast path and the preface borrow it (moved into them,
+        // it would be stored once more in each of their futures).
+        let mut io = io;
+        let (read, h2) = if h2 {
             match super::preface::expect(&activity.closing, &mut io).await {
-                Some(read) => (io, read, true),
+                Some(read) => (read, true),
                 None => return Ok::<(), BoxError>(()),
             }
         } else {
-            match super::fast_h1::serve(&proxy, &client, peer, &activity, io).await {
+            match super::fast_h1::serve(&proxy, &client, &peer, &activity, &mut io).await {
                 End::Closed => return Ok::<(), BoxError>(()),
-                End::Handoff(mut io, mut read) => {
+                End::Handoff(mut read) => {
                     match super::preface::detect(&activity.closing, &mut io, &mut read).await {
-                        Some(h2) => (io, read, h2),
+                        Some(h2) => (read, h2),
                         None => return Ok(()),
                     }
                 }
@@ -133,10 +136,8 @@ pub(super) async fn serve<S>(
     };
     tokio::pin!(conn);
 
-    let idle_timeout = proxy.settings.idle_timeout;
-    let head_timeout = proxy.settings.header_read_timeout;
-    // A quarter of the shorter timeout: each is enforced within 1.25x of its length.
-    let period = (idle_timeout.min(head_timeout) / 4).max(Duration::from_millis(50));
+    // The timeouts are read from the settings where they are used, not copied here: what
+    // this future holds, every idle connection holds (`benches/idle.rs`).
     // The watchdog (shutdown signal and idle tick) is armed when the connection first
     // waits for its client, or sees shutdown: a connection whose request was there when
     // it was accepted and that closes after its answer (`Connection: close`) waits only
@@ -150,7 +151,9 @@ pub(super) async fn serve<S>(
     // Shutdown seen; and until when a request being sent then may still come whole.
     let mut stopping = false;
     let mut grace_until: Option<Instant> = None;
-    let shutdown_wait = shutdown.wait();
+    // Created before the signal can fire unseen: a trigger after this wakes it, one before
+    // is seen by `is_triggered`.
+    let shutdown_wait = shutdown.notified();
     tokio::pin!(shutdown_wait);
     // The watchdog is polled only when its own waker fired, not on each of the several
     // wake-ups of this task per request. The gate lives in the activity: one allocation
@@ -162,9 +165,11 @@ pub(super) async fn serve<S>(
             // answer is seen before that answer is framed (it then says Connection: close).
             if !closing {
                 if !watchdog.is_armed() && shutdown.is_triggered() {
-                    quiet_since = Some(watchdog.arm(&gate, period));
+                    quiet_since = Some(watchdog.arm(&proxy.settings));
                 }
-                if let Some(event) = watchdog.poll(cx, &gate, stopping, shutdown_wait.as_mut()) {
+                if let Some(event) =
+                    watchdog.poll(cx, &gate, stopping, &shutdown, shutdown_wait.as_mut())
+                {
                     return Poll::Ready(event);
                 }
             }
@@ -176,8 +181,10 @@ pub(super) async fn serve<S>(
             {
                 // Waiting for the client from here on (or for hyper's or HTTP/2's
                 // connection, which may): the watchdog is needed, and polled once to arm.
-                quiet_since = Some(watchdog.arm(&gate, period));
-                if let Some(event) = watchdog.poll(cx, &gate, stopping, shutdown_wait.as_mut()) {
+                quiet_since = Some(watchdog.arm(&proxy.settings));
+                if let Some(event) =
+                    watchdog.poll(cx, &gate, stopping, &shutdown, shutdown_wait.as_mut())
+                {
                     return Poll::Ready(event);
                 }
             }
@@ -230,13 +237,15 @@ pub(super) async fn serve<S>(
                 }
                 if !head_pending {
                     head_since = None;
-                } else if now.duration_since(*head_since.get_or_insert(now)) >= head_timeout {
+                } else if now.duration_since(*head_since.get_or_insert(now))
+                    >= proxy.settings.header_read_timeout
+                {
                     // No request is in flight by definition: nothing to drain.
                     tracing::debug!(%peer, "closing client connection: request head too slow");
                     break;
                 }
                 let quiet_since = *quiet_since.get_or_insert(now);
-                if now.duration_since(quiet_since) >= idle_timeout {
+                if now.duration_since(quiet_since) >= proxy.settings.idle_timeout {
                     tracing::debug!(%peer, "closing idle client connection");
                     closing = true;
                     activity.closing.store(true, Ordering::Relaxed);
@@ -247,13 +256,12 @@ pub(super) async fn serve<S>(
     proxy.metrics.open_connections.dec();
 }
 
-/// The connection's watchdog: its idle tick and the waker that marks the gate when the
-/// tick or the shutdown signal fires. Neither exists until the connection first waits for
-/// its client (or sees shutdown).
+/// The connection's watchdog: its idle tick (none until the connection first waits for
+/// its client or sees shutdown), polled with a waker that marks the gate when the tick or
+/// the shutdown signal fires.
 #[derive(Default)]
 struct Watchdog {
     tick: Option<Interval>,
-    waker: Option<Waker>,
 }
 
 impl Watchdog {
@@ -265,14 +273,16 @@ impl Watchdog {
     /// is not immediate: that would arm a timer 1 ms out, earlier than the runtime's planned
     /// wake-up, which makes the timer driver wake the I/O driver (an eventfd write and a
     /// spurious epoll return) for nothing: there is nothing to check yet.
-    fn arm(&mut self, gate: &Arc<Activity>, period: Duration) -> Instant {
+    fn arm(&mut self, settings: &ProxySettings) -> Instant {
+        // A quarter of the shorter timeout: each is enforced within 1.25x of its length.
+        let period = (settings.idle_timeout.min(settings.header_read_timeout) / 4)
+            .max(Duration::from_millis(50));
         let now = Instant::now();
         self.tick.get_or_insert_with(|| {
             let mut tick = tokio::time::interval_at(now + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick
         });
-        self.waker.get_or_insert_with(|| Waker::from(gate.clone()));
         now
     }
 
@@ -281,16 +291,26 @@ impl Watchdog {
     fn poll<F: Future<Output = ()>, E>(
         &mut self,
         cx: &Context<'_>,
-        gate: &Activity,
+        gate: &Arc<Activity>,
         stopping: bool,
-        shutdown: Pin<&mut F>,
+        signal: &Shutdown,
+        waiter: Pin<&mut F>,
     ) -> Option<Event<E>> {
-        let (Some(tick), Some(own_waker)) = (self.tick.as_mut(), self.waker.as_ref()) else {
-            return None;
+        let tick = self.tick.as_mut()?;
+        let gate_waker;
+        let waker = match gate.enter(cx.waker())? {
+            Via::Task => cx.waker(),
+            Via::Gate => {
+                // Made for this poll (what it registers keeps a clone): one waker less
+                // held by every idle connection.
+                gate_waker = Waker::from(gate.clone());
+                &gate_waker
+            }
         };
-        let waker = gate.enter(cx.waker(), own_waker)?;
         let mut wcx = Context::from_waker(waker);
-        let event = if !stopping && shutdown.poll(&mut wcx).is_ready() {
+        // The flag too: a connection accepted after the trigger (one of the listener's last)
+        // holds a waiter that was created too late to be woken.
+        let event = if !stopping && (signal.is_triggered() || waiter.poll(&mut wcx).is_ready()) {
             Event::Shutdown
         } else if let Poll::Ready(now) = tick.poll_tick(&mut wcx) {
             Event::Tick(now)
@@ -317,6 +337,14 @@ fn head_pending(activity: &Activity) -> bool {
         && !activity.h2.load(Ordering::Relaxed)
 }
 
+/// Which waker the watchdog is polled with.
+enum Via {
+    /// The task's own (its waker changed: never the case for a spawned task).
+    Task,
+    /// The gate's, which marks the gate before it wakes the task.
+    Gate,
+}
+
 /// What woke the connection's loop.
 enum Event<E> {
     Ended(Result<(), E>),
@@ -327,15 +355,15 @@ enum Event<E> {
 /// The gate (in [`Activity`]): wakes the connection task on behalf of the watchdog and
 /// remembers that it did.
 impl Activity {
-    /// The waker to poll the watchdog with, or `None` when it need not be polled: it has
+    /// Which waker to poll the watchdog with, or `None` when it need not be polled: it has
     /// not been woken since its last poll. A task whose waker changed (never the case for a
     /// spawned task) polls the watchdog every time, with its own waker.
-    fn enter<'a>(&self, task: &'a Waker, gate: &'a Waker) -> Option<&'a Waker> {
+    fn enter(&self, task: &Waker) -> Option<Via> {
         let stored = self.gate_task.get_or_init(|| task.clone());
         if !stored.will_wake(task) {
-            return Some(task);
+            return Some(Via::Task);
         }
-        (!self.gate_quiet.swap(true, Ordering::AcqRel)).then_some(gate)
+        (!self.gate_quiet.swap(true, Ordering::AcqRel)).then_some(Via::Gate)
     }
 }
 

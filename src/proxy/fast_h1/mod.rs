@@ -53,11 +53,11 @@ const READ_SIZE: usize = 8 * 1024;
 const MAX_BODY: u64 = 16 * 1024;
 
 /// How the fast path left a connection.
-pub(super) enum End<S> {
+pub(super) enum End {
     /// Closed, or to be closed.
     Closed,
     /// hyper's from here on, with the bytes read and not served.
-    Handoff(S, BytesMut),
+    Handoff(BytesMut),
 }
 
 /// What one plain request turned out to need.
@@ -83,10 +83,10 @@ enum Plan {
 pub(super) async fn serve<S>(
     proxy: &Proxy,
     client: &ClientInfo,
-    peer: SocketAddr,
+    peer: &SocketAddr,
     activity: &Arc<Activity>,
-    mut io: S,
-) -> End<S>
+    io: &mut S,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -97,18 +97,18 @@ where
     let mut buf = BytesMut::new();
     let mut head = Head::default();
     loop {
-        match read_head(proxy, activity, body_cap, &mut io, &mut buf, &mut head).await {
+        match read_head(proxy, activity, body_cap, io, &mut buf, &mut head).await {
             Read::Done => {}
             Read::Closed => return End::Closed,
-            Read::Handoff => return End::Handoff(io, buf),
+            Read::Handoff => return End::Handoff(buf),
         }
         let step = Box::pin(exchange(
-            proxy, client, peer, activity, &mut io, &mut buf, &head,
+            proxy, client, *peer, activity, io, &mut buf, &head,
         ));
         match step.await {
             Step::Next => {}
             Step::Closed => return End::Closed,
-            Step::Handoff => return End::Handoff(io, buf),
+            Step::Handoff => return End::Handoff(buf),
         }
         if buf.is_empty() {
             // Nothing pipelined: wait for the next request without a buffer.
