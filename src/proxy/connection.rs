@@ -39,6 +39,11 @@ use crate::upstream::ClientBody;
 
 /// Serves one accepted connection until it closes. `h2`: TLS negotiated ALPN `h2`, so
 /// only HTTP/2 is served (see `preface.rs`).
+///
+/// This future is what every idle connection holds (its task's allocation is the future plus
+/// ~100 bytes, aligned to 128 bytes): at 1,032 bytes on a plain connection (release build,
+/// x86_64) the task takes a 1,280-byte block; past 1,048 bytes it takes a 1,536-byte one,
+/// ~0.25 KiB more per idle connection (`cargo bench --bench idle`).
 pub(super) async fn serve<S>(
     proxy: Arc<Proxy>,
     stream: S,
