@@ -59,7 +59,7 @@ impl Shutdown {
     /// Resolves once shutdown has been triggered (or the trigger is gone). Waiting costs
     /// nothing until the future is first polled (then it joins the signal's waiters).
     pub async fn wait(&self) {
-        let notified = self.signal.notify.notified();
+        let notified = self.notified();
         let mut notified = std::pin::pin!(notified);
         // Registered before the flag is read: a trigger in between wakes it.
         notified.as_mut().enable();

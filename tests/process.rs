@@ -321,17 +321,25 @@ fn check_names_every_bad_entry_of_a_list_label() {
     assert_eq!(errors.len(), 4, "{out}");
 }
 
-/// SIGTERM while a slow request is in flight: the request completes, then the process
-/// exits 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let slow = TestBackend::with(|req| async move {
+/// Interlock (drain timeout 10 s) routing `slow.test` to a backend that answers `slow`
+/// 1.5 s after each request; the backend and the services file live as long as the test
+/// holds them.
+async fn slow_service() -> (TestBackend, ConfigFile, Interlock) {
+    let backend = TestBackend::with(|req| async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         common::echo("slow", &req)
     })
     .await;
-    let file = ConfigFile::new(&service_toml("slow", "slow.test", slow.addr, ""));
-    let mut p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+    let file = ConfigFile::new(&service_toml("slow", "slow.test", backend.addr, ""));
+    let p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+    (backend, file, p)
+}
+
+/// SIGTERM while a slow request is in flight: the request completes, then the process
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let (slow, _file, mut p) = slow_service().await;
 
     let proxy = p.proxy;
     let in_flight = tokio::spawn(async move { http(proxy, "slow.test", "/work").await });
@@ -475,13 +483,7 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
 /// client and had no idle watchdog armed yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_upstream_wait_closes_the_connection_after_its_answer() {
-    let backend = TestBackend::with(|req| async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        common::echo("slow", &req)
-    })
-    .await;
-    let file = ConfigFile::new(&service_toml("slow", "slow.test", backend.addr, ""));
-    let mut p = Interlock::start(&file.path, &["--drain-timeout", "10"]).await;
+    let (_backend, _file, mut p) = slow_service().await;
     let pid = p.pid().to_string();
     let signal = |sig: &str| {
         let st = Command::new("kill").args([sig, &pid]).status().unwrap();

@@ -45,7 +45,7 @@ impl LazyListener {
     }
 
     /// `TCP_NODELAY` on the listening socket (accepted sockets inherit it on Linux).
-    pub(super) fn set_nodelay(&self) -> io::Result<()> {
+    pub(super) fn set_listener_nodelay(&self) -> io::Result<()> {
         socket2::SockRef::from(self.fd.get_ref()).set_tcp_nodelay(true)
     }
 

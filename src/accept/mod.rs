@@ -53,7 +53,7 @@ impl Listener for LazyListener {
         let _ = stream.set_nodelay(true);
     }
     fn set_listener_nodelay(&self) -> io::Result<()> {
-        self.set_nodelay()
+        LazyListener::set_listener_nodelay(self)
     }
 }
 
