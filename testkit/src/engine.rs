@@ -41,12 +41,26 @@ pub fn docker_command() -> Command {
     docker_cli("docker")
 }
 
-/// Runs `docker ARGS`, returns stdout; panics with stderr on failure.
+/// Runs `docker ARGS`, returns stdout; panics with stderr on failure. A service update that
+/// swarm refused as "update out of sequence" (the spec the CLI read was changed by swarm in
+/// the meantime; nothing was applied) is run again, a few times, as the CLI's users must.
 pub fn docker(args: &[&str]) -> String {
-    let out = docker_command()
-        .args(args)
-        .output()
-        .expect("docker CLI runs");
+    let run = || {
+        docker_command()
+            .args(args)
+            .output()
+            .expect("docker CLI runs")
+    };
+    let mut out = run();
+    for _ in 0..5 {
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("update out of sequence")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        out = run();
+    }
     assert!(
         out.status.success(),
         "docker {}: {}",
