@@ -146,26 +146,16 @@ pub(super) fn h1_response(
 /// refused connect moves to another endpoint; a connection that turns out closed before
 /// the request went out gets a fresh one; an idempotent request whose reused connection
 /// failed is sent once more (each within the route's retry budget). A route with retries
-/// off (`com.docker.lb.retries=off`) makes one attempt on one connection. Returns the
-/// endpoint that answered.
+/// off (`com.docker.lb.retries=off`) makes one attempt on one connection. `backend` is
+/// left at the endpoint that answered (or failed last). Both are borrowed from the
+/// caller's future, not moved into this one: a request's state is stored once.
 pub(super) async fn forward_h1(
     proxy: &Proxy,
     route: &Route,
-    mut backend: Backend,
-    req: H1Request,
-) -> Result<(Outcome, crate::upstream::ActiveGuard, Backend), (ProxyError, Backend)> {
+    backend: &mut Backend,
+    req: &mut H1Request,
+) -> Result<(Outcome, crate::upstream::ActiveGuard), ProxyError> {
     let settings = &proxy.settings;
-    let H1Request {
-        out:
-            h1::Outgoing {
-                head,
-                mut body,
-                framing,
-                head_request,
-                upgrade,
-            },
-        replayable,
-    } = req;
     // Retries off: as if the one retry was already taken.
     let mut retried = !route.backends.retries;
     let mut fresh = false;
@@ -193,38 +183,38 @@ pub(super) async fn forward_h1(
                             retried = true;
                             backend.metrics.upstream_error();
                             backend.upstream.record_failure(&route.backends.health);
-                            backend = next.clone();
+                            *backend = next.clone();
                             continue;
                         }
                     }
                 }
-                return Err((e, backend));
+                return Err(e);
             }
         };
         // A reused connection may have been closed by the upstream just as this request
         // went out (the keep-alive race): an idempotent request gets one replay.
-        let may_replay = pooled.reused && replayable && !retried;
+        let may_replay = pooled.reused && req.replayable && !retried;
         let out = h1::Outgoing {
-            head: head.clone(),
-            body: body.take(),
-            framing,
-            head_request,
-            upgrade,
+            head: req.out.head.clone(),
+            body: req.out.body.take(),
+            framing: req.out.framing,
+            head_request: req.out.head_request,
+            upgrade: req.out.upgrade,
         };
         let deadline = tokio::time::Instant::now() + settings.upstream_timeout;
         let sent = h1::exchange(pooled.conn, out, &backend.upstream, deadline).await;
         let e = match sent {
             Ok(outcome) => {
                 backend.upstream.record_success();
-                return Ok((outcome, active, backend));
+                return Ok((outcome, active));
             }
-            Err(ExchangeError::TimedOut) => return Err((ProxyError::Timeout, backend)),
-            Err(ExchangeError::ClientBody(e)) => return Err((e.into(), backend)),
+            Err(ExchangeError::TimedOut) => return Err(ProxyError::Timeout),
+            Err(ExchangeError::ClientBody(e)) => return Err(e.into()),
             Err(ExchangeError::Unsent(e, unsent))
                 if !retried && route.backends.budget.withdraw() =>
             {
                 tracing::debug!(upstream = backend.upstream.label(), error = %e, "pooled connection closed before the request was sent; retrying");
-                body = unsent;
+                req.out.body = unsent;
                 retried = true;
                 fresh = true;
                 continue;
@@ -232,7 +222,7 @@ pub(super) async fn forward_h1(
             Err(ExchangeError::Unsent(e, _) | ExchangeError::Failed(e)) => e,
         };
         if !may_replay || !route.backends.budget.withdraw() {
-            return Err((ProxyError::Upstream(e.into()), backend));
+            return Err(ProxyError::Upstream(e.into()));
         }
         tracing::debug!(upstream = backend.upstream.label(), error = %e, "reused connection failed; retrying idempotent request");
         retried = true;
@@ -244,15 +234,15 @@ pub(super) async fn forward_h1(
 /// pass through in both directions.
 pub(super) async fn forward_h2(
     proxy: &Proxy,
-    backend: Backend,
+    backend: &Backend,
     mut request: Request<UpstreamBody>,
     start: Instant,
-) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = &proxy.settings;
     let active = backend.upstream.track();
     let mut tx = match backend.upstream.h2_sender(settings.connect_timeout).await {
         Ok(tx) => tx,
-        Err(e) => return Err((e.into(), backend)),
+        Err(e) => return Err(e.into()),
     };
     // HTTP/2 carries the target as :scheme/:authority/:path.
     let authority = request
@@ -266,19 +256,19 @@ pub(super) async fn forward_h2(
     uri.path_and_query = request.uri().path_and_query().cloned();
     match Uri::from_parts(uri) {
         Ok(u) => *request.uri_mut() = u,
-        Err(_) => return Err((ProxyError::BadHost, backend)),
+        Err(_) => return Err(ProxyError::BadHost),
     }
     *request.version_mut() = Version::HTTP_2;
     let resp = match tokio::time::timeout(settings.upstream_timeout, tx.send_request(request)).await
     {
-        Err(_) => return Err((ProxyError::Timeout, backend)),
+        Err(_) => return Err(ProxyError::Timeout),
         Ok(Err(e)) => {
             return match ProxyError::from_send_error(e) {
                 // The client's stream failed: the shared connection is fine.
-                Ok(client) => Err((client, backend)),
+                Ok(client) => Err(client),
                 Err(e) => {
                     backend.upstream.drop_h2(); // the next request gets a fresh connection
-                    Err((ProxyError::Upstream(e.into()), backend))
+                    Err(ProxyError::Upstream(e.into()))
                 }
             };
         }

@@ -98,7 +98,7 @@ where
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        streams.push(Box::pin(serve_stream(shared.clone(), req, respond)));
+                        streams.push(Box::pin(serve_stream(&shared, req, respond)));
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                     // Closed (after GOAWAY, once every stream is done): what is left cannot
@@ -180,45 +180,44 @@ impl KeepAlive {
 
 /// Serves one stream: the request through the service, then its answer; the upstream
 /// request is dropped (cancelled) when the client resets the stream first.
-async fn serve_stream(
-    shared: Arc<Shared>,
+fn serve_stream(
+    shared: &Shared,
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
-) {
+) -> impl Future<Output = ()> + Send {
     let in_flight = InFlight::start(shared.activity.clone());
     let (parts, recv) = req.into_parts();
     let body = ClientBody::h2(recv, &parts.headers);
     let req = Request::from_parts(parts, body);
-    let resp = {
-        let mut handle = std::pin::pin!(super::service::handle(
-            shared.proxy.clone(),
-            shared.client.clone(),
-            shared.peer,
-            req,
-        ));
-        let answered = poll_fn(|cx| {
-            if let Poll::Ready(Ok(resp)) = handle.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
+    let (proxy, client, peer) = (shared.proxy.clone(), shared.client.clone(), shared.peer);
+    async move {
+        let resp = {
+            // Made here, pinned where it is made: held by value, it would be stored twice.
+            let mut handle = std::pin::pin!(super::service::handle(proxy, client, peer, req));
+            let answered = poll_fn(|cx| {
+                if let Poll::Ready(Ok(resp)) = handle.as_mut().poll(cx) {
+                    return Poll::Ready(Some(resp));
+                }
+                // Waiting for the answer: a reset stream needs none.
+                respond.poll_reset(cx).map(|_| None)
+            })
+            .await;
+            match answered {
+                Some(resp) => resp,
+                None => return,
             }
-            // Waiting for the answer: a reset stream needs none.
-            respond.poll_reset(cx).map(|_| None)
-        })
-        .await;
-        match answered {
-            Some(resp) => resp,
-            None => return,
+        };
+        let (mut head, body) = resp.into_parts();
+        finish_head(&mut head.headers, &body);
+        let end = body.is_end_stream();
+        let Ok(tx) = respond.send_response(Response::from_parts(head, ()), end) else {
+            return;
+        };
+        if !end {
+            send_body(body, tx).await;
         }
-    };
-    let (mut head, body) = resp.into_parts();
-    finish_head(&mut head.headers, &body);
-    let end = body.is_end_stream();
-    let Ok(tx) = respond.send_response(Response::from_parts(head, ()), end) else {
-        return;
-    };
-    if !end {
-        send_body(body, tx).await;
+        drop(in_flight);
     }
-    drop(in_flight);
 }
 
 /// What the head of an answer on HTTP/2 needs that its source may not have given it: our

@@ -5,6 +5,9 @@
 //! calls the forwarding core (`forward.rs`); upgrades become tunnels (`upgrade.rs`).
 
 use std::convert::Infallible;
+use std::future::Future;
+
+use futures_util::future::Either;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -21,33 +24,148 @@ use super::headers::{self, ClientInfo};
 use super::{answer, forward, upgrade, Proxy};
 use crate::balance::Backend;
 use crate::config::labels::BackendProtocol;
+use crate::config::settings::ProxySettings;
 use crate::routing::Route;
 use crate::upstream::h1::{self, Outcome};
 use crate::upstream::{ClientBody, UpstreamBody};
 
 /// Serves one client request. Never fails: errors are answered.
-pub(super) async fn handle(
+///
+/// Everything before the upstream exchange (the request's checks, its route, its endpoint,
+/// the upstream request's head) is done here, before the future is returned; an answer made
+/// here is a ready future. The forwarding future, kept per request in hyper's connection
+/// and per HTTP/2 stream, holds the request's state once: the calls below it borrow it.
+pub(super) fn handle(
     proxy: Arc<Proxy>,
     client: Arc<ClientInfo>,
     peer: SocketAddr,
     req: Request<ClientBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
     let start = Instant::now();
-    let method = proxy.access_log.then(|| req.method().clone());
-    let path = proxy.access_log.then(|| req.uri().path().to_string());
-    let (resp, service) =
-        std::pin::pin!(route_and_forward(&proxy, &client, peer.ip(), req, start)).await;
-    if let (Some(method), Some(path)) = (method, path) {
+    let logged = proxy.access_log.then(|| AccessLine {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        peer,
+    });
+    match route(&proxy, &client, peer.ip(), req) {
+        Routed::Answer(resp) => {
+            if let Some(line) = logged {
+                line.log(resp.status(), None, start);
+            }
+            Either::Left(std::future::ready(Ok(resp)))
+        }
+        Routed::Forward(forward) => Either::Right(forward.send(proxy, logged, start)),
+    }
+}
+
+/// What the access log says of a request, taken before the request is consumed.
+struct AccessLine {
+    method: Method,
+    path: String,
+    peer: SocketAddr,
+}
+
+impl AccessLine {
+    fn log(&self, status: http::StatusCode, service: Option<&str>, start: Instant) {
         forward::log_access(
-            peer,
-            method.as_str(),
-            &path,
-            resp.status(),
-            service.as_deref(),
+            self.peer,
+            self.method.as_str(),
+            &self.path,
+            status,
+            service,
             start,
         );
     }
-    Ok(resp)
+}
+
+/// A request after its checks and routing: answered here, or on its way to an endpoint.
+enum Routed {
+    Answer(Response<ProxyBody>),
+    Forward(Forward),
+}
+
+/// A request on its way to `backend`, one of its route's endpoints.
+struct Forward {
+    route: Arc<Route>,
+    backend: Backend,
+    outbound: Outbound,
+}
+
+/// The upstream request, as the endpoint's protocol needs it.
+enum Outbound {
+    /// An HTTP/1.1 endpoint: the head as it goes on the wire, the body; for an upgrade, the
+    /// client side of the tunnel to come.
+    H1 {
+        req: forward::H1Request,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    },
+    /// An h2c endpoint (`None` once sent).
+    H2(Option<Request<UpstreamBody>>),
+}
+
+impl Forward {
+    /// Forwards the request (retries within the route's budget) and makes the client's
+    /// answer: the endpoint's, a tunnel's 101, or the failure's.
+    // Not an `async fn`: its arguments would be stored twice in its future (once as
+    // captured, once as the body's copy), and `self` is most of the request's state.
+    #[allow(clippy::manual_async_fn)]
+    fn send(
+        mut self,
+        proxy: Arc<Proxy>,
+        logged: Option<AccessLine>,
+        start: Instant,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+        async move {
+            let sent = match &mut self.outbound {
+                // Boxed: h2c endpoints are the rarer case, and hyper's client future would
+                // make every request's future larger.
+                Outbound::H2(request) => match request.take() {
+                    Some(request) => {
+                        Box::pin(forward::forward_h2(&proxy, &self.backend, request, start)).await
+                    }
+                    None => Err(ProxyError::NoEndpoint),
+                },
+                Outbound::H1 {
+                    req,
+                    client_upgrade,
+                } => {
+                    let forwarded = std::pin::pin!(forward::forward_h1(
+                        &proxy,
+                        &self.route,
+                        &mut self.backend,
+                        req
+                    ))
+                    .await;
+                    forwarded.map(|(outcome, active)| match outcome {
+                        Outcome::Response(head, body) => forward::h1_response(
+                            &self.backend,
+                            head.into_parts(),
+                            body,
+                            active,
+                            start,
+                        ),
+                        Outcome::Upgraded(parts, io, leftover) => {
+                            self.backend
+                                .metrics
+                                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
+                            match client_upgrade.take() {
+                                Some(on) => {
+                                    upgrade::tunnel(&proxy, on, parts, io, leftover, &self.backend)
+                                }
+                                None => answer::error(&ProxyError::UpgradeRefused),
+                            }
+                        }
+                    })
+                }
+            };
+            let resp =
+                sent.unwrap_or_else(|e| forward::failed(&self.route, &self.backend, &e, start));
+            if let Some(line) = logged {
+                line.log(resp.status(), Some(&self.backend.service), start);
+            }
+            Ok(resp)
+        }
+    }
 }
 
 /// Where a request names its host.
@@ -112,13 +230,8 @@ impl NamedHost<'_> {
     }
 }
 
-async fn route_and_forward(
-    proxy: &Proxy,
-    client: &ClientInfo,
-    peer_ip: IpAddr,
-    req: Request<ClientBody>,
-    start: Instant,
-) -> (Response<ProxyBody>, Option<Arc<str>>) {
+/// The request's checks and routing, then its upstream request.
+fn route(proxy: &Proxy, client: &ClientInfo, peer_ip: IpAddr, req: Request<ClientBody>) -> Routed {
     // A reverse proxy is no tunnel to arbitrary hosts: CONNECT is answered here, never
     // forwarded (forwarded, a 2xx from a backend would turn the connection into a tunnel).
     // TRACE would echo the request, cookies and credentials included, back to a script
@@ -137,26 +250,41 @@ async fn route_and_forward(
             .map(ProxyError::BodyTooLarge)
     };
     if let Some(e) = refused {
-        return (answer::error(&e), None);
+        return Routed::Answer(answer::error(&e));
     }
-    let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-    let host = request_host(req.version(), req.uri(), req.headers());
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade_request(&parts.headers);
+    // The client side of a tunnel to come (what `hyper::upgrade::on` takes).
+    let client_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let host = request_host(parts.version, &parts.uri, &parts.headers);
     let route = match forward::resolve(proxy, host.as_ref().and_then(NamedHost::as_str), pq) {
         Ok(route) => route,
-        Err(answer) => return (*answer, None),
+        Err(answer) => return Routed::Answer(*answer),
     };
-    let cookies = req.headers().get_all(header::COOKIE);
+    let cookies = parts.headers.get_all(header::COOKIE);
     let Some(backend) = forward::pick(&route, cookies.iter().map(HeaderValue::as_bytes), peer_ip)
     else {
-        return (answer::error(&ProxyError::NoEndpoint), None);
+        return Routed::Answer(answer::error(&ProxyError::NoEndpoint));
     };
-    let service = backend.service.clone();
-    let forwarded = std::pin::pin!(send_upstream(proxy, client, &route, backend, req, start)).await;
-    let resp = match forwarded {
-        Ok(resp) => resp,
-        Err((e, backend)) => forward::failed(&route, &backend, &e, start),
+    let settings = &proxy.settings;
+    let outbound = if route.backends.protocol == BackendProtocol::H2c && !upgrade {
+        upstream_parts(&mut parts, &route, client);
+        let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
+        Outbound::H2(Some(Request::from_parts(parts, body)))
+    } else {
+        Outbound::H1 {
+            req: h1_request(settings, client, &route, &parts, body, host, upgrade),
+            client_upgrade,
+        }
     };
-    (resp, Some(service))
+    Routed::Forward(Forward {
+        route,
+        backend,
+        outbound,
+    })
 }
 
 /// The host sent upstream: the one the request was routed by (see `request_host`).
@@ -192,56 +320,42 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
     parts.version = Version::HTTP_11;
 }
 
-async fn send_upstream(
-    proxy: &Proxy,
+/// The request for an HTTP/1.1 endpoint of `route`: its head written once, straight from
+/// the client's fields (a replay sends the same bytes), with `host`, the one it was routed
+/// by (an HTTP/2 `:authority` is written as it is, with no field value made of it).
+fn h1_request(
+    settings: &ProxySettings,
     client: &ClientInfo,
     route: &Route,
-    backend: Backend,
-    mut req: Request<ClientBody>,
-    start: Instant,
-) -> Result<Response<ProxyBody>, (ProxyError, Backend)> {
-    let settings = &proxy.settings;
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    parts: &Parts,
+    body: ClientBody,
+    host: Option<NamedHost<'_>>,
+    upgrade: bool,
+) -> forward::H1Request {
     let end_stream = body.is_end_stream();
-    if route.backends.protocol == BackendProtocol::H2c && !upgrade {
-        upstream_parts(&mut parts, route, client);
-        let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
-        let request = Request::from_parts(parts, body);
-        return std::pin::pin!(forward::forward_h2(proxy, backend, request, start)).await;
-    }
     let framing = h1::RequestFraming::of(end_stream, body.size_hint().exact());
-    // The head is written once, straight from the client's fields: a replay sends the
-    // same bytes.
-    let head = {
-        let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let target = route.upstream_path(pq);
-        // The routed host as bytes: an HTTP/2 `:authority` is written as it is, with no
-        // field value made of it.
-        let host = request_host(parts.version, &parts.uri, &parts.headers);
-        let fields_len = parts
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        headers::upstream_head(
-            parts.method.as_str(),
-            &target,
-            || {
-                parts
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            },
-            fields_len,
-            host.as_ref().map(NamedHost::as_bytes),
-            client,
-            upgrade,
-            framing,
-        )
-    };
-    let out = forward::H1Request {
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let fields_len = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let head = headers::upstream_head(
+        parts.method.as_str(),
+        &route.upstream_path(pq),
+        || {
+            parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        },
+        fields_len,
+        host.as_ref().map(NamedHost::as_bytes),
+        client,
+        upgrade,
+        framing,
+    );
+    forward::H1Request {
         out: h1::Outgoing {
             head,
             body: (!end_stream).then(|| {
@@ -252,21 +366,5 @@ async fn send_upstream(
             upgrade,
         },
         replayable: forward::is_idempotent(parts.method.as_str()) && end_stream && !upgrade,
-    };
-    let (outcome, active, backend) =
-        std::pin::pin!(forward::forward_h1(proxy, route, backend, out)).await?;
-    Ok(match outcome {
-        Outcome::Response(head, body) => {
-            forward::h1_response(&backend, head.into_parts(), body, active, start)
-        }
-        Outcome::Upgraded(parts, io, leftover) => {
-            backend
-                .metrics
-                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
-            match client_upgrade {
-                Some(on) => upgrade::tunnel(proxy, on, parts, io, leftover, &backend),
-                None => answer::error(&ProxyError::UpgradeRefused),
-            }
-        }
-    })
+    }
 }

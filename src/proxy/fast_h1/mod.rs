@@ -171,7 +171,7 @@ where
             buf.advance(whole.min(buf.len()));
             made(resp)
         }
-        Plan::Forward(route, backend, mut req) => {
+        Plan::Forward(route, mut backend, mut req) => {
             buf.advance(head.len);
             if head.body_len > 0 {
                 let body = buf.split_to(head.body_len as usize).freeze();
@@ -182,19 +182,17 @@ where
             }
             let forwarded = {
                 let _waiting = activity.awaiting_upstream();
-                std::pin::pin!(forward::forward_h1(proxy, &route, backend, req)).await
+                std::pin::pin!(forward::forward_h1(proxy, &route, &mut backend, &mut req)).await
             };
             match forwarded {
-                Ok((Outcome::Response(head, body), active, backend)) => {
+                Ok((Outcome::Response(head, body), active)) => {
                     let elapsed = start.elapsed().as_secs_f64();
                     backend.metrics.record(head.status.as_u16(), elapsed);
                     (Reply::Relayed(head), ProxyBody::H1(body, active))
                 }
                 // Not asked for: the client refuses an unasked 101.
-                Ok((Outcome::Upgraded(..), _, _)) => {
-                    made(answer::error(&ProxyError::UpgradeRefused))
-                }
-                Err((e, backend)) => made(forward::failed(&route, &backend, &e, start)),
+                Ok((Outcome::Upgraded(..), _)) => made(answer::error(&ProxyError::UpgradeRefused)),
+                Err(e) => made(forward::failed(&route, &backend, &e, start)),
             }
         }
     };
