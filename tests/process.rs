@@ -641,8 +641,27 @@ async fn admin_endpoints_report_health_routes_and_metrics() {
     assert_eq!(p.admin_get("/nope").await.0, 404);
 }
 
+/// An HTTP/2 request with prior knowledge (curl, cleartext): the status.
+fn curl_h2c(proxy: SocketAddr, host: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--http2-prior-knowledge", "--max-time", "5", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{proxy}{path}"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `--access-log --log-format json` writes one JSON line per request on stderr, with the
-/// status and the path.
+/// status and the path: for requests of the HTTP/1.1 fast path and for HTTP/2 requests
+/// (served through the service), forwarded or answered by the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_in_json_names_status_and_path() {
     let web = TestBackend::named("web").await;
@@ -651,6 +670,16 @@ async fn access_log_in_json_names_status_and_path() {
 
     assert_eq!(p.get("web.test", "/logged/path?q=1").await.0, 200);
     assert_eq!(p.get("missing.test", "/nowhere").await.0, 503);
+    let proxy = p.proxy;
+    let h2 = tokio::task::spawn_blocking(move || {
+        (
+            curl_h2c(proxy, "web.test", "/h2/logged?q=1"),
+            curl_h2c(proxy, "missing.test", "/h2/nowhere"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(h2, ("200 2".to_string(), "503 2".to_string()));
 
     let find = |path: &str| {
         p.log().iter().find_map(|l| {
@@ -658,17 +687,23 @@ async fn access_log_in_json_names_status_and_path() {
             (v["path"] == path).then_some(v)
         })
     };
-    let mut found = None;
+    let paths = ["/logged/path", "/nowhere", "/h2/logged", "/h2/nowhere"];
+    let mut found = Vec::new();
     let _ = eventually(Duration::from_secs(3), || {
-        found = find("/logged/path").zip(find("/nowhere"));
-        std::future::ready(found.is_some())
+        found = paths.iter().filter_map(|path| find(path)).collect();
+        std::future::ready(found.len() == paths.len())
     })
     .await;
-    let (ok, miss) = found.unwrap_or_else(|| panic!("no JSON access lines: {:?}", p.log()));
-    assert_eq!(ok["status"], 200, "{ok}");
-    assert_eq!(ok["method"], "GET", "{ok}");
-    assert_eq!(ok["service"], "web", "{ok}");
-    assert_eq!(miss["status"], 503, "{miss}");
+    let [ok, miss, h2_ok, h2_miss] = <[_; 4]>::try_from(found)
+        .unwrap_or_else(|_| panic!("missing JSON access lines: {:?}", p.log()));
+    for ok in [&ok, &h2_ok] {
+        assert_eq!(ok["status"], 200, "{ok}");
+        assert_eq!(ok["method"], "GET", "{ok}");
+        assert_eq!(ok["service"], "web", "{ok}");
+    }
+    for miss in [&miss, &h2_miss] {
+        assert_eq!(miss["status"], 503, "{miss}");
+    }
     // Every line on stderr is JSON, the start-up messages included.
     for line in p.log() {
         assert!(

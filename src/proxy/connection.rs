@@ -73,19 +73,14 @@ pub(super) async fn serve<S>(
             // In flight from the request head until the response body is dropped (sent,
             // or abandoned with the connection).
             let in_flight = InFlight::start(activity.clone());
-            let (proxy, client) = (proxy.clone(), client.clone());
+            // Routed now, answered in the future below (see `service::start`).
+            let mut handled =
+                super::service::start(&proxy, &client, peer, req.map(ClientBody::Hyper));
+            let proxy = proxy.clone();
             // Boxed: hyper moves this future several times per request (out of the call,
-            // into its connection's state), and the forwarding state it holds is
-            // kilobytes; a box moves as a pointer.
+            // into its connection's state); a box moves as a pointer.
             Box::pin(async move {
-                // Pinned in place: awaiting a future held by value would store it twice.
-                let resp = std::pin::pin!(super::service::handle(
-                    proxy,
-                    client,
-                    peer,
-                    req.map(ClientBody::Hyper),
-                ))
-                .await?;
+                let resp = handled.finish(&proxy).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,

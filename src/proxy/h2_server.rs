@@ -2,7 +2,7 @@
 //! `h2`, or a cleartext client's preface) and its streams run in the connection's own task,
 //! each stream a future in one set, not a task of its own: a request costs no spawn, no
 //! cross-task wake-up, and no lock beyond the `h2` crate's own. Each request goes through
-//! the same service as hyper's path (`service::handle`); the answer's head and body
+//! the same service as hyper's path (`service::start`, then `Handled::finish`); the answer's head and body
 //! are written to the stream here, within the client's flow-control window.
 //!
 //! Keep-alive: when no byte came from the client for [`KEEP_ALIVE`], a PING is sent; when
@@ -188,14 +188,20 @@ fn serve_stream(
     let in_flight = InFlight::start(shared.activity.clone());
     let (parts, recv) = req.into_parts();
     let body = ClientBody::h2(recv, &parts.headers);
-    let req = Request::from_parts(parts, body);
-    let (proxy, client, peer) = (shared.proxy.clone(), shared.client.clone(), shared.peer);
+    let mut handled = super::service::start(
+        &shared.proxy,
+        &shared.client,
+        shared.peer,
+        Request::from_parts(parts, body),
+    );
+    let proxy = shared.proxy.clone();
     async move {
         let resp = {
-            // Made here, pinned where it is made: held by value, it would be stored twice.
-            let mut handle = std::pin::pin!(super::service::handle(proxy, client, peer, req));
+            // Made here, pinned where it is made: it borrows the request's state, which
+            // this future holds once.
+            let mut finish = std::pin::pin!(handled.finish(&proxy));
             let answered = poll_fn(|cx| {
-                if let Poll::Ready(Ok(resp)) = handle.as_mut().poll(cx) {
+                if let Poll::Ready(resp) = finish.as_mut().poll(cx) {
                     return Poll::Ready(Some(resp));
                 }
                 // Waiting for the answer: a reset stream needs none.

@@ -4,10 +4,6 @@
 //! transfer codings, refused methods, the body limit), builds the upstream request, and
 //! calls the forwarding core (`forward.rs`); upgrades become tunnels (`upgrade.rs`).
 
-use std::convert::Infallible;
-use std::future::Future;
-
-use futures_util::future::Either;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -29,32 +25,109 @@ use crate::routing::Route;
 use crate::upstream::h1::{self, Outcome};
 use crate::upstream::{ClientBody, UpstreamBody};
 
-/// Serves one client request. Never fails: errors are answered.
-///
-/// Everything before the upstream exchange (the request's checks, its route, its endpoint,
-/// the upstream request's head) is done here, before the future is returned; an answer made
-/// here is a ready future. The forwarding future, kept per request in hyper's connection
-/// and per HTTP/2 stream, holds the request's state once: the calls below it borrow it.
-pub(super) fn handle(
-    proxy: Arc<Proxy>,
-    client: Arc<ClientInfo>,
+/// A request after its checks and routing (made by [`start`]); [`Handled::finish`] makes
+/// its answer.
+pub(super) struct Handled {
+    routed: Routed,
+    /// Boxed: the access log is off by default, and this sits in every request's future.
+    logged: Option<Box<AccessLine>>,
+    start: Instant,
+}
+
+/// Serves one client request, in two steps. This one does everything up to the upstream
+/// exchange at once: the request's checks, its route, its endpoint, the upstream request's
+/// head. [`Handled::finish`] then answers (never fails: errors are answered). The caller's
+/// future, kept per hyper request or HTTP/2 stream, holds the [`Handled`] and borrows it
+/// into `finish`, so the request's state is stored once (an `async fn` taking the request
+/// would store it as its argument and again as its body's copy, at each level).
+pub(super) fn start(
+    proxy: &Proxy,
+    client: &ClientInfo,
     peer: SocketAddr,
     req: Request<ClientBody>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+) -> Handled {
     let start = Instant::now();
-    let logged = proxy.access_log.then(|| AccessLine {
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
-        peer,
+    let logged = proxy.access_log.then(|| {
+        Box::new(AccessLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            peer,
+        })
     });
-    match route(&proxy, &client, peer.ip(), req) {
-        Routed::Answer(resp) => {
-            if let Some(line) = logged {
-                line.log(resp.status(), None, start);
+    let routed = route(proxy, client, peer.ip(), req);
+    if let (Routed::Answer(Some(resp)), Some(line)) = (&routed, &logged) {
+        line.log(resp.status(), None, start);
+    }
+    Handled {
+        routed,
+        logged,
+        start,
+    }
+}
+
+impl Handled {
+    /// The client's answer: the one made by [`start`], or the endpoint's, a tunnel's 101, or
+    /// the failure's (retries within the route's budget). Borrows the request's state
+    /// instead of taking it, so the caller's future holds it once. Call once.
+    pub(super) async fn finish(&mut self, proxy: &Proxy) -> Response<ProxyBody> {
+        let start = self.start;
+        let forward = match &mut self.routed {
+            Routed::Answer(resp) => {
+                return resp
+                    .take()
+                    .unwrap_or_else(|| answer::error(&ProxyError::NoEndpoint));
             }
-            Either::Left(std::future::ready(Ok(resp)))
+            Routed::Forward(forward) => forward,
+        };
+        let sent = match &mut forward.outbound {
+            // Boxed: h2c endpoints are the rarer case, and hyper's client future would make
+            // every request's future larger.
+            Outbound::H2(request) => match request.take() {
+                Some(request) => {
+                    Box::pin(forward::forward_h2(
+                        proxy,
+                        &forward.backend,
+                        *request,
+                        start,
+                    ))
+                    .await
+                }
+                None => Err(ProxyError::NoEndpoint),
+            },
+            Outbound::H1 {
+                req,
+                client_upgrade,
+            } => {
+                let forwarded = std::pin::pin!(forward::forward_h1(
+                    proxy,
+                    &forward.route,
+                    &mut forward.backend,
+                    req
+                ))
+                .await;
+                let backend = &forward.backend;
+                forwarded.map(|(outcome, active)| match outcome {
+                    Outcome::Response(head, body) => {
+                        forward::h1_response(backend, head.into_parts(), body, active, start)
+                    }
+                    Outcome::Upgraded(parts, io, leftover) => {
+                        backend
+                            .metrics
+                            .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
+                        match client_upgrade.take() {
+                            Some(on) => upgrade::tunnel(proxy, on, parts, io, leftover, backend),
+                            None => answer::error(&ProxyError::UpgradeRefused),
+                        }
+                    }
+                })
+            }
+        };
+        let resp =
+            sent.unwrap_or_else(|e| forward::failed(&forward.route, &forward.backend, &e, start));
+        if let Some(line) = &self.logged {
+            line.log(resp.status(), Some(&forward.backend.service), start);
         }
-        Routed::Forward(forward) => Either::Right(forward.send(proxy, logged, start)),
+        resp
     }
 }
 
@@ -78,9 +151,10 @@ impl AccessLine {
     }
 }
 
-/// A request after its checks and routing: answered here, or on its way to an endpoint.
+/// A request after its checks and routing: answered here (`None` once taken), or on its
+/// way to an endpoint.
 enum Routed {
-    Answer(Response<ProxyBody>),
+    Answer(Option<Response<ProxyBody>>),
     Forward(Forward),
 }
 
@@ -99,73 +173,9 @@ enum Outbound {
         req: forward::H1Request,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     },
-    /// An h2c endpoint (`None` once sent).
-    H2(Option<Request<UpstreamBody>>),
-}
-
-impl Forward {
-    /// Forwards the request (retries within the route's budget) and makes the client's
-    /// answer: the endpoint's, a tunnel's 101, or the failure's.
-    // Not an `async fn`: its arguments would be stored twice in its future (once as
-    // captured, once as the body's copy), and `self` is most of the request's state.
-    #[allow(clippy::manual_async_fn)]
-    fn send(
-        mut self,
-        proxy: Arc<Proxy>,
-        logged: Option<AccessLine>,
-        start: Instant,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
-        async move {
-            let sent = match &mut self.outbound {
-                // Boxed: h2c endpoints are the rarer case, and hyper's client future would
-                // make every request's future larger.
-                Outbound::H2(request) => match request.take() {
-                    Some(request) => {
-                        Box::pin(forward::forward_h2(&proxy, &self.backend, request, start)).await
-                    }
-                    None => Err(ProxyError::NoEndpoint),
-                },
-                Outbound::H1 {
-                    req,
-                    client_upgrade,
-                } => {
-                    let forwarded = std::pin::pin!(forward::forward_h1(
-                        &proxy,
-                        &self.route,
-                        &mut self.backend,
-                        req
-                    ))
-                    .await;
-                    forwarded.map(|(outcome, active)| match outcome {
-                        Outcome::Response(head, body) => forward::h1_response(
-                            &self.backend,
-                            head.into_parts(),
-                            body,
-                            active,
-                            start,
-                        ),
-                        Outcome::Upgraded(parts, io, leftover) => {
-                            self.backend
-                                .metrics
-                                .record(parts.status.as_u16(), start.elapsed().as_secs_f64());
-                            match client_upgrade.take() {
-                                Some(on) => {
-                                    upgrade::tunnel(&proxy, on, parts, io, leftover, &self.backend)
-                                }
-                                None => answer::error(&ProxyError::UpgradeRefused),
-                            }
-                        }
-                    })
-                }
-            };
-            let resp =
-                sent.unwrap_or_else(|e| forward::failed(&self.route, &self.backend, &e, start));
-            if let Some(line) = logged {
-                line.log(resp.status(), Some(&self.backend.service), start);
-            }
-            Ok(resp)
-        }
-    }
+    /// An h2c endpoint (`None` once sent). Boxed: the rarer case, and every request's
+    /// future holds this enum.
+    H2(Option<Box<Request<UpstreamBody>>>),
 }
 
 /// Where a request names its host.
@@ -250,7 +260,7 @@ fn route(proxy: &Proxy, client: &ClientInfo, peer_ip: IpAddr, req: Request<Clien
             .map(ProxyError::BodyTooLarge)
     };
     if let Some(e) = refused {
-        return Routed::Answer(answer::error(&e));
+        return Routed::Answer(Some(answer::error(&e)));
     }
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade_request(&parts.headers);
@@ -262,18 +272,18 @@ fn route(proxy: &Proxy, client: &ClientInfo, peer_ip: IpAddr, req: Request<Clien
     let host = request_host(parts.version, &parts.uri, &parts.headers);
     let route = match forward::resolve(proxy, host.as_ref().and_then(NamedHost::as_str), pq) {
         Ok(route) => route,
-        Err(answer) => return Routed::Answer(*answer),
+        Err(answer) => return Routed::Answer(Some(*answer)),
     };
     let cookies = parts.headers.get_all(header::COOKIE);
     let Some(backend) = forward::pick(&route, cookies.iter().map(HeaderValue::as_bytes), peer_ip)
     else {
-        return Routed::Answer(answer::error(&ProxyError::NoEndpoint));
+        return Routed::Answer(Some(answer::error(&ProxyError::NoEndpoint)));
     };
     let settings = &proxy.settings;
     let outbound = if route.backends.protocol == BackendProtocol::H2c && !upgrade {
         upstream_parts(&mut parts, &route, client);
         let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
-        Outbound::H2(Some(Request::from_parts(parts, body)))
+        Outbound::H2(Some(Box::new(Request::from_parts(parts, body))))
     } else {
         Outbound::H1 {
             req: h1_request(settings, client, &route, &parts, body, host, upgrade),
