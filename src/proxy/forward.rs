@@ -194,15 +194,8 @@ pub(super) async fn forward_h1(
         // A reused connection may have been closed by the upstream just as this request
         // went out (the keep-alive race): an idempotent request gets one replay.
         let may_replay = pooled.reused && req.replayable && !retried;
-        let out = h1::Outgoing {
-            head: req.out.head.clone(),
-            body: req.out.body.take(),
-            framing: req.out.framing,
-            head_request: req.out.head_request,
-            upgrade: req.out.upgrade,
-        };
         let deadline = tokio::time::Instant::now() + settings.upstream_timeout;
-        let sent = h1::exchange(pooled.conn, out, &backend.upstream, deadline).await;
+        let sent = h1::exchange(pooled.conn, &mut req.out, &backend.upstream, deadline).await;
         let e = match sent {
             Ok(outcome) => {
                 backend.upstream.record_success();

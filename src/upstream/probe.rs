@@ -45,7 +45,7 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
     let mut head = h1::HeadWriter::new(parts.method.as_str(), target, 64);
     head.field(b"host", parts.headers[header::HOST].as_bytes());
     head.field(b"user-agent", b"interlock-health-check");
-    let out = h1::Outgoing {
+    let mut out = h1::Outgoing {
         head: head.finish(h1::RequestFraming::Empty, false),
         body: None,
         framing: h1::RequestFraming::Empty,
@@ -56,7 +56,7 @@ pub async fn probe(upstream: &Arc<Upstream>, host: &str, path: &str, timeout: Du
     let Ok(pooled) = upstream.connect(left).await else {
         return false;
     };
-    match h1::exchange(pooled.conn, out, upstream, deadline).await {
+    match h1::exchange(pooled.conn, &mut out, upstream, deadline).await {
         Ok(h1::Outcome::Response(head, _)) => {
             head.status.is_success() || head.status.is_redirection()
         }

@@ -222,15 +222,24 @@ impl H1Conn {
 
 /// Sends one request on `conn` and reads the answer's head, unless `deadline` passes
 /// first. The body, if any, is sent while the answer is watched for, and goes on being
-/// sent while the answer's body is read if the answer came first.
+/// sent while the answer's body is read if the answer came first. `out` is borrowed (its
+/// head cloned, its body taken), not moved: an `async fn` stores what it takes twice, and
+/// this future sits in every request's state.
 pub async fn exchange(
     mut conn: Box<H1Conn>,
-    out: Outgoing,
+    out: &mut Outgoing,
     upstream: &Arc<Upstream>,
     deadline: Instant,
 ) -> Result<Outcome, ExchangeError> {
-    let body = out.body.filter(|_| out.framing != RequestFraming::Empty);
-    let mut sender = Sender::new(out.head, body, out.framing == RequestFraming::Chunked);
+    let body = out
+        .body
+        .take()
+        .filter(|_| out.framing != RequestFraming::Empty);
+    let mut sender = Sender::new(
+        out.head.clone(),
+        body,
+        out.framing == RequestFraming::Chunked,
+    );
     let mut sent = false;
     let mut write_error: Option<io::Error> = None;
     let mut step = |conn: &mut H1Conn, cx: &mut Context<'_>| {
