@@ -2,8 +2,9 @@
 //! `h2`, or a cleartext client's preface) and its streams run in the connection's own task,
 //! each stream a future in one set, not a task of its own: a request costs no spawn, no
 //! cross-task wake-up, and no lock beyond the `h2` crate's own. Each request goes through
-//! the same service as hyper's path (`service::start`, then `Handled::finish`); the answer's head and body
-//! are written to the stream here, within the client's flow-control window.
+//! the same service as hyper's path (`service::start`, then `Handled::finish`); the
+//! answer's head and body are written to the stream here, within the client's flow-control
+//! window.
 //!
 //! Keep-alive: when no byte came from the client for [`KEEP_ALIVE`], a PING is sent; when
 //! none came for another [`KEEP_ALIVE`] after it, the connection is closed (a client that
@@ -75,12 +76,12 @@ where
     activity.h2.store(true, Ordering::Relaxed);
     let handshake = proxy.h2.handshake::<_, Bytes>(io);
     let mut conn = handshake.await?;
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         proxy,
         client,
         peer,
         activity,
-    });
+    };
     // Each stream's future boxed where it is made: the set would otherwise move the whole
     // future (kilobytes) through several calls into its node (callgrind: +600
     // instructions per request unboxed).
