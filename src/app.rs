@@ -303,6 +303,7 @@ async fn listen(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the proxy listener {addr}"))?;
+        defer_until_data(&listener, addr);
         let listener = crate::accept::LazyListener::new(listener)
             .with_context(|| format!("polling the proxy listener {addr}"))?;
         tracing::info!(%addr, "proxy listening (HTTP/1.1 and h2c)");
@@ -323,6 +324,7 @@ async fn listen(
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the TLS listener {addr}"))?;
+            defer_until_data(&listener, addr);
             tracing::info!(%addr, "TLS listening (termination by SNI, passthrough, ALPN h2 and http/1.1)");
             tokio::spawn(
                 https
@@ -336,6 +338,14 @@ async fn listen(
 }
 
 /// Lets in-flight requests and tunnels finish, at most the drain timeout.
+/// Connections of a proxy listener are handed over with their first bytes
+/// ([`crate::accept::defer_until_data`]); where the kernel refuses, they come as they are.
+fn defer_until_data(listener: &TcpListener, addr: &SocketAddr) {
+    if let Err(e) = crate::accept::defer_until_data(listener) {
+        tracing::debug!(%addr, error = %e, "TCP_DEFER_ACCEPT not set");
+    }
+}
+
 async fn drain(proxies: &[Arc<Proxy>]) {
     let mut left = 0;
     for p in proxies {

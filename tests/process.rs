@@ -386,7 +386,8 @@ async fn answer_head(s: &mut TcpStream) -> String {
 
 /// SIGTERM reaches a proxy whose listener holds connections it has not accepted yet (the
 /// process was stopped while clients connected and sent their requests), and one more that
-/// was accepted but has not sent its request: every one of them is answered and then
+/// was accepted but has not sent all of its request (the listener hands a connection over
+/// with its first bytes): every one of them is answered and then
 /// closed cleanly, none reset by the listener's close (the one accepted before the signal
 /// is told `Connection: close`); a connection idle between requests closes; a connection
 /// made after that is refused; the process exits 0.
@@ -403,8 +404,10 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
     let mut idle = TcpStream::connect(p.proxy).await.unwrap();
     idle.write_all(request).await.unwrap();
     assert!(answer_head(&mut idle).await.starts_with("HTTP/1.1 200"));
-    // Accepted, no request yet.
+    // Accepted (with its first bytes), the rest of its request not sent yet.
+    let (first, rest) = request.split_at(16);
     let mut fresh = TcpStream::connect(p.proxy).await.unwrap();
+    fresh.write_all(first).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let pid = p.pid().to_string();
@@ -423,7 +426,7 @@ async fn sigterm_answers_the_connections_already_made_then_refuses_new_ones() {
     signal("-TERM");
     signal("-CONT");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    fresh.write_all(request).await.unwrap();
+    fresh.write_all(rest).await.unwrap();
 
     let mut answers = Vec::new();
     for s in queued.iter_mut() {

@@ -5,6 +5,8 @@
 //! failing `accept` (out of file descriptors and the like) is retried with backoff, so
 //! the listener neither spins nor dies. The proxy's plain listener accepts
 //! connections that join the runtime's poller only when they first wait (`lazy.rs`).
+//! The proxy's listeners hand over a connection only once its first bytes are in
+//! ([`defer_until_data`]).
 
 use std::future::Future;
 use std::io;
@@ -55,6 +57,20 @@ impl Listener for LazyListener {
     fn set_listener_nodelay(&self) -> io::Result<()> {
         LazyListener::set_listener_nodelay(self)
     }
+}
+
+/// Asks the kernel to hand over `listener`'s connections only once the client's first bytes
+/// arrived (Linux's `TCP_DEFER_ACCEPT`, nginx's `listen ... deferred`), for listeners whose
+/// clients speak first (HTTP, h2c's preface, TLS's ClientHello, a PROXY header): the
+/// first read of an accepted connection then finds its request instead of failing, and
+/// the connection never waits in the poller for it (a registration, a readiness event and
+/// a wake-up less). A client that connects and stays silent is handed over all the same
+/// once a retransmitted handshake reply of the kernel's (about a second) is acknowledged,
+/// and a client that closes first is handed over with its FIN; until then it costs the
+/// proxy no descriptor. Not Linux: nothing to do.
+pub fn defer_until_data(listener: &impl std::os::fd::AsFd) -> io::Result<()> {
+    // The kernel counts in handshake retransmissions: one, after about a second.
+    interlock_sockopt::set_tcp_defer_accept(listener.as_fd(), 1)
 }
 
 /// The connections of one listener, each with `TCP_NODELAY`.

@@ -36,6 +36,10 @@ pub enum ProxyError {
     UnknownCoding(String),
     #[error("the request body is chunked more than once")]
     ChunkedTwice,
+    /// A defect of the proxy's own (a broken internal contract), answered instead of a
+    /// panic that would take the connection's other requests down with it.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -52,6 +56,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Refused(_)
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)

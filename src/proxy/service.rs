@@ -72,11 +72,7 @@ impl Handled {
     pub(super) async fn finish(&mut self, proxy: &Proxy) -> Response<ProxyBody> {
         let start = self.start;
         let forward = match &mut self.routed {
-            Routed::Answer(resp) => {
-                return resp
-                    .take()
-                    .unwrap_or_else(|| answer::error(&ProxyError::NoEndpoint));
-            }
+            Routed::Answer(resp) => return resp.take().unwrap_or_else(answered_twice),
             Routed::Forward(forward) => forward,
         };
         let sent = match &mut forward.outbound {
@@ -92,7 +88,7 @@ impl Handled {
                     ))
                     .await
                 }
-                None => Err(ProxyError::NoEndpoint),
+                None => return answered_twice(),
             },
             Outbound::H1 {
                 req,
@@ -129,6 +125,13 @@ impl Handled {
         }
         resp
     }
+}
+
+/// The answer of a second [`Handled::finish`] of one request, which its callers never make:
+/// a 500 (and a failed assertion in debug builds), not an answer that blames an endpoint.
+fn answered_twice() -> Response<ProxyBody> {
+    debug_assert!(false, "Handled::finish called twice");
+    answer::error(&ProxyError::Internal("the request was answered twice"))
 }
 
 /// What the access log says of a request, taken before the request is consumed.
@@ -281,7 +284,8 @@ fn route(proxy: &Proxy, client: &ClientInfo, peer_ip: IpAddr, req: Request<Clien
     };
     let settings = &proxy.settings;
     let outbound = if route.backends.protocol == BackendProtocol::H2c && !upgrade {
-        upstream_parts(&mut parts, &route, client);
+        let host = host.as_ref().and_then(NamedHost::to_value);
+        upstream_parts(&mut parts, &route, client, host);
         let body = UpstreamBody::client(body, settings.max_body_bytes, settings.body_read_timeout);
         Outbound::H2(Some(Box::new(Request::from_parts(parts, body))))
     } else {
@@ -297,14 +301,15 @@ fn route(proxy: &Proxy, client: &ClientInfo, peer_ip: IpAddr, req: Request<Clien
     })
 }
 
-/// The host sent upstream: the one the request was routed by (see `request_host`).
-fn upstream_host(parts: &Parts) -> Option<HeaderValue> {
-    request_host(parts.version, &parts.uri, &parts.headers).and_then(|h| h.to_value())
-}
-
 /// Builds the upstream request in place (h2c endpoints): origin-form target (context root
-/// rewritten), the fields of [`headers::upstream_fields`].
-fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
+/// rewritten), the fields of [`headers::upstream_fields`] with `host`, the one the request
+/// was routed by (see `request_host`).
+fn upstream_parts(
+    parts: &mut Parts,
+    route: &Route,
+    client: &ClientInfo,
+    host: Option<HeaderValue>,
+) {
     let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let target = route.upstream_path(pq);
     // A rewrite may borrow a suffix of the original target: only the same length means
@@ -314,7 +319,6 @@ fn upstream_parts(parts: &mut Parts, route: &Route, client: &ClientInfo) {
         std::borrow::Cow::Borrowed(t) => PathAndQuery::try_from(t).ok(),
         std::borrow::Cow::Owned(s) => PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     };
-    let host = upstream_host(parts);
     let mut fields = http::HeaderMap::with_capacity(parts.headers.len() + 4);
     headers::upstream_fields(
         || parts.headers.iter(),

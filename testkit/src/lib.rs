@@ -220,6 +220,8 @@ impl TestProxy {
         applier.apply(state);
         let proxy = Proxy::new(applier.store.clone(), settings, metrics.clone(), false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // As `interlock run` makes its listeners: connections come with their first bytes.
+        interlock::accept::defer_until_data(&listener).unwrap();
         let listener = interlock::accept::LazyListener::new(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = shutdown::channel();
