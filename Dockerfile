@@ -13,8 +13,12 @@ ARG RUST_IMAGE=rust:1-slim-bookworm
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+# Path dependencies: the socket-option crate, and the tests' harness (a dev-dependency,
+# whose manifest cargo reads to resolve the workspace; nothing of it is built).
+COPY sockopt sockopt
+COPY testkit testkit
 COPY benches benches
 COPY examples examples
 COPY docker/rootfs.sh /usr/local/bin/interlock-rootfs

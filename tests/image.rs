@@ -94,6 +94,67 @@ fn both_dockerfiles_share_one_runtime_stage() {
     assert_eq!(froms, ["FROM scratch"]);
 }
 
+/// What the source Dockerfile's build stage copies from the context (`COPY` lines without
+/// `--from`, into the work directory), copied the same way into a fresh directory, is a
+/// workspace cargo resolves with the lock file as it is (`--locked`, from the packages
+/// already on this machine): every path dependency and workspace member is there. (The image test below builds with a stand-in
+/// for cargo, so it cannot tell.)
+#[test]
+fn the_source_dockerfiles_build_stage_copies_what_cargo_needs() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    let build_stage = text
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "));
+    let dir = Scratch::new("dockerfile-context");
+    let mut copied = Vec::new();
+    for line in build_stage {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let Some((dest, sources)) = words.split_last() else {
+            continue;
+        };
+        if dest.starts_with('/') || sources.iter().any(|s| s.starts_with("--")) {
+            continue;
+        }
+        for source in sources {
+            let status = Command::new("cp")
+                .arg("-r")
+                .arg(repo.join(source))
+                .arg(dir.0.join(source))
+                .status()
+                .unwrap();
+            assert!(status.success(), "cp {source}");
+            copied.push(*source);
+        }
+    }
+    assert!(
+        copied.contains(&"Cargo.toml") && copied.contains(&"src"),
+        "{copied:?}"
+    );
+    // The host's platform only: what other platforms need is not downloaded here.
+    let host = Command::new("rustc").arg("-vV").output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo cannot resolve the Dockerfile's build context ({copied:?}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The documented line, run by `sh` in `dir` with the image's tag substituted.
 fn documented_certs(dir: &Path, user: &str, image: &str) -> std::process::Output {
     let line = format!(
