@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::engine::{build_image, docker, docker_command, docker_quiet, image_layout};
-use common::node::Scratch;
+use common::node::{succeed, Scratch};
 
 /// `interlock-test/<name>:<tag>-<pid>`: this process's tag of an image.
 fn tag(name: &str, tag: &str) -> String {
@@ -142,16 +142,12 @@ fn the_source_dockerfiles_build_stage_copies_what_cargo_needs() {
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
         .expect("rustc -vV names the host");
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
-        .args(["--filter-platform", &host])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo cannot resolve the Dockerfile's build context ({copied:?}):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(env!("CARGO"))
+            .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+            .args(["--filter-platform", &host])
+            .current_dir(&dir.0),
+        &format!("cargo resolving the Dockerfile's build context ({copied:?})"),
     );
 }
 

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::multinode::{missing_tools, probe, Bed, BedNode, Load, LoadReport};
-use common::node::Scratch;
+use common::node::{succeed, Scratch};
 
 const IMAGE: &str = "interlock-test/interlock:multinode";
 const BACKEND_IMAGE: &str = "interlock-test/backend:multinode";
@@ -280,27 +280,23 @@ fn deploy(bed: Bed) -> World {
     } else {
         format!("{}-apps", bed.prefix)
     };
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", &manager.host)
-        .args(["stack", "deploy", "-c"])
-        .arg(&deployed)
-        .arg(STACK)
-        .env("INTERLOCK_IMAGE", IMAGE)
-        .env("INTERLOCK_CERTS", &certs.0)
-        .env("PROD_HTTP_PORT", PROD_PORT.to_string())
-        .env("DEV_HTTP_PORT", "8081")
-        .env("PROD_PLACEMENT", "node.labels.interlock.cluster == prod")
-        // No node is labelled for dev: no dev proxy runs (and none on a manager).
-        .env("DEV_PLACEMENT", "node.labels.interlock.cluster == dev")
-        .env("APPS_NETWORK", format!("{}-apps", bed.prefix))
-        .env("PROD_APPS_NETWORK", format!("{}-apps-prod", bed.prefix))
-        .env("DEV_APPS_NETWORK", format!("{}-apps-dev", bed.prefix))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker stack deploy: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("docker")
+            .env("DOCKER_HOST", &manager.host)
+            .args(["stack", "deploy", "-c"])
+            .arg(&deployed)
+            .arg(STACK)
+            .env("INTERLOCK_IMAGE", IMAGE)
+            .env("INTERLOCK_CERTS", &certs.0)
+            .env("PROD_HTTP_PORT", PROD_PORT.to_string())
+            .env("DEV_HTTP_PORT", "8081")
+            .env("PROD_PLACEMENT", "node.labels.interlock.cluster == prod")
+            // No node is labelled for dev: no dev proxy runs (and none on a manager).
+            .env("DEV_PLACEMENT", "node.labels.interlock.cluster == dev")
+            .env("APPS_NETWORK", format!("{}-apps", bed.prefix))
+            .env("PROD_APPS_NETWORK", format!("{}-apps-prod", bed.prefix))
+            .env("DEV_APPS_NETWORK", format!("{}-apps-dev", bed.prefix)),
+        "docker stack deploy",
     );
 
     // The backends: workers only, each task answering with its task id and node.

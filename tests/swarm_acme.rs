@@ -28,7 +28,7 @@ use common::engine::{
 };
 use common::free_port;
 use common::multinode::{missing_tools, Bed, BedNode};
-use common::node::Scratch;
+use common::node::{succeed, Scratch};
 use common::pem::{holds, long_strings, pem_texts};
 
 const IMAGE: &str = "interlock-test/interlock:acme";
@@ -103,33 +103,29 @@ impl Stack {
         let deployed = stack.dir.path("stack.yml");
         std::fs::write(&deployed, text).unwrap();
         let manager = "node.role == manager";
-        let out = docker_command()
-            .args(["stack", "deploy", "-c"])
-            .arg(&deployed)
-            .arg(&stack.name)
-            .env("INTERLOCK_IMAGE", IMAGE)
-            .env("INTERLOCK_CERTS", &stack.dir.0)
-            .env("PROD_HTTP_PORT", ports[0].to_string())
-            .env("DEV_HTTP_PORT", ports[1].to_string())
-            .env("PROD_HTTPS_PORT", ports[2].to_string())
-            .env("DEV_HTTPS_PORT", ports[3].to_string())
-            .env("CONTROLLER_PLACEMENT", manager)
-            .env("PROD_PLACEMENT", manager)
-            .env("DEV_PLACEMENT", manager)
-            .env("PROD_APPS_NETWORK", &stack.prod_network)
-            .env("DEV_APPS_NETWORK", format!("{}-apps-dev", stack.name))
-            // ACME with one controller, as docs/swarm.md says.
-            .env("CONTROLLER_MODE", "replicated")
-            .env("ACME_AGREE_TOS", "true")
-            .env("ACME_EMAIL", "ops@secure.test")
-            .env("ACME_DIRECTORY", directory)
-            .env("ACME_CHALLENGE", "http-01")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker stack deploy: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            docker_command()
+                .args(["stack", "deploy", "-c"])
+                .arg(&deployed)
+                .arg(&stack.name)
+                .env("INTERLOCK_IMAGE", IMAGE)
+                .env("INTERLOCK_CERTS", &stack.dir.0)
+                .env("PROD_HTTP_PORT", ports[0].to_string())
+                .env("DEV_HTTP_PORT", ports[1].to_string())
+                .env("PROD_HTTPS_PORT", ports[2].to_string())
+                .env("DEV_HTTPS_PORT", ports[3].to_string())
+                .env("CONTROLLER_PLACEMENT", manager)
+                .env("PROD_PLACEMENT", manager)
+                .env("DEV_PLACEMENT", manager)
+                .env("PROD_APPS_NETWORK", &stack.prod_network)
+                .env("DEV_APPS_NETWORK", format!("{}-apps-dev", stack.name))
+                // ACME with one controller, as docs/swarm.md says.
+                .env("CONTROLLER_MODE", "replicated")
+                .env("ACME_AGREE_TOS", "true")
+                .env("ACME_EMAIL", "ops@secure.test")
+                .env("ACME_DIRECTORY", directory)
+                .env("ACME_CHALLENGE", "http-01"),
+            "docker stack deploy",
         );
         stack
     }

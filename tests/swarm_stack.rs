@@ -29,7 +29,7 @@ use common::engine::{
 };
 use common::free_port;
 use common::multinode::{missing_tools, Bed, BedNode};
-use common::node::Scratch;
+use common::node::{succeed, Scratch};
 
 const IMAGE: &str = "interlock-test/interlock:stack";
 const BACKEND_IMAGE: &str = "interlock-test/backend:stack";
@@ -107,27 +107,23 @@ impl Stack {
         );
         let deployed = stack.certs.path("stack.yml");
         std::fs::write(&deployed, text).unwrap();
-        let out = docker_command()
-            .args(["stack", "deploy", "-c"])
-            .arg(&deployed)
-            .arg(&stack.name)
-            .env("INTERLOCK_IMAGE", IMAGE)
-            .env("INTERLOCK_CERTS", &stack.certs.0)
-            .env("PROD_HTTP_PORT", prod.to_string())
-            .env("DEV_HTTP_PORT", dev.to_string())
-            .env("PROD_HTTPS_PORT", prod_tls.to_string())
-            .env("DEV_HTTPS_PORT", dev_tls.to_string())
-            .env("CONTROLLER_PLACEMENT", manager)
-            .env("PROD_PLACEMENT", manager)
-            .env("DEV_PLACEMENT", manager)
-            .env("PROD_APPS_NETWORK", &stack.prod_network)
-            .env("DEV_APPS_NETWORK", &stack.dev_network)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker stack deploy: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            docker_command()
+                .args(["stack", "deploy", "-c"])
+                .arg(&deployed)
+                .arg(&stack.name)
+                .env("INTERLOCK_IMAGE", IMAGE)
+                .env("INTERLOCK_CERTS", &stack.certs.0)
+                .env("PROD_HTTP_PORT", prod.to_string())
+                .env("DEV_HTTP_PORT", dev.to_string())
+                .env("PROD_HTTPS_PORT", prod_tls.to_string())
+                .env("DEV_HTTPS_PORT", dev_tls.to_string())
+                .env("CONTROLLER_PLACEMENT", manager)
+                .env("PROD_PLACEMENT", manager)
+                .env("DEV_PLACEMENT", manager)
+                .env("PROD_APPS_NETWORK", &stack.prod_network)
+                .env("DEV_APPS_NETWORK", &stack.dev_network),
+            "docker stack deploy",
         );
         stack
     }

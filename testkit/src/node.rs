@@ -225,6 +225,20 @@ where
     None
 }
 
+/// Runs `cmd` to its end and returns its output; panics, naming `what` and showing the
+/// command's stderr, when it fails.
+pub fn succeed(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A scratch directory (services file, certificates), removed on drop.
 pub struct Scratch(pub PathBuf);
 
