@@ -261,6 +261,7 @@ fn applier(
             metrics.clone(),
         )
         .context("building the TLS configuration")?;
+        metrics.export(Part::Tls);
         applier = applier.with_tls(tls.clone());
         Some(tls)
     };

@@ -69,9 +69,11 @@ pub enum Part {
     /// `interlock_request_duration_seconds`, `interlock_upstream_errors_total`,
     /// `interlock_no_route_total`, `interlock_open_connections`, `interlock_open_tunnels`,
     /// `interlock_http2_client_goaways_total`, `interlock_table_generation`,
-    /// `interlock_reload_timestamp_seconds`, `interlock_services_rejected`, `interlock_tls_certificate_errors_total`,
-    /// `interlock_certificate_expiry_timestamp_seconds`.
+    /// `interlock_reload_timestamp_seconds`, `interlock_services_rejected`.
     Traffic,
+    /// TLS termination (`--tls-listen`): `interlock_tls_certificate_errors_total`,
+    /// `interlock_certificate_expiry_timestamp_seconds`.
+    Tls,
     /// The Docker provider (`--docker`): `interlock_docker_*`.
     Docker,
     /// The proxy role's controller client: `interlock_controller_up`,
@@ -285,6 +287,8 @@ impl Metrics {
                 Box::new(self.convergence.clone()),
                 Box::new(self.reload_timestamp.clone()),
                 Box::new(self.services_rejected.clone()),
+            ],
+            Part::Tls => vec![
                 Box::new(self.cert_errors.clone()),
                 Box::new(self.cert_expiry.clone()),
             ],
@@ -402,11 +406,18 @@ mod tests {
             "interlock_table_generation",
             "interlock_reload_timestamp_seconds",
             "interlock_services_rejected",
-            "interlock_tls_certificate_errors_total",
             "interlock_reload_failures_total",
         ] {
             assert!(have.iter().any(|h| h == f), "{f}: {have:?}");
         }
+        // TLS's families come with a TLS listener only.
+        assert!(!have
+            .iter()
+            .any(|f| f == "interlock_tls_certificate_errors_total"));
+        m.export(Part::Tls);
+        assert!(families(&m)
+            .iter()
+            .any(|f| f == "interlock_tls_certificate_errors_total"));
         assert!(m
             .render()
             .contains("interlock_requests_total{class=\"2xx\",service=\"web\"} 1"));

@@ -556,15 +556,16 @@ const SERVER_SERIES: [&str; 2] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
     // Serving traffic (the live table and the listeners): run and proxy, not controller.
-    const TRAFFIC_FAMILIES: [&str; 7] = [
+    const TRAFFIC_FAMILIES: [&str; 6] = [
         "interlock_no_route_total",
         "interlock_open_connections",
         "interlock_open_tunnels",
         "interlock_table_generation",
         "interlock_reload_timestamp_seconds",
         "interlock_services_rejected",
-        "interlock_tls_certificate_errors_total",
     ];
+    // TLS termination (`--tls-listen`): certificates that failed to load.
+    const TLS_FAMILIES: [&str; 1] = ["interlock_tls_certificate_errors_total"];
     // Traffic's labelled families: exported once a request was answered.
     const TRAFFIC_SERIES: [&str; 2] = [
         "interlock_requests_total",
@@ -585,7 +586,7 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         &no_engine,
     );
-    let run = |docker: bool| {
+    let run = |docker: bool, tls: bool| {
         let mut args: Vec<String> = ["run", "--config", &s.path("services.toml"), "--listen"]
             .map(String::from)
             .to_vec();
@@ -593,21 +594,28 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
         if docker {
             args.push("--docker".into());
         }
+        if tls {
+            args.push("--tls-listen".into());
+            args.push(format!("127.0.0.1:{}", free_port()));
+        }
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Node::spawn(&format!("run docker={docker}"), &args, admin, &no_engine)
+        let name = format!("run docker={docker} tls={tls}");
+        Node::spawn(&name, &args, admin, &no_engine)
     };
-    let (file_only, with_docker) = (run(false), run(true));
+    let (file_only, with_docker, with_tls) =
+        (run(false, false), run(true, false), run(false, true));
 
     // (node, Docker provider, controller client, snapshot API, snapshots published and
-    // polled, traffic, requests answered); the controller without its engine publishes
-    // nothing, and only `prod` was asked for web.test.
+    // polled, traffic, requests answered, TLS listener); the controller without its engine
+    // publishes nothing, and only `prod` was asked for web.test.
     let mut wrong = Vec::new();
-    for (node, docker, client, server, served, traffic, answered) in [
-        (&ctl, false, false, true, true, false, false),
-        (&docker_ctl, true, false, true, false, false, false),
-        (&prod, false, true, false, false, true, true),
-        (&file_only, false, false, false, false, true, false),
-        (&with_docker, true, false, false, false, true, false),
+    for (node, docker, client, server, served, traffic, answered, tls) in [
+        (&ctl, false, false, true, true, false, false, false),
+        (&docker_ctl, true, false, true, false, false, false, false),
+        (&prod, false, true, false, false, true, true, false),
+        (&file_only, false, false, false, false, true, false, false),
+        (&with_docker, true, false, false, false, true, false, false),
+        (&with_tls, false, false, false, false, true, false, true),
     ] {
         let have = families(node.admin).await;
         assert!(
@@ -622,6 +630,7 @@ async fn each_role_exports_the_metrics_of_what_it_runs_and_no_others() {
             (served, &SERVER_SERIES[..]),
             (traffic, &TRAFFIC_FAMILIES[..]),
             (answered, &TRAFFIC_SERIES[..]),
+            (tls, &TLS_FAMILIES[..]),
         ] {
             for family in group {
                 if have.iter().any(|f| f == family) != used {
