@@ -1,5 +1,6 @@
-//! The routing snapshot: what a controller serves to the proxies of one service cluster,
-//! and how the desired state is partitioned into clusters.
+//! The routing snapshot: what a controller serves to the proxies of one service cluster
+//! (and, [`Encoded`], its JSON and entity tag as served), and how the desired state is
+//! partitioned into clusters.
 //!
 //! A snapshot is desired state, not a compiled table: every proxy compiles it itself with
 //! the same per-service validation, so a proxy keeps its pools, balancing state and the
@@ -52,12 +53,90 @@ impl Snapshot {
 pub fn content_etag(cluster: &str, services: &[ServiceSpec], tls: &TlsMaterial) -> String {
     // Serializing plain data (strings, maps, numbers) cannot fail.
     let json = serde_json::to_vec(&(cluster, services, tls)).unwrap_or_default();
-    let digest = ring::digest::digest(&ring::digest::SHA256, &json);
+    etag_of(ring::digest::digest(&ring::digest::SHA256, &json))
+}
+
+fn etag_of(digest: ring::digest::Digest) -> String {
     let hex: String = digest.as_ref()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("\"{hex}\"")
+}
+
+/// A snapshot as a controller serves it: its JSON (the [`Snapshot`] format) and its entity
+/// tag ([`content_etag`]).
+pub struct Encoded {
+    pub body: Vec<u8>,
+    pub etag: String,
+}
+
+impl Encoded {
+    /// Serializes the services and the TLS share once for both the body and the tag (they
+    /// are nearly all of a snapshot: 10,000 services make megabytes of JSON), from borrowed
+    /// data: no [`Snapshot`] copy of them is made.
+    pub fn new(
+        cluster: &str,
+        epoch: &str,
+        version: u64,
+        services: &[ServiceSpec],
+        tls: &TlsMaterial,
+        observed_at: Option<f64>,
+    ) -> Encoded {
+        use serde_json::value::{to_raw_value, RawValue};
+
+        /// [`Snapshot`]'s fields, in its order and with its rules, the large ones as JSON
+        /// already made.
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            cluster: &'a RawValue,
+            epoch: &'a str,
+            version: u64,
+            services: &'a RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tls: Option<&'a RawValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            observed_at: Option<f64>,
+        }
+
+        // Serializing plain data (strings, maps, numbers) cannot fail; if it did, the tag
+        // would still be the content's and the body empty, as with `serde_json::to_vec`.
+        let (Ok(cluster_json), Ok(services_json), Ok(tls_json)) = (
+            to_raw_value(cluster),
+            to_raw_value(services),
+            to_raw_value(tls),
+        ) else {
+            return Encoded {
+                body: Vec::new(),
+                etag: content_etag(cluster, services, tls),
+            };
+        };
+        // The bytes `content_etag` hashes: the JSON of (cluster, services, tls).
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [
+            "[",
+            cluster_json.get(),
+            ",",
+            services_json.get(),
+            ",",
+            tls_json.get(),
+            "]",
+        ] {
+            digest.update(part.as_bytes());
+        }
+        let wire = Wire {
+            cluster: &cluster_json,
+            epoch,
+            version,
+            services: &services_json,
+            tls: (!tls.is_empty()).then_some(&*tls_json),
+            observed_at,
+        };
+        Encoded {
+            body: serde_json::to_vec(&wire).unwrap_or_default(),
+            etag: etag_of(digest.finish()),
+        }
+    }
 }
 
 /// `body` gzip-compressed, fast (level 1: a snapshot of 10,000 services shrinks about
@@ -327,5 +406,46 @@ mod tests {
             ..s.clone()
         };
         assert_ne!(other.etag(), s.etag());
+    }
+
+    /// The served snapshot, made from borrowed data with one serialization, is the
+    /// snapshot's JSON byte for byte, and its tag the content's: with and without a TLS
+    /// share and an observation time.
+    #[test]
+    fn encoded_is_the_snapshots_json_and_tag() {
+        let mut tls = TlsMaterial::default();
+        tls.tls_alpn01
+            .insert("web.prod.test".into(), "answer".into());
+        for (tls, observed_at) in [
+            (TlsMaterial::default(), None),
+            (TlsMaterial::default(), Some(1.5)),
+            (tls.clone(), None),
+            (tls, Some(1_700_000_000.25)),
+        ] {
+            let s = Snapshot {
+                cluster: "prod \"quoted\"".into(),
+                epoch: "e1".into(),
+                version: 7,
+                services: vec![
+                    svc("a", &[(SERVICE_CLUSTER, "prod")]),
+                    svc("b", &[(SERVICE_CLUSTER, "prod")]),
+                ],
+                tls,
+                observed_at,
+            };
+            let encoded = Encoded::new(
+                &s.cluster,
+                &s.epoch,
+                s.version,
+                &s.services,
+                &s.tls,
+                s.observed_at,
+            );
+            assert_eq!(
+                String::from_utf8(encoded.body).unwrap(),
+                serde_json::to_string(&s).unwrap()
+            );
+            assert_eq!(encoded.etag, s.etag());
+        }
     }
 }

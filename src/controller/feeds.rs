@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::tls::TlsMaterial;
 use crate::config::{DesiredState, ServiceSpec};
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Encoded};
 
 /// One version of one cluster, ready to send.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct Published {
     pub version: u64,
     pub etag: String,
     pub services: usize,
-    /// The JSON of the [`Snapshot`].
+    /// The JSON of the [`Snapshot`](crate::snapshot::Snapshot).
     pub body: Bytes,
     /// The same, gzip-compressed (made once, for every proxy that accepts it).
     pub gzip: Bytes,
@@ -96,20 +96,12 @@ impl Feeds {
         tls: &TlsMaterial,
         observed_at: Option<f64>,
     ) -> Arc<Published> {
-        let snap = Snapshot {
-            cluster: cluster.to_string(),
-            epoch: self.epoch.clone(),
-            version,
-            services: services.to_vec(),
-            tls: tls.clone(),
-            observed_at,
-        };
-        // Serializing plain data (strings, maps, numbers) cannot fail.
-        let body = serde_json::to_vec(&snap).unwrap_or_default();
+        let Encoded { body, etag } =
+            Encoded::new(cluster, &self.epoch, version, services, tls, observed_at);
         let gzip = crate::snapshot::gzip(&body);
         Arc::new(Published {
             version,
-            etag: snap.etag(),
+            etag,
             services: services.len(),
             body: Bytes::from(body),
             gzip: Bytes::from(gzip),
@@ -268,6 +260,7 @@ impl crate::admin::Status for Feeds {
 mod tests {
     use super::*;
     use crate::config::labels::SERVICE_CLUSTER;
+    use crate::snapshot::Snapshot;
 
     fn state(services: &[(&str, &str, &str)]) -> DesiredState {
         DesiredState {
