@@ -338,7 +338,6 @@ async fn listen(
     Ok(proxies)
 }
 
-/// Lets in-flight requests and tunnels finish, at most the drain timeout.
 /// Connections of a proxy listener are handed over with their first bytes
 /// ([`crate::accept::defer_until_data`]); where the kernel refuses, they come as they are.
 fn defer_until_data(listener: &TcpListener, addr: &SocketAddr) {
@@ -347,6 +346,7 @@ fn defer_until_data(listener: &TcpListener, addr: &SocketAddr) {
     }
 }
 
+/// Lets in-flight requests and tunnels finish, at most the drain timeout.
 async fn drain(proxies: &[Arc<Proxy>]) {
     let mut left = 0;
     for p in proxies {

@@ -83,6 +83,23 @@ mod tests {
     use std::os::fd::AsFd;
     use std::time::{Duration, Instant};
 
+    /// The next connection of a non-blocking `listener`, polled every 5 ms; `None` once
+    /// `deadline` passed without one.
+    fn accept_before(listener: &TcpListener, deadline: Instant) -> Option<TcpStream> {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn set_and_read_back() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -109,17 +126,8 @@ mod tests {
             "a silent connection was handed over"
         );
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (mut accepted, _) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "never handed over");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
+        let mut accepted = accept_before(&listener, Instant::now() + Duration::from_secs(5))
+            .expect("never handed over");
         accepted.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
         let n = accepted
@@ -136,20 +144,8 @@ mod tests {
         let start = Instant::now();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let deadline = start + Duration::from_secs(10);
-        loop {
-            match listener.accept() {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "a silent client was never handed over"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
+        accept_before(&listener, start + Duration::from_secs(10))
+            .expect("a silent client was never handed over");
         let waited = start.elapsed();
         assert!(
             waited >= Duration::from_millis(500),

@@ -111,23 +111,19 @@ pub fn import_image(tag: &str, binary: &Path) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let import = docker_command()
-        .args([
-            "import",
-            "--change",
-            &format!("ENTRYPOINT [\"/{name}\"]"),
-            "-",
-            tag,
-        ])
-        .stdin(tar.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(tar.wait().unwrap().success(), "tar of the image root");
-    assert!(
-        import.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&import.stderr)
+    crate::node::succeed(
+        docker_command()
+            .args([
+                "import",
+                "--change",
+                &format!("ENTRYPOINT [\"/{name}\"]"),
+                "-",
+                tag,
+            ])
+            .stdin(tar.stdout.take().unwrap()),
+        "docker import",
     );
+    assert!(tar.wait().unwrap().success(), "tar of the image root");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -325,12 +325,7 @@ impl Scratch {
                 c => cmd.args(["--cluster", c]),
             };
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "interlock certs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(&mut cmd, "interlock certs");
     }
 }
 
